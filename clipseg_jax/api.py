@@ -1,0 +1,270 @@
+"""`load_model` and `ClipSeg`: the user-facing model (config + params + tokenizer + jitted stages)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clipseg_jax import preprocess, prompts as prompt_lib
+from clipseg_jax.config import ClipSegConfig
+from clipseg_jax.models.clipseg import ClipSegModel
+from clipseg_jax.tokenizer import load_tokenizer
+from clipseg_jax.weights import hf, io, original
+
+FLAX_MARKER = "clipseg_jax.json"  # written beside config.json + params/ by `save`
+PREDICT_BATCH = 4  # query images per vision-tower call in `predict`
+
+
+@dataclasses.dataclass(eq=False)
+class ClipSeg:
+  """A CLIPSeg model: `.config` (HF CLIPSegConfig fields), `.params` (plain pytree), `.tokenizer`."""
+
+  config: ClipSegConfig
+  params: dict
+  tokenizer: Any = None
+  dtype: Any = jnp.float32
+  image_size: int = preprocess.IMAGE_SIZE
+  # Tensors of an original decoder file that the model does not use, written back by export_original.
+  original_extras: dict = dataclasses.field(default_factory=dict, repr=False)
+  # How many query images went through the vision tower (shows the per-image sharing in predict).
+  vision_images: int = dataclasses.field(default=0, repr=False)
+
+  def __post_init__(self):
+    if self.tokenizer is None:
+      self.tokenizer = load_tokenizer()
+    compute = None if jnp.dtype(self.dtype) == jnp.float32 else self.dtype
+    self.module = ClipSegModel(self.config, compute)
+    apply = lambda method: jax.jit(
+        lambda params, *a: self.module.apply({"params": params}, *a, method=method))
+    self._forward = jax.jit(lambda params, *a: self.module.apply({"params": params}, *a))
+    self._logits = jax.jit(lambda params, *a: self.module.apply({"params": params}, *a)["logits"])
+    self._encode_image = apply(ClipSegModel.encode_image)
+    self._text = apply(ClipSegModel.text_embeddings)
+    self._visual = apply(ClipSegModel.visual_embeddings)
+    self._decode = apply(ClipSegModel.decode)
+
+  # ---- the low-level call (HF semantics) --------------------------------------------------------
+
+  def __call__(self, pixel_values, *, input_ids=None, attention_mask=None, conditional_pixel_values=None,
+               conditional_embeddings=None) -> jax.Array:
+    """Logits [B, H, W] for NHWC normalized `pixel_values` and one kind of condition per image."""
+    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values,
+                              conditional_embeddings)
+    return self._logits(self.params, *args)
+
+  def forward(self, pixel_values, *, input_ids=None, attention_mask=None, conditional_pixel_values=None,
+              conditional_embeddings=None) -> dict:
+    """Like `__call__` but returns HF's outputs: logits, conditional_embeddings, pooled_output."""
+    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values,
+                              conditional_embeddings)
+    return self._forward(self.params, *args)
+
+  def _check_inputs(self, pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings):
+    pixel_values = self._check_pixels(pixel_values, "pixel_values")
+    b = pixel_values.shape[0]
+    given = [name for name, x in (("input_ids", input_ids), ("conditional_pixel_values", cond_pixels),
+                                  ("conditional_embeddings", cond_embeddings)) if x is not None]
+    if len(given) != 1:
+      raise ValueError("pass exactly one of input_ids, conditional_pixel_values, conditional_embeddings"
+                       + (f" (got {', '.join(given)})" if given else ""))
+    if input_ids is not None:
+      input_ids = jnp.asarray(input_ids, jnp.int32)
+      if input_ids.ndim != 2 or input_ids.shape[0] != b:
+        raise ValueError(f"input_ids must be [{b}, L] (one prompt per image), got {input_ids.shape}")
+      if attention_mask is not None:
+        attention_mask = jnp.asarray(attention_mask, jnp.int32)
+        if attention_mask.shape != input_ids.shape:
+          raise ValueError(f"attention_mask {attention_mask.shape} != input_ids {input_ids.shape}")
+    if cond_pixels is not None:
+      cond_pixels = self._check_pixels(cond_pixels, "conditional_pixel_values")
+      if cond_pixels.shape[0] != b:
+        raise ValueError(f"{cond_pixels.shape[0]} prompt images for {b} query images")
+    if cond_embeddings is not None:
+      cond_embeddings = jnp.asarray(cond_embeddings, jnp.float32)
+      if cond_embeddings.shape != (b, self.config.projection_dim):
+        raise ValueError(f"conditional_embeddings must be [{b}, {self.config.projection_dim}], got "
+                         f"{cond_embeddings.shape}")
+    return pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings
+
+  def _check_pixels(self, x, name):
+    x = jnp.asarray(x, jnp.float32)
+    v = self.config.vision_config
+    if x.ndim != 4 or x.shape[-1] != v.num_channels:
+      raise ValueError(f"{name} must be NHWC with {v.num_channels} channels, got shape {x.shape}")
+    h, w = x.shape[1:3]
+    if h != w or h % v.patch_size:
+      raise ValueError(f"{name} must be square with a side divisible by the patch size {v.patch_size} "
+                       f"(the decoder reshapes tokens to a square grid), got {h}x{w}; resize first "
+                       f"(e.g. clipseg_jax.preprocess.pixels)")
+    return x
+
+  # ---- stages (functional building blocks for predict, evaluation, training) --------------------
+
+  def encode_text(self, texts: Sequence[str]) -> jax.Array:
+    """[P, E] CLIP text embeddings of the raw strings."""
+    texts = list(texts)
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+      raise ValueError(f"text prompts must be non-empty strings, got {texts!r}")
+    tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.text_config.
+                         max_position_embeddings, return_tensors="np")
+    return self._text(self.params, jnp.asarray(tok["input_ids"], jnp.int32),
+                      jnp.asarray(tok["attention_mask"], jnp.int32))
+
+  def encode_visual(self, pairs: Sequence[tuple[Any, Any]]) -> jax.Array:
+    """[P, E] embeddings of (support image, support mask) pairs after `crop_blur_highlight`."""
+    supports = [prompt_lib.crop_blur_highlight(image, mask, self.image_size) for image, mask in pairs]
+    return self._visual(self.params, jnp.asarray(np.stack([preprocess.normalize(s) for s in supports])))
+
+  def encode_prompts(self, prompts: Sequence) -> jax.Array:
+    """Strings and (image, mask) pairs, in order -> [P, E]."""
+    prompts = list(prompts)
+    if not prompts:
+      raise ValueError("no prompts given")
+    text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+    vis_idx = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    for i in vis_idx:
+      if not (isinstance(prompts[i], (tuple, list)) and len(prompts[i]) == 2):
+        raise ValueError(f"prompt {i} must be a string or a (support_image, support_mask) pair")
+    out = np.zeros((len(prompts), self.config.projection_dim), np.float32)
+    if text_idx:
+      out[text_idx] = np.asarray(self.encode_text([prompts[i] for i in text_idx]))
+    if vis_idx:
+      out[vis_idx] = np.asarray(self.encode_visual([prompts[i] for i in vis_idx]))
+    return jnp.asarray(out)
+
+  def encode_images(self, pixel_values) -> list[jax.Array]:
+    """Query pixels [N, S, S, 3] -> reduced decoder inputs; the only place predict runs the vision tower."""
+    pixel_values = self._check_pixels(pixel_values, "pixel_values")
+    self.vision_images += pixel_values.shape[0]
+    return self._encode_image(self.params, pixel_values)
+
+  def decode(self, reduced, cond) -> jax.Array:
+    """Reduced inputs of N images x [P, E] conditions -> logits [N, P, S, S]."""
+    return self._decode(self.params, [r[:, None] for r in reduced], jnp.asarray(cond)[None])
+
+  # ---- for people -------------------------------------------------------------------------------
+
+  def predict(self, images, prompts, *, threshold: float | None = None,
+              batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """[n_images, n_prompts, H, W] probabilities (bool masks with `threshold`) at each image's own
+    size; all images must then share a size, else a list of [n_prompts, H_i, W_i] is returned.
+    Each image goes through the vision tower once, whatever the number of prompts."""
+    single = not isinstance(images, (list, tuple))
+    images = [images] if single else list(images)
+    if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
+                                    and not isinstance(prompts[0], str)):
+      prompts = [prompts]
+    if not images:
+      raise ValueError("no images given")
+    cond = self.encode_prompts(prompts)
+    images = [preprocess.to_rgb(im) for im in images]
+    for im in images:
+      preprocess.check_size(im)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+      chunk = images[start:start + batch_size]
+      reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
+      probs = np.asarray(jax.nn.sigmoid(self.decode(reduced, cond)))
+      for im, p in zip(chunk, probs):
+        out = np.stack([preprocess.resize_map(m, im.height, im.width) for m in p])
+        outputs.append(out > threshold if threshold is not None else out)
+    if len({o.shape for o in outputs}) == 1:
+      return np.stack(outputs)
+    return outputs
+
+  # ---- export -----------------------------------------------------------------------------------
+
+  def hf_state_dict(self) -> dict[str, np.ndarray]:
+    return hf.to_hf(self.params)
+
+  def export_hf(self, out_dir: str | os.PathLike):
+    """`config.json` + `model.safetensors` (+ tokenizer) loadable by
+    `transformers.CLIPSegForImageSegmentation.from_pretrained(out_dir)`; weights bit-identical."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_safetensors(self.hf_state_dict(), out / "model.safetensors")
+    self.config.to_json(out / "config.json")
+    if self.tokenizer is not None:
+      self.tokenizer.save_pretrained(str(out))
+    return out
+
+  def export_original(self, path: str | os.PathLike):
+    """The decoder as a state dict in the original `.pth` layout (q/k/v fused)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_torch(original.hf_to_original(self.hf_state_dict(), self.original_extras), path)
+    return path
+
+  def save(self, out_dir: str | os.PathLike):
+    """This project's Flax checkpoint: `config.json` + Orbax `params/` (+ tokenizer)."""
+    import orbax.checkpoint as ocp
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(out / "params", jax.device_get(self.params), force=True)
+      ckpt.wait_until_finished()
+    self.config.to_json(out / "config.json")
+    if self.tokenizer is not None:
+      self.tokenizer.save_pretrained(str(out))
+    (out / FLAX_MARKER).write_text(json.dumps({"format": "clipseg-jax params", "version": 1}) + "\n")
+    return out
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+def load_model(source, *, clip=None, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
+  """A ClipSeg from a hub id, an HF-format directory, a checkpoint saved by this project, or an
+  original decoder file (`rd64-uni.pth`, ...) together with `clip=` (an HF CLIP hub id or directory)."""
+  path = io.resolve(source)
+  if path.is_file():
+    if clip is None:
+      raise ValueError(f"{path.name} looks like an original CLIPSeg decoder file; pass clip= with an HF "
+                       "CLIP checkpoint (e.g. clip='openai/clip-vit-base-patch16')")
+    return _load_original(path, clip, dtype, extract_layers)
+  if (path / FLAX_MARKER).exists():
+    return _load_flax(path, dtype)
+  config_path = path / "config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(f"{path} has no config.json: not an HF model directory or a clipseg-jax "
+                            "checkpoint")
+  raw = json.loads(config_path.read_text())
+  if raw.get("model_type") != "clipseg":
+    raise ValueError(f"{config_path} describes a {raw.get('model_type')!r} model, not 'clipseg'"
+                     + ("; pass it as clip= with a decoder file" if raw.get("model_type") == "clip" else ""))
+  config = ClipSegConfig.from_dict(raw)
+  if extract_layers is not None:
+    config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
+  params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
+  return ClipSeg(config, params, load_tokenizer(path), dtype)
+
+
+def _load_flax(path: Path, dtype) -> ClipSeg:
+  import orbax.checkpoint as ocp
+  config = ClipSegConfig.from_json(path / "config.json")
+  template = hf.param_template(config)
+  with ocp.StandardCheckpointer() as ckpt:
+    params = ckpt.restore(path.absolute() / "params", template)
+  return ClipSeg(config, params, load_tokenizer(path), dtype)
+
+
+def _load_original(path: Path, clip, dtype, extract_layers) -> ClipSeg:
+  clip_dir = io.resolve(clip)
+  clip_config = json.loads((clip_dir / "config.json").read_text())
+  if clip_config.get("model_type") != "clip":
+    raise ValueError(f"clip={clip!r} is a {clip_config.get('model_type')!r} checkpoint, expected an HF CLIP "
+                     "one (model_type 'clip')")
+  decoder_state = io.read_state(path)
+  overrides = {} if extract_layers is None else {"extract_layers": tuple(extract_layers)}
+  config = original.decoder_config(clip_config, decoder_state, **overrides)
+  decoder, extras = original.original_to_hf(decoder_state, source=str(path))
+  state = {f"clip.{k}": v for k, v in io.read_state(clip_dir).items()}
+  state.update(decoder)
+  params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
+  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, original_extras=extras)

@@ -1,0 +1,186 @@
+"""Model configuration: dataclasses whose fields mirror Hugging Face `CLIPSegConfig`.
+
+Read from a `config.json` (HF CLIPSeg, or an HF CLIP config for the towers) and written back to one
+that `transformers.CLIPSegConfig` accepts. Keys we do not model are kept in `extra` so a round trip
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+
+def _split_known(cls, d: dict) -> tuple[dict, dict]:
+  names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+  known = {k: v for k, v in d.items() if k in names}
+  extra = {k: v for k, v in d.items() if k not in names}
+  return known, extra
+
+
+@dataclasses.dataclass
+class TextConfig:
+  """CLIP text tower (HF `CLIPSegTextConfig` fields)."""
+
+  vocab_size: int = 49408
+  hidden_size: int = 512
+  intermediate_size: int = 2048
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 8
+  max_position_embeddings: int = 77
+  hidden_act: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+  pad_token_id: int = 1
+  bos_token_id: int = 49406
+  # 2 selects the legacy pooling `input_ids.argmax(-1)` (HF keeps it for old checkpoints).
+  eos_token_id: int = 49407
+  extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TextConfig":
+    known, extra = _split_known(cls, d)
+    return cls(**known, extra=extra)
+
+
+@dataclasses.dataclass
+class VisionConfig:
+  """CLIP vision tower (HF `CLIPSegVisionConfig` fields)."""
+
+  hidden_size: int = 768
+  intermediate_size: int = 3072
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  num_channels: int = 3
+  image_size: int = 224  # the size the position embeddings were trained at
+  patch_size: int = 16
+  hidden_act: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+  extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "VisionConfig":
+    known, extra = _split_known(cls, d)
+    return cls(**known, extra=extra)
+
+  @property
+  def grid_size(self) -> int:
+    return self.image_size // self.patch_size
+
+
+@dataclasses.dataclass
+class ClipSegConfig:
+  """CLIPSeg (HF `CLIPSegConfig` fields). Defaults: the released rd64 models on ViT-B/16."""
+
+  text_config: TextConfig = dataclasses.field(default_factory=TextConfig)
+  vision_config: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+  projection_dim: int = 512
+  logit_scale_init_value: float = 2.6592
+  extract_layers: tuple[int, ...] = (3, 6, 9)
+  reduce_dim: int = 64
+  decoder_num_attention_heads: int = 4
+  decoder_intermediate_size: int = 2048
+  # HF stores "quick_gelu" here but its decoder always runs ReLU; we keep the field only for round trips.
+  decoder_hidden_act: str = "quick_gelu"
+  conditional_layer: int = 0
+  use_complex_transposed_convolution: bool = False
+  extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def __post_init__(self):
+    self.extract_layers = tuple(int(i) for i in self.extract_layers)
+    self.validate()
+
+  def validate(self):
+    v = self.vision_config
+    if not self.extract_layers:
+      raise ValueError("extract_layers must name at least one vision block")
+    bad = [i for i in self.extract_layers if not 0 <= i < v.num_hidden_layers]
+    if bad:
+      raise ValueError(
+          f"extract_layers {list(self.extract_layers)} name blocks {bad} outside the vision tower's "
+          f"{v.num_hidden_layers} blocks (0-based)")
+    if not 0 <= self.conditional_layer < len(self.extract_layers):
+      raise ValueError(
+          f"conditional_layer={self.conditional_layer} must index one of the "
+          f"{len(self.extract_layers)} decoder blocks")
+    if self.use_complex_transposed_convolution and v.patch_size % 4:
+      raise ValueError(f"the refined head needs a patch size divisible by 4, got {v.patch_size}")
+    for name, hidden, heads in (("text", self.text_config.hidden_size, self.text_config.num_attention_heads),
+                                ("vision", v.hidden_size, v.num_attention_heads),
+                                ("decoder", self.reduce_dim, self.decoder_num_attention_heads)):
+      if hidden % heads:
+        raise ValueError(f"{name} width {hidden} is not divisible by its {heads} attention heads")
+
+  @property
+  def decoder_depth(self) -> int:
+    return len(self.extract_layers)
+
+  @property
+  def vision_depth(self) -> int:
+    """Vision blocks that segmentation needs (the decoder reads none after the deepest extracted one)."""
+    return max(self.extract_layers) + 1
+
+  # ---- (de)serialisation ---------------------------------------------------------------------
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ClipSegConfig":
+    d = dict(d)
+    text = TextConfig.from_dict(d.pop("text_config", None) or {})
+    vision = VisionConfig.from_dict(d.pop("vision_config", None) or {})
+    known, extra = _split_known(cls, d)
+    return cls(text_config=text, vision_config=vision, **known, extra=extra)
+
+  @classmethod
+  def from_json(cls, path: str | os.PathLike) -> "ClipSegConfig":
+    with open(path) as f:
+      return cls.from_dict(json.load(f))
+
+  def to_dict(self) -> dict[str, Any]:
+    """A dict in HF `CLIPSegConfig` layout (what `config.json` holds)."""
+    def plain(obj):
+      out = dict(obj.extra)
+      out.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+                  if f.name not in ("extra", "text_config", "vision_config")})
+      return out
+    text = plain(self.text_config)
+    text.setdefault("model_type", "clipseg_text_model")
+    vision = plain(self.vision_config)
+    vision.setdefault("model_type", "clipseg_vision_model")
+    out = plain(self)
+    out["extract_layers"] = list(self.extract_layers)
+    out["text_config"] = text
+    out["vision_config"] = vision
+    out["model_type"] = "clipseg"
+    out.setdefault("architectures", ["CLIPSegForImageSegmentation"])
+    out.pop("transformers_version", None)
+    text.pop("transformers_version", None)
+    vision.pop("transformers_version", None)
+    return out
+
+  def to_json(self, path: str | os.PathLike):
+    with open(path, "w") as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+      f.write("\n")
+
+  @classmethod
+  def from_clip_dict(cls, clip: dict, **decoder_fields) -> "ClipSegConfig":
+    """Towers from an HF `CLIPConfig` dict (e.g. openai/clip-vit-base-patch16), decoder from kwargs."""
+    text = TextConfig.from_dict({**(clip.get("text_config") or {}), "model_type": "clipseg_text_model"})
+    vision = VisionConfig.from_dict({**(clip.get("vision_config") or {}),
+                                     "model_type": "clipseg_vision_model"})
+    return cls(text_config=text, vision_config=vision,
+               projection_dim=clip.get("projection_dim", 512),
+               logit_scale_init_value=clip.get("logit_scale_init_value", 2.6592), **decoder_fields)
+
+
+def tiny_config(**overrides) -> ClipSegConfig:
+  """A few-thousand-parameter config for tests and examples (patch 16, 64 px native size)."""
+  text = TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=77)
+  vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        image_size=64, patch_size=16)
+  fields = dict(text_config=text, vision_config=vision, projection_dim=24, extract_layers=(1, 2, 3),
+                reduce_dim=16, decoder_num_attention_heads=4, decoder_intermediate_size=32)
+  fields.update(overrides)
+  return ClipSegConfig(**fields)

@@ -1,0 +1,176 @@
+"""Transformer building blocks shared by the CLIP towers (pre-LN) and the CLIPSeg decoder (post-LN).
+
+Submodule names follow Hugging Face (`self_attn.q_proj`, `mlp.fc1`, `layer_norm1`, ...) so that weight
+conversion is a rename table (see `clipseg_jax.weights.hf`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def quick_gelu(x):
+  # CLIP's activation. `jax.nn.gelu` differs from it by up to 5e-3: not interchangeable.
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "quick_gelu": quick_gelu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def layer_norm(eps: float, name: str, dtype=None) -> nn.LayerNorm:
+  # Two-pass variance as torch computes it; Flax's default E[x^2]-E[x]^2 loses ~1e-5 on CLIP's
+  # residual stream, whose per-token mean is far from zero.
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name, dtype=dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention, computed like HF's eager path (scale after q.k, softmax in float32)."""
+
+  num_heads: int
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, bias=None):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    dense = functools.partial(nn.Dense, width, dtype=self.dtype)
+    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
+    q = split(dense(name="q_proj")(x))
+    k = split(dense(name="k_proj")(x))
+    v = split(dense(name="v_proj")(x))
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5
+    if bias is not None:
+      scores = scores + bias
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(x.shape)
+    return dense(name="out_proj")(out)
+
+
+class MLP(nn.Module):
+  intermediate_size: int
+  act: str
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(self.intermediate_size, dtype=self.dtype, name="fc1")(x)
+    h = activation(self.act)(h)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+
+
+class EncoderLayer(nn.Module):
+  """CLIP block, pre-LN: x + MHA(LN1(x)), then + MLP(LN2(x))."""
+
+  num_heads: int
+  intermediate_size: int
+  act: str
+  eps: float
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, bias=None):
+    x = x + Attention(self.num_heads, self.dtype, name="self_attn")(
+        layer_norm(self.eps, "layer_norm1", self.dtype)(x), bias)
+    h = layer_norm(self.eps, "layer_norm2", self.dtype)(x)
+    return x + MLP(self.intermediate_size, self.act, self.dtype, name="mlp")(h)
+
+
+class DecoderLayer(nn.Module):
+  """CLIPSeg decoder block, post-LN (torch `nn.TransformerEncoderLayer` defaults): LN(x + MHA(x)),
+  then LN(x + MLP(x)). Always ReLU: HF's `decoder_hidden_act` field is not what its code runs."""
+
+  num_heads: int
+  intermediate_size: int
+  eps: float
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = layer_norm(self.eps, "layer_norm1", self.dtype)(
+        x + Attention(self.num_heads, self.dtype, name="self_attn")(x))
+    return layer_norm(self.eps, "layer_norm2", self.dtype)(
+        x + MLP(self.intermediate_size, "relu", self.dtype, name="mlp")(x))
+
+
+class Encoder(nn.Module):
+  """A stack of pre-LN blocks returning the residual stream after each (HF `hidden_states[1:]`)."""
+
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  act: str
+  eps: float
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, bias=None, depth: int | None = None):
+    states = []
+    for i in range(self.num_layers if depth is None else depth):
+      x = EncoderLayer(self.num_heads, self.intermediate_size, self.act, self.eps, self.dtype,
+                       name=f"layers_{i}")(x, bias)
+      states.append(x)
+    return states
+
+
+class Patchify(nn.Module):
+  """Conv2d with stride == kernel == patch, written as one matmul over non-overlapping patches.
+
+  Kernel layout (p, p, C_in, C_out) is Flax's Conv layout (torch weight `.transpose(2, 3, 1, 0)`).
+  """
+
+  features: int
+  patch: int
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):  # [B, H, W, C] -> [B, H/p, W/p, features]
+    b, h, w, c = x.shape
+    p = self.patch
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
+    x = x.reshape(b, h // p, p, w // p, p, c)
+    dtype = self.dtype or x.dtype
+    y = jnp.einsum("bhiwjc,ijcd->bhwd", x.astype(dtype), kernel.astype(dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(dtype)
+    return y
+
+
+class Unpatchify(nn.Module):
+  """ConvTranspose2d with stride == kernel: each token becomes a p x p patch (no overlap, no flip).
+
+  Kernel layout (p, p, C_out, C_in): torch weight [C_in, C_out, p, p] `.transpose(2, 3, 1, 0)`, which is
+  what Flax's `ConvTranspose(transpose_kernel=True)` expects too.
+  """
+
+  features: int
+  patch: int
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):  # [B, h, w, C] -> [B, h*p, w*p, features]
+    b, h, w, c = x.shape
+    p = self.patch
+    kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
+                        (p, p, self.features, c))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    dtype = self.dtype or x.dtype
+    y = jnp.einsum("bhwc,ijoc->bhiwjo", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+    return y.reshape(b, h * p, w * p, self.features)

@@ -1,0 +1,77 @@
+"""Images in, model pixels out, as the reference `CLIPSegProcessor` prepares them: RGB, resize to a
+square (aspect not kept, bilinear), /255, ImageNet mean/std (not CLIP's), NHWC float32."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SIZE = 352
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+  """Open an image file as RGB, EXIF orientation applied; a clear error if it is not an image."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"image not found: {path}")
+  try:
+    with Image.open(path) as im:
+      im.load()
+      return to_rgb(im)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+def to_rgb(image) -> Image.Image:
+  """PIL image (any mode) or uint8 array (HxW, HxWx1/3/4) -> RGB PIL image."""
+  if isinstance(image, Image.Image):
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+      image = image.convert("RGBA")
+      background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+      image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+  arr = np.asarray(image)
+  if arr.dtype != np.uint8:
+    raise ValueError(f"image arrays must be uint8 HxWx3, got dtype {arr.dtype}")
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
+  if arr.ndim == 2:
+    return Image.fromarray(arr, "L").convert("RGB")
+  if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+    raise ValueError(f"image arrays must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+  return to_rgb(Image.fromarray(arr, "RGBA" if arr.shape[-1] == 4 else "RGB"))
+
+
+def check_size(image: Image.Image, what: str = "image"):
+  if image.width == 0 or image.height == 0:
+    raise ValueError(f"{what} has zero size ({image.width}x{image.height})")
+
+
+def normalize(pixels_uint8: np.ndarray) -> np.ndarray:
+  return (pixels_uint8.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+def pixels(image, size: int = IMAGE_SIZE) -> np.ndarray:
+  """One image -> [size, size, 3] normalized float32."""
+  image = to_rgb(image)
+  check_size(image)
+  resized = image.resize((size, size), Image.BILINEAR)
+  return normalize(np.asarray(resized))
+
+
+def batch_pixels(images, size: int = IMAGE_SIZE) -> np.ndarray:
+  return np.stack([pixels(im, size) for im in images])
+
+
+def resize_map(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A float map resized bilinearly (half-pixel centres) to height x width."""
+  if prob.shape == (height, width):
+    return prob.astype(np.float32)
+  im = Image.fromarray(prob.astype(np.float32), "F")
+  return np.asarray(im.resize((width, height), Image.BILINEAR), np.float32)

@@ -1,0 +1,1 @@
+"""Input pipeline: datasets, PhraseCut+ sampling, visual prompt engineering, loaders (issue 3)."""
