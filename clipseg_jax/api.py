@@ -156,15 +156,19 @@ class ClipSeg:
     """[n_images, n_prompts, H, W] probabilities (bool masks with `threshold`) at each image's own
     size; all images must then share a size, else a list of [n_prompts, H_i, W_i] is returned.
     Each image goes through the vision tower once, whatever the number of prompts."""
-    single = not isinstance(images, (list, tuple))
-    images = [images] if single else list(images)
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
     if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
                                     and not isinstance(prompts[0], str)):
       prompts = [prompts]
+    return self.predict_conditions(images, self.encode_prompts(prompts), threshold=threshold,
+                                   batch_size=batch_size)
+
+  def predict_conditions(self, images, cond, *, threshold: float | None = None,
+                         batch_size: int = PREDICT_BATCH):
+    """`predict` with precomputed [P, E] conditions (e.g. interpolated text/visual embeddings)."""
+    images = [preprocess.to_rgb(im) for im in images]
     if not images:
       raise ValueError("no images given")
-    cond = self.encode_prompts(prompts)
-    images = [preprocess.to_rgb(im) for im in images]
     for im in images:
       preprocess.check_size(im)
     outputs = []

@@ -47,7 +47,7 @@ def to_hf(params) -> dict[str, np.ndarray]:
     x = np.asarray(leaf)
     if path[-1] == "kernel":
       x = x.transpose(_TO_TORCH[x.ndim])
-    out[hf_key(path)] = np.ascontiguousarray(x)
+    out[hf_key(path)] = np.array(x, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
   return out
 
 

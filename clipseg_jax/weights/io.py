@@ -68,7 +68,7 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, met
   path = Path(path)
   tmp = atomic_path(path)
   try:
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp),
+    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(tmp),
               metadata=metadata or {"format": "pt"})
     os.replace(tmp, path)
   finally:
@@ -83,7 +83,7 @@ def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
   path = Path(path)
   tmp = atomic_path(path)
   try:
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}, tmp)
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)

@@ -1,0 +1,27 @@
+# Set-up and common jobs. `make setup` creates .venv on a fresh machine (PyPI only, no weights).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; an unpinned `torch` pulls a multi-GB CUDA build. Override for other machines.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[torch,test]' '$(TORCH_SPEC)'
+	# CLIP's BPE vocabulary file ships in this wheel; --no-deps keeps its torchvision pin out.
+	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/clipseg-jax demo --out out/demo
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

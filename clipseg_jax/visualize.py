@@ -1,0 +1,42 @@
+"""Pictures for people: mask PNGs and coloured overlays."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)],
+                   np.float32)
+ALPHA = 0.6
+
+
+def mask_image(prob: np.ndarray) -> Image.Image:
+  """Probabilities (or bools) HxW -> 8-bit greyscale PNG-ready image."""
+  return Image.fromarray(np.round(np.asarray(prob, np.float32) * 255).astype(np.uint8), "L")
+
+
+def overlay(image, probs: np.ndarray, labels=None) -> Image.Image:
+  """Colour each prompt's probability map over the image ([P, H, W] or [H, W]); label with a legend."""
+  base = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.float32)
+  probs = np.asarray(probs, np.float32)
+  probs = probs[None] if probs.ndim == 2 else probs
+  out = base.copy()
+  for i, p in enumerate(probs):
+    a = ALPHA * p[..., None]
+    out = out * (1 - a) + PALETTE[i % len(PALETTE)] * a
+  im = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+  if labels:
+    draw = ImageDraw.Draw(im)
+    for i, text in enumerate(labels):
+      y = 4 + 14 * i
+      draw.rectangle([4, y, 14, y + 10], fill=tuple(int(c) for c in PALETTE[i % len(PALETTE)]))
+      draw.text((18, y - 1), str(text), fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+  return im
+
+
+def slug(text: str, limit: int = 40) -> str:
+  s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+  return s[:limit] or "prompt"

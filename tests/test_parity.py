@@ -1,0 +1,102 @@
+"""Numerical parity with transformers' CLIPSegForImageSegmentation (eager attention, float32)."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipseg_jax import load_model
+from clipseg_jax.config import ClipSegConfig, tiny_config
+from conftest import make_hf_model, rel_err, save_hf, torch_nchw
+
+TOL = 1e-5
+OUTPUTS = ("logits", "conditional_embeddings", "pooled_output")
+
+
+def compare(model, ref, pixels, **cond):
+  ours = model.forward(pixels, **cond)
+  torch_cond = {k: (torch_nchw(v) if k == "conditional_pixel_values" else torch.from_numpy(np.asarray(v)))
+                for k, v in cond.items()}
+  with torch.no_grad():
+    theirs = ref(pixel_values=torch_nchw(pixels), **torch_cond)
+  errors = {k: rel_err(ours[k], getattr(theirs, k).numpy()) for k in OUTPUTS}
+  assert all(e <= TOL for e in errors.values()), errors
+  return errors
+
+
+def text_batch(model, prompts):
+  tok = model.tokenizer(prompts, padding=True, return_tensors="np")
+  return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+
+
+PROMPTS = ["a cat", "a photo of a large brown dog on a sofa", "the red one on the left"]
+
+
+@pytest.mark.parametrize("refined", [False, True])
+def test_tiny_text(tmp_path, refined):
+  ref = save_hf(make_hf_model(tiny_config(use_complex_transposed_convolution=refined), seed=1), tmp_path)
+  model = load_model(tmp_path)
+  pixels = np.random.RandomState(0).randn(3, 64, 64, 3).astype(np.float32)
+  compare(model, ref, pixels, **text_batch(model, PROMPTS))
+
+
+@pytest.mark.parametrize("size", [224, 352, 480])
+def test_input_sizes(tiny_checkpoint, tiny_model, size):
+  """Position embeddings resized by torch-exact bicubic interpolation (64 px native -> size)."""
+  pixels = np.random.RandomState(size).randn(2, size, size, 3).astype(np.float32)
+  compare(tiny_model, tiny_checkpoint[1], pixels, **text_batch(tiny_model, PROMPTS[:2]))
+
+
+def test_visual_prompt_batch(tiny_checkpoint, tiny_model):
+  rng = np.random.RandomState(2)
+  pixels = rng.randn(3, 96, 96, 3).astype(np.float32)
+  support = rng.randn(3, 96, 96, 3).astype(np.float32)
+  compare(tiny_model, tiny_checkpoint[1], pixels, conditional_pixel_values=support)
+
+
+def test_conditional_embeddings(tiny_checkpoint, tiny_model):
+  rng = np.random.RandomState(3)
+  pixels = rng.randn(2, 64, 64, 3).astype(np.float32)
+  cond = rng.randn(2, tiny_model.config.projection_dim).astype(np.float32)
+  compare(tiny_model, tiny_checkpoint[1], pixels, conditional_embeddings=cond)
+
+
+@pytest.mark.parametrize("conditional_layer", [1, 2])
+def test_film_at_other_layers(tmp_path, conditional_layer):
+  """FiLM placed deeper. FiLM just before the last block makes this random model ill-conditioned
+  (torch float32 itself is 4e-6 off its float64 result), so the reference here is torch in float64."""
+  ref = save_hf(make_hf_model(tiny_config(conditional_layer=conditional_layer), seed=4), tmp_path)
+  model = load_model(tmp_path)
+  pixels = np.random.RandomState(4).randn(2, 64, 64, 3).astype(np.float32)
+  cond = text_batch(model, PROMPTS[:2])
+  with torch.no_grad():
+    want = ref.double()(pixel_values=torch_nchw(pixels).double(),
+                        **{k: torch.from_numpy(v) for k, v in cond.items()}).logits.numpy()
+  assert rel_err(model(pixels, **cond), want) <= TOL
+
+
+def test_legacy_eos_pooling(tmp_path):
+  """eos_token_id=2 selects HF's legacy pooling at input_ids.argmax(-1). Token 2 inside the prompt
+  makes the two rules pick different positions, so using the wrong one fails."""
+  config = tiny_config()
+  config.text_config.eos_token_id = 2
+  ref = save_hf(make_hf_model(config, seed=5), tmp_path)
+  model = load_model(tmp_path)
+  assert model.config.text_config.eos_token_id == 2
+  ids = np.array([[49406, 2, 320, 49407, 49407], [49406, 320, 2, 2368, 49407]])
+  pixels = np.random.RandomState(5).randn(2, 64, 64, 3).astype(np.float32)
+  compare(model, ref, pixels, input_ids=ids, attention_mask=np.ones_like(ids))
+
+
+@pytest.mark.slow
+def test_full_refined_352(tmp_path):
+  """The released refined architecture (ViT-B/16, complex head) at 352 px, prompts of several lengths,
+  then a visual-prompt batch on the same weights."""
+  ref = save_hf(make_hf_model(ClipSegConfig(use_complex_transposed_convolution=True), seed=6), tmp_path)
+  model = load_model(tmp_path)
+  n_params = sum(x.size for x in __import__("jax").tree.leaves(model.params))
+  n_decoder = sum(x.size for x in __import__("jax").tree.leaves(model.params["decoder"]))
+  assert (n_params, n_decoder) == (150_747_746, 1_127_009)
+  rng = np.random.RandomState(6)
+  pixels = rng.randn(3, 352, 352, 3).astype(np.float32)
+  compare(model, ref, pixels, **text_batch(model, PROMPTS))
+  compare(model, ref, pixels[:2], conditional_pixel_values=rng.randn(2, 352, 352, 3).astype(np.float32))
