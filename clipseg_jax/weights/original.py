@@ -105,7 +105,11 @@ def decoder_config(clip_config: dict, state: dict[str, np.ndarray], **overrides)
   depth = fields.pop("depth")
   fields.pop("projection_dim")
   fields.update(overrides)
-  cfg = ClipSegConfig.from_clip_dict(clip_config, **fields)
+  try:
+    cfg = ClipSegConfig.from_clip_dict(clip_config, **fields)
+  except ValueError as e:  # original files do not record extract_layers; (3, 6, 9) fits ViT-B/16
+    raise ValueError(f"{e}; original decoder files do not record extract_layers: pass "
+                     "extract_layers= for this CLIP") from None
   if cfg.decoder_depth != depth:
     raise ValueError(f"the decoder file has {depth} blocks but extract_layers={list(cfg.extract_layers)} "
                      f"names {cfg.decoder_depth}; pass extract_layers with {depth} entries")

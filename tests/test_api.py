@@ -1,0 +1,102 @@
+"""The user-facing API: predict, prompt kinds, shared image work, and clear errors for bad input."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipseg_jax import prompts
+
+
+def image(h=70, w=90, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (h, w, 3), np.uint8)
+
+
+def test_predict_shapes_and_one_vision_pass(tiny_model):
+  before = tiny_model.vision_images
+  probs = tiny_model.predict(image(), ["a cat", "a dog", "the sky on the left"])
+  assert probs.shape == (1, 3, 70, 90) and probs.dtype == np.float32
+  assert 0 <= probs.min() and probs.max() <= 1
+  assert tiny_model.vision_images - before == 1  # one image, three prompts: one vision-tower pass
+  masks = tiny_model.predict([image(seed=1), image(seed=2)], ["a cat"], threshold=0.5)
+  assert masks.shape == (2, 1, 70, 90) and masks.dtype == bool
+  assert tiny_model.vision_images - before == 3
+
+
+def test_predict_matches_low_level_call(tiny_model):
+  """predict's shared image work equals running the full model per (image, prompt)."""
+  from clipseg_jax import preprocess
+  im = image(64, 64)
+  texts = ["a cat", "a photo of a dog"]
+  probs = tiny_model.predict(Image.fromarray(im), texts)[0]
+  pixels = np.repeat(preprocess.batch_pixels([im], tiny_model.image_size), 2, axis=0)
+  tok = tiny_model.tokenizer(texts, padding=True, return_tensors="np")
+  logits = np.asarray(tiny_model(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
+  want = np.stack([preprocess.resize_map(np.asarray(jax.nn.sigmoid(l)), 64, 64) for l in logits])
+  np.testing.assert_allclose(probs, want, atol=2e-6)
+
+
+def test_predict_visual_and_mixed_prompts(tiny_model):
+  support, mask = image(50, 60, 3), np.zeros((50, 60), bool)
+  mask[10:30, 20:40] = True
+  probs = tiny_model.predict(image(), ["a cat", (support, mask)])
+  assert probs.shape == (1, 2, 70, 90)
+  with pytest.raises(ValueError, match="support mask is 10x10 but its image is 60x50"):
+    tiny_model.predict(image(), [(support, np.zeros((10, 10), bool))])
+
+
+def test_interpolated_conditions(tiny_model):
+  support, mask = image(50, 60, 3), np.ones((50, 60), bool)
+  t, v = tiny_model.encode_text(["a cat"]), tiny_model.encode_visual([(support, mask)])
+  mixed = prompts.interpolate(t, v, 0.25)
+  np.testing.assert_allclose(mixed, 0.25 * np.asarray(t) + 0.75 * np.asarray(v), rtol=1e-6)
+  probs = tiny_model.predict_conditions([image()], mixed)
+  assert probs.shape == (1, 1, 70, 90)
+
+
+def test_crop_blur_highlight():
+  im = np.full((40, 80, 3), 200, np.uint8)
+  mask = np.zeros((40, 80), bool)
+  mask[10:20, 30:50] = True
+  out = prompts.crop_blur_highlight(im, mask, size=64)
+  assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+  assert out[32, 32].tolist() == [200, 200, 200]  # the object is kept
+  assert out.min() < 30  # background darkened (x 0.1)
+  assert prompts.mask_box(mask) == (9, 28, 21, 52)  # 10% context on each side
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(pixel_values=np.zeros((1, 64, 48, 3))), "must be square"),
+    (dict(pixel_values=np.zeros((1, 72, 72, 3))), "divisible by the patch size 16"),
+    (dict(pixel_values=np.zeros((1, 3, 64, 64))), "NHWC with 3 channels"),
+    (dict(pixel_values=np.zeros((2, 64, 64, 3)), input_ids=np.ones((3, 4), int)), r"one prompt per image"),
+    (dict(pixel_values=np.zeros((2, 64, 64, 3)), conditional_pixel_values=np.zeros((1, 64, 64, 3))),
+     "1 prompt images for 2 query images"),
+    (dict(pixel_values=np.zeros((1, 64, 64, 3))), "exactly one of"),
+    (dict(pixel_values=np.zeros((1, 64, 64, 3)), input_ids=np.ones((1, 4), int),
+          conditional_embeddings=np.zeros((1, 24))), "exactly one of"),
+    (dict(pixel_values=np.zeros((1, 64, 64, 3)), conditional_embeddings=np.zeros((1, 7))), r"\[1, 24\]"),
+])
+def test_low_level_call_errors(tiny_model, kwargs, match):
+  pixels = kwargs.pop("pixel_values")
+  with pytest.raises(ValueError, match=match):
+    tiny_model(pixels, **kwargs)
+
+
+def test_predict_errors(tiny_model):
+  with pytest.raises(ValueError, match="no prompts"):
+    tiny_model.predict(image(), [])
+  with pytest.raises(ValueError, match="non-empty strings"):
+    tiny_model.predict(image(), ["a cat", "  "])
+  with pytest.raises(ValueError, match="no images"):
+    tiny_model.predict([], ["a cat"])
+  with pytest.raises(ValueError, match="zero size"):
+    tiny_model.predict(Image.new("RGB", (0, 5)), ["a cat"])
+  with pytest.raises(ValueError, match="uint8"):
+    tiny_model.predict(np.zeros((8, 8, 3), np.float32), ["a cat"])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_image_modes(tiny_model, mode):
+  im = Image.fromarray(image(30, 40)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 300)
+  assert tiny_model.predict(im, ["a cat"]).shape == (1, 1, 30, 40)

@@ -1,0 +1,65 @@
+"""`clipseg-jax segment` and `convert` on local random-weight checkpoints."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipseg_jax import load_model
+from clipseg_jax.cli.main import main
+
+
+def test_segment_writes_masks_and_overlays(tiny_checkpoint, tmp_path):
+  Image.fromarray(np.random.RandomState(0).randint(0, 256, (75, 120, 3), np.uint8)).save(tmp_path / "a.jpg")
+  Image.fromarray(np.random.RandomState(1).randint(0, 256, (50, 40, 3), np.uint8)).save(tmp_path / "b.png")
+  out = tmp_path / "out"
+  rc = main(["segment", str(tmp_path / "a.jpg"), str(tmp_path / "*.png"), "--prompt", "a red circle",
+             "--prompt", "the sky", "--checkpoint", tiny_checkpoint[0], "--out", str(out)])
+  assert rc == 0
+  for stem, size in (("a", (120, 75)), ("b", (40, 50))):
+    for i, slug in enumerate(["a-red-circle", "the-sky"]):
+      mask = Image.open(out / f"{stem}_{i}_{slug}_mask.png")
+      overlay = Image.open(out / f"{stem}_{i}_{slug}_overlay.png")
+      assert mask.size == overlay.size == size
+      assert mask.mode == "L" and overlay.mode == "RGB"
+    assert Image.open(out / f"{stem}_overlay.png").size == size
+
+
+def test_segment_threshold_gives_binary_masks(tiny_checkpoint, tmp_path):
+  Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+  assert main(["segment", str(tmp_path / "a.png"), "--prompt", "x", "--threshold", "0.5",
+               "--checkpoint", tiny_checkpoint[0], "--out", str(tmp_path / "o")]) == 0
+  assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "a_0_x_mask.png")))) <= {0, 255}
+
+
+def test_segment_bad_inputs(tiny_checkpoint, tmp_path, capsys):
+  (tmp_path / "broken.jpg").write_bytes(b"not an image")
+  args = ["--prompt", "a cat", "--checkpoint", tiny_checkpoint[0], "--out", str(tmp_path / "o")]
+  assert main(["segment", str(tmp_path / "broken.jpg"), *args]) == 2
+  assert "cannot read" in capsys.readouterr().err
+  assert main(["segment", str(tmp_path / "missing.jpg"), *args]) == 2
+  assert "image not found" in capsys.readouterr().err
+  assert main(["segment", str(tmp_path / "broken.jpg"), "--checkpoint", tiny_checkpoint[0],
+               "--out", str(tmp_path / "o")]) == 2
+  assert "at least one --prompt" in capsys.readouterr().err
+
+
+def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path):
+  from transformers import CLIPSegForImageSegmentation
+  src = tiny_checkpoint[0]
+  assert main(["convert", src, str(tmp_path / "hf"), "--to", "hf"]) == 0
+  assert main(["convert", src, str(tmp_path / "flax"), "--to", "flax"]) == 0
+  assert main(["convert", str(tmp_path / "flax"), str(tmp_path / "dec.pth"), "--to", "original"]) == 0
+  ref = tiny_checkpoint[1].state_dict()
+  hf = CLIPSegForImageSegmentation.from_pretrained(tmp_path / "hf").state_dict()
+  assert all(torch.equal(hf[k], v) for k, v in ref.items())
+  dec = torch.load(tmp_path / "dec.pth", weights_only=True)
+  assert torch.equal(dec["blocks.0.self_attn.in_proj_weight"][:16], ref["decoder.layers.0.self_attn.q_proj.weight"])
+  assert load_model(tmp_path / "flax").config == tiny_model.config
+
+
+def test_console_script():
+  out = subprocess.run([sys.executable, "-m", "clipseg_jax.cli.main", "--help"], capture_output=True, text=True)
+  assert out.returncode == 0 and "segment" in out.stdout and "convert" in out.stdout
