@@ -68,6 +68,3 @@ class Decoder(nn.Module):
       x = up2(jax.nn.relu(up1(jax.nn.relu(conv(x)))))
     return x.reshape(*lead, *x.shape[1:3])
 
-  def init_all(self, activations, cond):
-    """Touches every parameter (for `init`)."""
-    return self(self.reduce(activations), cond)

@@ -88,6 +88,11 @@ def _torch_shape(path, shape) -> tuple:
   return shape
 
 
+def hf_shapes(template) -> dict[str, tuple[int, ...]]:
+  """HF key -> torch shape for a params tree or template (no arrays needed)."""
+  return {hf_key(path): _torch_shape(path, leaf.shape) for path, leaf in _leaf_paths(template)}
+
+
 def param_template(config: ClipSegConfig):
   """Shapes/dtypes of the params for `config`, without allocating them."""
   from clipseg_jax.models.clipseg import init_params
