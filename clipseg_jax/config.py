@@ -20,8 +20,15 @@ def _split_known(cls, d: dict) -> tuple[dict, dict]:
   return known, extra
 
 
+class _SubConfig:
+  @classmethod
+  def from_dict(cls, d: dict):
+    known, extra = _split_known(cls, d)
+    return cls(**known, extra=extra)
+
+
 @dataclasses.dataclass
-class TextConfig:
+class TextConfig(_SubConfig):
   """CLIP text tower (HF `CLIPSegTextConfig` fields)."""
 
   vocab_size: int = 49408
@@ -38,14 +45,9 @@ class TextConfig:
   eos_token_id: int = 49407
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-  @classmethod
-  def from_dict(cls, d: dict) -> "TextConfig":
-    known, extra = _split_known(cls, d)
-    return cls(**known, extra=extra)
-
 
 @dataclasses.dataclass
-class VisionConfig:
+class VisionConfig(_SubConfig):
   """CLIP vision tower (HF `CLIPSegVisionConfig` fields)."""
 
   hidden_size: int = 768
@@ -58,11 +60,6 @@ class VisionConfig:
   hidden_act: str = "quick_gelu"
   layer_norm_eps: float = 1e-5
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "VisionConfig":
-    known, extra = _split_known(cls, d)
-    return cls(**known, extra=extra)
 
   @property
   def grid_size(self) -> int:

@@ -100,3 +100,17 @@ def test_predict_errors(tiny_model):
 def test_image_modes(tiny_model, mode):
   im = Image.fromarray(image(30, 40)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 300)
   assert tiny_model.predict(im, ["a cat"]).shape == (1, 1, 30, 40)
+
+
+def test_bfloat16_compute(tiny_checkpoint, tiny_model):
+  """dtype=bfloat16 computes in bf16 with float32 params and stays close to the float32 model."""
+  import jax.numpy as jnp
+  from clipseg_jax import load_model
+  model = load_model(tiny_checkpoint[0], dtype=jnp.bfloat16)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(model.params))
+  pixels = np.random.RandomState(0).randn(2, 64, 64, 3).astype(np.float32)
+  ids = np.array([[49406, 320, 2368, 49407], [49406, 320, 1125, 49407]])
+  low = model(pixels, input_ids=ids)
+  assert low.dtype == jnp.bfloat16
+  want = np.asarray(tiny_model(pixels, input_ids=ids))
+  assert np.abs(np.asarray(low, np.float32) - want).max() / np.abs(want).max() < 0.05

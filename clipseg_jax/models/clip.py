@@ -42,8 +42,7 @@ class VisionTransformer(nn.Module):
     cfg = self.config
     x = VisionEmbeddings(cfg, self.dtype, name="embeddings")(pixel_values)
     x = layer_norm(cfg.layer_norm_eps, "pre_layrnorm", self.dtype)(x)
-    states = Encoder(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
-                     cfg.hidden_act, cfg.layer_norm_eps, self.dtype, name="encoder")(x, depth=depth)
+    states = Encoder(cfg, self.dtype, name="encoder")(x, depth=depth)
     post = layer_norm(cfg.layer_norm_eps, "post_layernorm", self.dtype)
     if self.is_initializing() or len(states) == cfg.num_hidden_layers:
       return states, post(states[-1][:, 0])
@@ -81,9 +80,7 @@ class TextTransformer(nn.Module):
       allowed = allowed & attention_mask.astype(bool)[:, None, :]
     # Additive mask with the dtype's minimum, as HF eager: a fully masked row becomes uniform, not NaN.
     bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None].astype(jnp.float32)
-    states = Encoder(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size,
-                     cfg.hidden_act, cfg.layer_norm_eps, self.dtype,
-                     name="encoder")(x, bias)
+    states = Encoder(cfg, self.dtype, name="encoder")(x, bias)
     x = layer_norm(cfg.layer_norm_eps, "final_layer_norm", self.dtype)(states[-1])
     if cfg.eos_token_id == 2:
       # Legacy HF configs: the EOS token is the largest id in each sequence.

@@ -7,6 +7,7 @@ conversion is a rename table (see `clipseg_jax.weights.hf`).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -76,20 +77,18 @@ class MLP(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """CLIP block, pre-LN: x + MHA(LN1(x)), then + MLP(LN2(x))."""
+  """CLIP block, pre-LN: x + MHA(LN1(x)), then + MLP(LN2(x)). `config`: a Text- or VisionConfig."""
 
-  num_heads: int
-  intermediate_size: int
-  act: str
-  eps: float
+  config: Any
   dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x, bias=None):
-    x = x + Attention(self.num_heads, self.dtype, name="self_attn")(
-        layer_norm(self.eps, "layer_norm1", self.dtype)(x), bias)
-    h = layer_norm(self.eps, "layer_norm2", self.dtype)(x)
-    return x + MLP(self.intermediate_size, self.act, self.dtype, name="mlp")(h)
+    cfg = self.config
+    x = x + Attention(cfg.num_attention_heads, self.dtype, name="self_attn")(
+        layer_norm(cfg.layer_norm_eps, "layer_norm1", self.dtype)(x), bias)
+    h = layer_norm(cfg.layer_norm_eps, "layer_norm2", self.dtype)(x)
+    return x + MLP(cfg.intermediate_size, cfg.hidden_act, self.dtype, name="mlp")(h)
 
 
 class DecoderLayer(nn.Module):
@@ -110,21 +109,17 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """A stack of pre-LN blocks returning the residual stream after each (HF `hidden_states[1:]`)."""
+  """A stack of pre-LN blocks returning the residual stream after each (HF `hidden_states[1:]`);
+  `depth` runs only the first blocks."""
 
-  num_layers: int
-  num_heads: int
-  intermediate_size: int
-  act: str
-  eps: float
+  config: Any
   dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x, bias=None, depth: int | None = None):
     states = []
-    for i in range(self.num_layers if depth is None else depth):
-      x = EncoderLayer(self.num_heads, self.intermediate_size, self.act, self.eps, self.dtype,
-                       name=f"layers_{i}")(x, bias)
+    for i in range(self.config.num_hidden_layers if depth is None else depth):
+      x = EncoderLayer(self.config, self.dtype, name=f"layers_{i}")(x, bias)
       states.append(x)
     return states
 
