@@ -1,0 +1,70 @@
+"""Features and helpers shared by the builders.
+
+Referring datasets (synthetic, PhraseCut, folder) store one record per image with all its phrases
+and one mask per phrase, so an image is stored once however many phrases name it; `raw_examples`
+and the loader flatten them to (image, phrase) pairs. Semantic datasets (PASCAL VOC, COCO) store
+one record per image with a class-index map (255 = ignore).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+log = logging.getLogger("input_pipeline")
+
+
+def referring_features():
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "image_id": tfds.features.Text(),
+      "phrases": tfds.features.Sequence(tfds.features.Text()),
+      # uint8 0/1, one [H, W, 1] mask per phrase: the union of the phrase's regions.
+      "masks": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 1), encoding_format="png")),
+  })
+
+
+def semantic_features(num_classes: int):
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+      "image_id": tfds.features.Text(),
+      # class index per pixel (0 = background, 255 = ignore / void)
+      "segmentation": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+      "classes": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=num_classes)),
+  })
+
+
+def require(path: Path, what: str, where: str) -> Path:
+  """`path` if it exists, else an error naming the file and where to get it."""
+  if not path.exists():
+    raise FileNotFoundError(f"missing {what}: {path}\n{where}")
+  return path
+
+
+def manual_dir(dl_manager, name: str, where: str) -> Path:
+  try:
+    d = Path(dl_manager.manual_dir)
+  except Exception as e:  # tfds raises AssertionError when no manual dir was given
+    raise FileNotFoundError(f"{name} needs --manual-dir pointing at its files.\n{where}") from e
+  return require(d, f"{name} manual directory", where)
+
+
+def mask_feature(mask: np.ndarray) -> np.ndarray:
+  return np.asarray(mask, np.uint8)[..., None]
+
+
+class SkipCounter:
+  """Counts skipped records by reason and logs the totals (no silent skips)."""
+
+  def __init__(self, dataset: str, split: str):
+    self.dataset, self.split, self.counts = dataset, split, {}
+
+  def skip(self, reason: str):
+    self.counts[reason] = self.counts.get(reason, 0) + 1
+
+  def report(self):
+    for reason, n in sorted(self.counts.items()):
+      log.warning("%s/%s: skipped %d record(s): %s", self.dataset, self.split, n, reason)
