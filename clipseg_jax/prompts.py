@@ -1,7 +1,9 @@
 """Prompts: visual prompt engineering on (image, mask) pairs and text/visual interpolation.
 
-`crop_blur_highlight` is the paper's best visual prompt (Table 2): blur the background (Gaussian,
-sigma 3), darken it (x 0.1), crop to the mask's box with 10% context each side, pad square, resize.
+Pure functions, shared by training (PhraseCut+ supports) and inference (one-shot prompts). The
+paper's best visual prompt (Table 2) is `crop_blur_highlight352`: blur the background (Gaussian,
+sigma 3), darken it (x 0.1), crop to the mask's box with 10% context each side, pad square, resize
+to 352. Other modes switch those operations off one by one (`MODES`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ def as_mask(mask, shape: tuple[int, int]) -> np.ndarray:
   return m > (127 if m.dtype == np.uint8 and m.max() > 1 else 0)
 
 
-def blur_highlight(image: np.ndarray, mask: np.ndarray, sigma: float = BLUR_SIGMA,
-                   factor: float = BACKGROUND_FACTOR) -> np.ndarray:
-  """Background blurred and darkened, object untouched (uint8 HxWx3)."""
-  blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)), np.float32)
-  out = np.where(mask[..., None], image.astype(np.float32), blurred * factor)
+def background(image: np.ndarray, mask: np.ndarray, sigma: float = BLUR_SIGMA,
+               factor: float = BACKGROUND_FACTOR) -> np.ndarray:
+  """Background (outside `mask`) blurred with a Gaussian of `sigma` and scaled by `factor`; the
+  object untouched (uint8 HxWx3)."""
+  bg = image
+  if sigma > 0:
+    bg = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+  out = np.where(mask[..., None], image.astype(np.float32), bg.astype(np.float32) * factor)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -57,14 +62,51 @@ def pad_square(image: np.ndarray) -> np.ndarray:
   return out
 
 
-def crop_blur_highlight(image, mask, size: int = IMAGE_SIZE) -> np.ndarray:
-  """The paper's `crop_blur_highlight352`: uint8 [size, size, 3] support image."""
+# name -> (crop to the mask with context, blur the background, darken the background)
+MODES = {
+    "plain": (False, False, False),
+    "highlight": (False, False, True),
+    "blur": (False, True, False),
+    "blur_highlight": (False, True, True),
+    "crop": (True, False, False),
+    "crop_highlight": (True, False, True),
+    "crop_blur": (True, True, False),
+    "crop_blur_highlight": (True, True, True),
+}
+
+
+def parse_mode(mode: str, size: int | None = None) -> tuple[tuple[bool, bool, bool], int]:
+  """'crop_blur_highlight352' -> ((True, True, True), 352); a mode without digits uses `size`."""
+  name = mode.rstrip("0123456789")
+  if name not in MODES:
+    raise ValueError(f"unknown visual prompt mode {mode!r}; known: {', '.join(MODES)} (optionally "
+                     "followed by an output size, e.g. crop_blur_highlight352)")
+  digits = mode[len(name):]
+  return MODES[name], int(digits) if digits else (size or IMAGE_SIZE)
+
+
+def visual_prompt(image, mask, mode: str = "crop_blur_highlight352", size: int | None = None) -> np.ndarray:
+  """Visual prompt engineering on (image, mask) -> uint8 [s, s, 3] support image."""
+  (crop, blur, darken), size = parse_mode(mode, size)
   rgb = np.asarray(to_rgb(image))
   m = as_mask(mask, rgb.shape[:2])
-  out = blur_highlight(rgb, m)
-  top, left, bottom, right = mask_box(m)
-  out = pad_square(out[top:bottom, left:right])
-  return np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
+  if crop:  # crop first (with a blur margin) so the blur only touches pixels that are kept
+    top, left, bottom, right = mask_box(m)
+    margin = int(np.ceil(3 * BLUR_SIGMA)) if blur else 0
+    t0, l0 = max(0, top - margin), max(0, left - margin)
+    b0, r0 = min(m.shape[0], bottom + margin), min(m.shape[1], right + margin)
+    rgb, m = rgb[t0:b0, l0:r0], m[t0:b0, l0:r0]
+    inner = (top - t0, left - l0, bottom - t0, right - l0)
+  if blur or darken:
+    rgb = background(rgb, m, sigma=BLUR_SIGMA if blur else 0.0, factor=BACKGROUND_FACTOR if darken else 1.0)
+  if crop:
+    rgb = pad_square(rgb[inner[0]:inner[2], inner[1]:inner[3]])
+  return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def crop_blur_highlight(image, mask, size: int = IMAGE_SIZE) -> np.ndarray:
+  """The paper's best visual prompt (`crop_blur_highlight352` at size 352)."""
+  return visual_prompt(image, mask, "crop_blur_highlight", size)
 
 
 def interpolate(text_embeddings, visual_embeddings, weight):

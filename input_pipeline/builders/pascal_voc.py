@@ -1,0 +1,61 @@
+"""TFDS builder for PASCAL VOC 2012 segmentation from its original files.
+
+Manual directory: `VOCdevkit/VOC2012/` (or `VOC2012/`, or that folder itself) with `JPEGImages/`,
+`SegmentationClass/` (palette PNGs: 0 background, 1-20 classes, 255 void) and
+`ImageSets/Segmentation/{train,val}.txt`. PASCAL-5i folds: `input_pipeline.classes.pascal5i_fold`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from input_pipeline.builders.common import manual_dir, require, semantic_features
+
+WHERE = ("Get VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site "
+         "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and unpack it into the manual directory.")
+
+
+def voc_root(root: Path) -> Path:
+  for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+    if (candidate / "JPEGImages").is_dir():
+      return candidate
+  raise FileNotFoundError(f"missing PASCAL VOC 2012: no JPEGImages/ under {root}, {root}/VOC2012 or "
+                          f"{root}/VOCdevkit/VOC2012\n{WHERE}")
+
+
+class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
+  """PASCAL VOC 2012 semantic segmentation (21 classes with background)."""
+
+  name = "clipseg_pascal_voc"
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=semantic_features(21),
+                                          homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/")
+
+  def _split_generators(self, dl_manager):
+    root = voc_root(manual_dir(dl_manager, "PASCAL VOC 2012", WHERE))
+    lists = root / "ImageSets" / "Segmentation"
+    return {split: self._generate_examples(root, require(lists / f"{split}.txt", f"{split} image list", WHERE))
+            for split in ("train", "val")}
+
+  def _generate_examples(self, root: Path, list_file: Path):
+    for image_id in list_file.read_text().split():
+      image_path = require(root / "JPEGImages" / f"{image_id}.jpg", f"image {image_id}", WHERE)
+      label_path = require(root / "SegmentationClass" / f"{image_id}.png", f"label map of {image_id}", WHERE)
+      with Image.open(image_path) as im:
+        image = np.asarray(im.convert("RGB"))
+      with Image.open(label_path) as lab:
+        if lab.mode not in ("P", "L"):
+          raise ValueError(f"{label_path}: expected a palette (class index) PNG, got mode {lab.mode}")
+        seg = np.asarray(lab, np.uint8)
+      if seg.shape != image.shape[:2]:
+        raise ValueError(f"{label_path}: {seg.shape} does not match its image {image.shape[:2]}")
+      classes = sorted(int(c) for c in np.unique(seg) if 0 < c < 21)
+      yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None],
+                       "classes": classes}

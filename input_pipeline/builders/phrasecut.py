@@ -1,0 +1,95 @@
+"""TFDS builder for PhraseCut (Wu et al., CVPR 2020) from its original files.
+
+Manual directory: `refer_train.json`, `refer_val.json`, `refer_test.json`, `image_data_split.json`
+and `images/<image_id>.jpg` (Visual Genome images). One record per image with all its phrases; a
+phrase's mask is the union of its instances' polygons at the image's own size.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from input_pipeline.builders.common import (SkipCounter, manual_dir, mask_feature, referring_features,
+                                            require)
+from input_pipeline.rasterize import phrasecut_mask
+
+WHERE = ("Get PhraseCut from https://github.com/ChenyunWu/PhraseCutDataset (its download script "
+         "fetches refer_*.json, image_data_split.json and the Visual Genome images into images/).")
+SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
+  """PhraseCut referring expressions with masks rasterised from their polygons."""
+
+  name = "clipseg_phrasecut"
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=referring_features(),
+                                          homepage="https://github.com/ChenyunWu/PhraseCutDataset")
+
+  def _split_generators(self, dl_manager):
+    root = manual_dir(dl_manager, "PhraseCut", WHERE)
+    require(root / "image_data_split.json", "PhraseCut image list", WHERE)
+    require(root / "images", "PhraseCut images directory", WHERE)
+    return {split: self._generate_examples(root, name) for split, name in SPLITS.items()
+            if (root / f"refer_{name}.json").exists()} or _no_splits(root)
+
+  def _generate_examples(self, root: Path, split: str):
+    tasks = load_tasks(root / f"refer_{split}.json")
+    by_image = collections.defaultdict(list)
+    for task in tasks:
+      by_image[str(task["image_id"])].append(task)
+    skips = SkipCounter("phrasecut", split)
+    for image_id, image_tasks in sorted(by_image.items()):
+      path = require(root / "images" / f"{image_id}.jpg", f"image of PhraseCut task "
+                     f"{image_tasks[0].get('task_id')}", WHERE)
+      with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+      h, w = image.shape[:2]
+      phrases, masks = [], []
+      for task in image_tasks:
+        mask = phrasecut_mask(task["Polygons"], h, w)
+        if not mask.any():
+          skips.skip("polygons cover no pixel")
+          continue
+        phrases.append(task["phrase"])
+        masks.append(mask_feature(mask))
+      if phrases:
+        yield image_id, {"image": image, "image_id": image_id, "phrases": phrases, "masks": masks}
+    skips.report()
+
+
+def load_tasks(path: Path) -> list[dict]:
+  """refer_<split>.json with every record checked; a malformed one is named."""
+  with open(path) as f:
+    tasks = json.load(f)
+  if not isinstance(tasks, list):
+    raise ValueError(f"{path}: expected a list of tasks, got {type(tasks).__name__}")
+  for i, task in enumerate(tasks):
+    where = f"{path.name} record {i} (task_id {task.get('task_id')!r})" if isinstance(task, dict) else \
+        f"{path.name} record {i}"
+    if not isinstance(task, dict) or not {"image_id", "phrase", "Polygons"} <= task.keys():
+      raise ValueError(f"{where}: needs image_id, phrase and Polygons")
+    if not isinstance(task["phrase"], str) or not task["phrase"].strip():
+      raise ValueError(f"{where}: empty phrase")
+    try:
+      for instance in task["Polygons"]:
+        for poly in instance:
+          if np.asarray(poly, np.float64).reshape(-1, 2).shape[0] < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+      raise ValueError(f"{where}: Polygons must be, per instance, a list of polygons of [x, y] points") \
+          from None
+  return tasks
+
+
+def _no_splits(root):
+  raise FileNotFoundError(f"no refer_{{train,val,test}}.json in {root}\n{WHERE}")

@@ -1,0 +1,135 @@
+"""PhraseCut+ sampling (paper section 3.1), as the original code did it.
+
+Per sample: an object-aware random square crop (side min(H, W); up to `crop_tries` tries for one
+keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` (image
+bilinear, mask nearest), ImageNet normalisation; with probability `q_neg` the phrase is swapped for
+another and the mask zeroed; a visual support from another sample with the same phrase, cropped the
+same way and passed through visual prompt engineering; a prompt template ("shuffle+"); and the
+text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`) (1 without support).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+
+import numpy as np
+from PIL import Image
+
+from clipseg_jax import preprocess, prompts
+
+TEMPLATES = ("{}", "a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}.",
+             "a cropped photo of a {}.", "a good photo of a {}.", "a photo of one {}.",
+             "a bad photo of a {}.", "a photo of the {}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PCPlusOptions:
+  image_size: int = 352
+  q_neg: float = 0.2
+  visual_prompts: bool = True     # False: text only (the paper's "PC" variant)
+  mix_max: float = 0.5            # w ~ U(0, mix_max); the code used 0.5, the paper text says 1
+  prompt_mode: str = "crop_blur_highlight"
+  templates: tuple[str, ...] = TEMPLATES
+  crop_tries: int = 50
+  min_mask_fraction: float = 0.05
+  augment: bool = True            # False: no crop or template (evaluation, feature caching)
+
+  @classmethod
+  def from_config(cls, cfg) -> "PCPlusOptions":
+    """From a mapping/ConfigDict holding (some of) these fields; unknown keys are an error."""
+    d = dict(cfg)
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"unknown PhraseCut+ option(s): {', '.join(sorted(unknown))}")
+    if "templates" in d:
+      d["templates"] = tuple(d["templates"])
+    return cls(**d)
+
+
+class PairIndex:
+  """(record, phrase) pairs of a referring source and, per phrase, the pairs that carry it."""
+
+  def __init__(self, source, keep=None):
+    """`keep(phrase) -> bool` drops pairs (e.g. held-out classes); the number dropped is logged."""
+    self.pairs: list[tuple[int, int]] = []
+    self.by_phrase: dict[str, list[int]] = collections.defaultdict(list)
+    self.phrases: list[str] = []
+    self.dropped = 0
+    for r in range(len(source)):
+      for k, phrase in enumerate(source.phrases(r)):
+        if keep is not None and not keep(phrase):
+          self.dropped += 1
+          continue
+        self.by_phrase[phrase].append(len(self.pairs))
+        self.pairs.append((r, k))
+        self.phrases.append(phrase)
+    if self.dropped:
+      logging.getLogger("input_pipeline").info("dropped %d of %d pairs by phrase filter", self.dropped,
+                                               self.dropped + len(self.pairs))
+
+  def __len__(self):
+    return len(self.pairs)
+
+
+def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, min_fraction: float):
+  """(top, left, side) of a square crop keeping > min_fraction of the mask if one is found."""
+  h, w = mask.shape
+  side = min(h, w)
+  total = mask.sum()
+  best, best_kept = (0, 0), -1.0
+  for _ in range(tries if total else 1):
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    kept = mask[top:top + side, left:left + side].sum() / total if total else 0.0
+    if kept > best_kept:
+      best, best_kept = (top, left), kept
+    if kept > min_fraction:
+      break
+  return best[0], best[1], side
+
+
+def random_crop(image, mask, rng, opts: PCPlusOptions):
+  if not opts.augment:
+    return image, mask
+  top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
+  return image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
+
+
+def resize_pair(image, mask, size: int):
+  image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+  mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST), bool)
+  return image, mask
+
+
+class PCPlusTransform:
+  """Callable (pair id, rng) -> one training sample (numpy). Picklable for grain workers."""
+
+  def __init__(self, source, index: PairIndex, opts: PCPlusOptions):
+    self.source, self.index, self.opts = source, index, opts
+
+  def _pair(self, pair_id: int):
+    r, k = self.index.pairs[pair_id]
+    record = self.source[r]
+    return record["image"], record["masks"][k], record["phrases"][k]
+
+  def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
+    opts = self.opts
+    image, mask, phrase = self._pair(int(pair_id))
+    if opts.augment and rng.random() < opts.q_neg:
+      other = self.index.phrases[int(rng.integers(len(self.index)))]
+      if other != phrase:
+        phrase, mask = other, np.zeros_like(mask)
+    image, mask = resize_pair(*random_crop(image, mask, rng, opts), opts.image_size)
+    sample = {"pixels": preprocess.normalize(image), "mask": mask.astype(np.float32),
+              "text": (str(rng.choice(opts.templates)) if opts.augment else "{}").format(phrase),
+              "support": np.zeros_like(image, np.float32), "text_weight": np.float32(1.0)}
+    if opts.visual_prompts:
+      candidates = [p for p in self.index.by_phrase.get(phrase, ()) if p != pair_id]
+      if candidates:
+        s_image, s_mask, _ = self._pair(candidates[int(rng.integers(len(candidates)))])
+        s_image, s_mask = random_crop(s_image, s_mask, rng, opts)
+        support = prompts.visual_prompt(s_image, s_mask, opts.prompt_mode, opts.image_size)
+        sample["support"] = preprocess.normalize(support)
+        sample["text_weight"] = np.float32(rng.uniform(0.0, opts.mix_max))
+    return sample

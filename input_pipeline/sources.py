@@ -1,0 +1,166 @@
+"""Random-access referring sources: one record per image with its phrases and masks.
+
+`ReferringSource` wraps a prepared TFDS dataset (array_record); `FolderSource` reads people's own
+data from a folder (see README, "Your own data") with no build step. Both give records
+`{"image": uint8 [H, W, 3], "image_id": str, "phrases": [str], "masks": [bool [H, W]]}` and
+`phrases(i)` without decoding pixels, which is what the samplers index.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from input_pipeline.builders import BUILDERS
+
+REFERRING = ("synthetic", "phrasecut")
+
+
+def tfds_builder(name: str, data_dir: str | os.PathLike):
+  """The TFDS builder for `name` ("synthetic", "synthetic/tiny", "phrasecut", "pascal_voc", "coco")."""
+  import tensorflow_datasets as tfds
+  short, _, config = name.partition("/")
+  if short not in BUILDERS:
+    raise ValueError(f"unknown dataset {short!r}; known: {', '.join(BUILDERS)} (and 'folder')")
+  module, tfds_name = BUILDERS[short]
+  importlib.import_module(module)
+  return tfds.builder(f"{tfds_name}/{config}" if config else tfds_name, data_dir=str(data_dir),
+                      file_format="array_record")
+
+
+def build(name: str, *, data_dir, manual_dir=None):
+  """Prepare dataset `name` under `data_dir` (reading `manual_dir` for real datasets)."""
+  import tensorflow_datasets as tfds
+  builder = tfds_builder(name, data_dir)
+  config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+  builder.download_and_prepare(download_config=config)
+  return builder
+
+
+def prepared_source(name: str, split: str, data_dir):
+  builder = tfds_builder(name, data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"dataset {name!r} is not prepared in {data_dir}: run "
+                            f"`clipseg-jax data build {name.split('/')[0]} --data-dir {data_dir}` first")
+  if split not in builder.info.splits:
+    raise ValueError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)}")
+  return builder.as_data_source(split)
+
+
+class ReferringSource:
+  """A prepared referring dataset split as random-access records."""
+
+  def __init__(self, name: str, split: str, data_dir):
+    self.name, self.split = name, split
+    self._source = prepared_source(name, split, data_dir)
+    self._phrases = None
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i: int) -> dict:
+    r = self._source[int(i)]
+    return {"image": r["image"], "image_id": _str(r["image_id"]),
+            "phrases": [_str(p) for p in r["phrases"]],
+            "masks": [np.asarray(m)[..., 0] > 0 for m in r["masks"]]}
+
+  def phrases(self, i: int) -> list[str]:
+    if self._phrases is None:
+      self._phrases = self._read_phrases()
+    return self._phrases[i]
+
+  def _read_phrases(self) -> list[list[str]]:
+    """All records' phrases from the serialized protos (no image decoding)."""
+    from tensorflow.core.example import example_pb2
+    raw = self._source.data_source
+    out = []
+    for i in range(len(raw)):
+      feature = example_pb2.Example.FromString(raw[i]).features.feature["phrases"]
+      out.append([p.decode() for p in feature.bytes_list.value])
+    return out
+
+  def __getstate__(self):  # grain workers pickle the source
+    return self.__dict__
+
+
+class FolderSource:
+  """People's own data: `annotations.json` or `annotations.csv` rows of (image, mask, phrase[, split])
+  with paths relative to the folder; mask pixels > 0 are the object, an all-zero mask a negative."""
+
+  def __init__(self, root, split: str | None = None):
+    self.root = Path(root)
+    self.split = split
+    rows = read_annotations(self.root)
+    if split is not None and any("split" in r for r in rows):
+      rows = [r for r in rows if r.get("split", "train") == split]
+    if not rows:
+      raise ValueError(f"{self.root}: no annotation rows" + (f" for split {split!r}" if split else ""))
+    self.rows = rows
+
+  def __len__(self):
+    return len(self.rows)
+
+  def phrases(self, i: int) -> list[str]:
+    return [self.rows[i]["phrase"]]
+
+  def __getitem__(self, i: int) -> dict:
+    row = self.rows[int(i)]
+    with Image.open(self.root / row["image"]) as im:
+      image = np.asarray(im.convert("RGB"))
+    with Image.open(self.root / row["mask"]) as m:
+      mask = np.asarray(m.convert("L")) > 0
+    if mask.shape != image.shape[:2]:
+      raise ValueError(f"{self.root / row['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                       f"is {image.shape[1]}x{image.shape[0]}")
+    return {"image": image, "image_id": row["image"], "phrases": [row["phrase"]], "masks": [mask]}
+
+
+def read_annotations(root: Path) -> list[dict]:
+  if (root / "annotations.json").exists():
+    path = root / "annotations.json"
+    rows = json.loads(path.read_text())
+  elif (root / "annotations.csv").exists():
+    path = root / "annotations.csv"
+    with open(path, newline="") as f:
+      rows = list(csv.DictReader(f))
+  else:
+    raise FileNotFoundError(f"{root} has no annotations.json or annotations.csv (rows of image, mask, "
+                            "phrase and optionally split; see the README)")
+  if not isinstance(rows, list):
+    raise ValueError(f"{path}: expected a list of rows")
+  for i, row in enumerate(rows):
+    if not isinstance(row, dict) or not all(row.get(k) for k in ("image", "mask", "phrase")):
+      raise ValueError(f"{path}: row {i} needs non-empty image, mask and phrase, got {row!r}")
+    for key in ("image", "mask"):
+      if not (root / row[key]).is_file():
+        raise FileNotFoundError(f"{path}: row {i}: {key} file {root / row[key]} not found")
+  return rows
+
+
+def open_source(name: str, split: str, *, data_dir):
+  """A referring source by name: a prepared TFDS dataset, or `folder` (data_dir = the folder)."""
+  if name == "folder":
+    return FolderSource(data_dir, split)
+  if name.split("/")[0] not in REFERRING:
+    raise ValueError(f"{name!r} is not a referring dataset (one of {', '.join(REFERRING)}, folder)")
+  return ReferringSource(name, split, data_dir)
+
+
+def raw_examples(name: str, split: str, *, data_dir):
+  """(image, phrase) pairs before augmentation: dicts of `image` (uint8 HxWx3), `mask` (bool HxW,
+  the union of the phrase's regions at the image's own size), `phrase`, `image_id`."""
+  source = open_source(name, split, data_dir=data_dir)
+  for i in range(len(source)):
+    record = source[i]
+    for phrase, mask in zip(record["phrases"], record["masks"]):
+      yield {"image": record["image"], "mask": mask, "phrase": phrase, "image_id": record["image_id"]}
+
+
+def _str(x) -> str:
+  return x.decode() if isinstance(x, bytes) else str(x)
