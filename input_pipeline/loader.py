@@ -5,11 +5,11 @@ reads only its slice of the pairs), and checkpointable: `iterator.get_state()` /
 resume with exactly the batches an uninterrupted iterator would have produced.
 
 Batches are dicts of numpy arrays (B = batch size per host, S = image size, L = `max_length`):
-  pixels         float32 [B, S, S, 3]  query image, ImageNet-normalised
+  pixels         uint8   [B, S, S, 3]  query image (normalise with clipseg_jax.preprocess.normalize)
   mask           float32 [B, S, S]     target (0/1)
   input_ids      int32   [B, L]        tokenised prompt (template applied), padded to L
   attention_mask int32   [B, L]
-  support        float32 [B, S, S, 3]  visual prompt after prompt engineering (zeros if none)
+  support        uint8   [B, S, S, 3]  visual prompt after prompt engineering (zeros if none)
   text_weight    float32 [B]           w in w * text + (1 - w) * visual (1 = text only)
 """
 

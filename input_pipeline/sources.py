@@ -97,8 +97,8 @@ class FolderSource:
     self.root = Path(root)
     self.split = split
     rows = read_annotations(self.root)
-    if split is not None and any("split" in r for r in rows):
-      rows = [r for r in rows if r.get("split", "train") == split]
+    if split is not None:
+      rows = [r for r in rows if (r.get("split") or "train") == split]
     if not rows:
       raise ValueError(f"{self.root}: no annotation rows" + (f" for split {split!r}" if split else ""))
     self.rows = rows

@@ -1,0 +1,231 @@
+"""PhraseCut+ sampling, visual prompt engineering modes, held-out filtering, folder data, the loader."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipseg_jax import prompts
+from input_pipeline.heldout import make_filter
+from input_pipeline.loader import make_loader
+from input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform, object_aware_crop
+from input_pipeline.sources import FolderSource
+
+
+class MemorySource:
+  """A referring source in memory: n images, each with two phrases (shared across images)."""
+
+  def __init__(self, n=40, size=(48, 64), seed=0):
+    rng = np.random.RandomState(seed)
+    self.records = []
+    for i in range(n):
+      masks = []
+      for k in range(2):
+        m = np.zeros(size, bool)
+        y, x = rng.randint(0, size[0] - 10), rng.randint(0, size[1] - 10)
+        m[y:y + 10, x:x + 10] = True
+        masks.append(m)
+      self.records.append({"image": rng.randint(0, 256, size + (3,), np.uint8), "image_id": str(i),
+                           "phrases": [f"thing {i % 7}", f"other {i}"], "masks": masks})
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    return self.records[i]
+
+  def phrases(self, i):
+    return self.records[i]["phrases"]
+
+
+def samples(opts, n=600, seed=0):
+  source = MemorySource()
+  transform = PCPlusTransform(source, PairIndex(source), opts)
+  rng = np.random.default_rng(seed)
+  return [transform(i % 80, rng) for i in range(n)], transform
+
+
+def test_negative_rate_and_mixing_weights():
+  out, _ = samples(PCPlusOptions(image_size=32, q_neg=0.2, mix_max=0.5))
+  empty = np.mean([s["mask"].sum() == 0 for s in out])
+  assert abs(empty - 0.2) < 0.05  # every source mask is non-empty and survives the crop
+  w = np.array([s["text_weight"] for s in out])
+  with_support = np.array([s["support"].any() for s in out])
+  # "thing k" phrases occur on several images, "other i" on one: the latter get no support (w = 1).
+  assert 0.2 < with_support.mean() < 0.8
+  assert np.all(w[~with_support] == 1.0)
+  assert w[with_support].min() >= 0 and w[with_support].max() <= 0.5
+  assert abs(w[with_support].mean() - 0.25) < 0.04
+  texts = {s["text"] for s in out}
+  assert any(t.startswith("a photo of") for t in texts) and any(t.startswith("thing") for t in texts)
+
+
+def test_text_only_and_no_augmentation():
+  out, _ = samples(PCPlusOptions(image_size=32, visual_prompts=False, augment=False), n=80)
+  assert all(s["text_weight"] == 1.0 and not s["support"].any() for s in out)
+  assert all(s["mask"].sum() > 0 for s in out)  # no negatives without augmentation
+  assert {s["text"] for s in out} <= {p for r in MemorySource().records for p in r["phrases"]}
+  assert out[0]["pixels"].shape == (32, 32, 3) and out[0]["mask"].shape == (32, 32)
+
+
+def test_object_aware_crop_keeps_the_object():
+  mask = np.zeros((100, 300), bool)
+  mask[40:60, 260:290] = True
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    top, left, side = object_aware_crop(mask, rng, tries=50, min_fraction=0.05)
+    assert side == 100 and mask[top:top + side, left:left + side].sum() / mask.sum() > 0.05
+
+
+def test_options_reject_unknown_keys():
+  with pytest.raises(ValueError, match="unknown PhraseCut\\+ option.*q_negative"):
+    PCPlusOptions.from_config({"q_negative": 0.1})
+
+
+@pytest.fixture
+def scene():
+  image = np.random.RandomState(0).randint(50, 256, (60, 80, 3), np.uint8)
+  mask = np.zeros((60, 80), bool)
+  mask[20:40, 30:60] = True
+  return image, mask
+
+
+@pytest.mark.parametrize("mode", list(prompts.MODES))
+def test_prompt_modes(scene, mode):
+  image, mask = scene
+  out = prompts.visual_prompt(image, mask, mode, size=48)
+  assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+  crop, blur, darken = prompts.MODES[mode]
+  full = prompts.visual_prompt(image, mask, mode + "80")  # size from the name
+  assert full.shape == (80, 80, 3)
+  if not crop:
+    ref = prompts.background(image, mask, prompts.BLUR_SIGMA if blur else 0,
+                             prompts.BACKGROUND_FACTOR if darken else 1)
+    np.testing.assert_array_equal(full, np.asarray(Image.fromarray(ref).resize((80, 80), Image.BILINEAR)))
+
+
+def test_background_operations(scene):
+  image, mask = scene
+  dark = prompts.background(image, mask, sigma=0, factor=0.1)
+  np.testing.assert_array_equal(dark[mask], image[mask])  # object untouched
+  np.testing.assert_array_equal(dark[~mask], np.round(image[~mask] * 0.1).astype(np.uint8))
+  blurred = prompts.background(image, mask, sigma=3, factor=1.0)
+  np.testing.assert_array_equal(blurred[mask], image[mask])
+  assert blurred[~mask].std() < image[~mask].std() / 2  # background smoothed
+
+
+def test_crop_mode_box_and_padding(scene):
+  image, mask = scene
+  assert prompts.mask_box(mask) == (18, 27, 42, 63)  # 10% of 20 rows / 30 cols each side
+  out = prompts.visual_prompt(image, mask, "crop", size=36)
+  box = image[18:42, 27:63]  # 24 x 36 -> padded to 36 x 36 (6 rows of zeros top and bottom)
+  np.testing.assert_array_equal(out[6:30], box)
+  assert not out[:6].any() and not out[30:].any()
+
+
+def test_crop_blur_mode_equals_blur_then_crop(scene):
+  """Blurring only the crop (plus a 3-sigma margin) matches blurring the whole image in the kept area."""
+  image, mask = scene
+  fast = prompts.visual_prompt(image, mask, "crop_blur_highlight", size=36)
+  whole = prompts.background(image, mask)[18:42, 27:63]
+  assert np.abs(fast[6:30].astype(int) - whole.astype(int)).max() <= 2
+
+
+def test_heldout_filter():
+  keep = make_filter(["cat", "tvmonitor"])
+  assert not keep("a black cat on the sofa") and not keep("Kitten") and not keep("the television")
+  assert keep("category of things") and keep("a dog") and keep("scatter plot")
+  with pytest.raises(ValueError, match="unknown PASCAL class"):
+    make_filter(["unicorn"])
+  source = MemorySource()
+  index = PairIndex(source, keep=lambda p: not p.startswith("thing 3"))
+  assert index.dropped == sum(r["phrases"][0] == "thing 3" for r in source.records)
+
+
+def write_folder(root, fmt):
+  rows = []
+  for i in range(4):
+    Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(root / f"img{i}.jpg")
+    m = np.zeros((20, 30), np.uint8)
+    m[5:10, 5:5 + i + 1] = 255
+    Image.fromarray(m).save(root / f"mask{i}.png")
+    rows.append({"image": f"img{i}.jpg", "mask": f"mask{i}.png", "phrase": f"bar {i}",
+                 "split": "train" if i < 3 else "test"})
+  if fmt == "json":
+    (root / "annotations.json").write_text(json.dumps(rows))
+  else:
+    (root / "annotations.csv").write_text("image,mask,phrase,split\n" + "".join(
+        f"{r['image']},{r['mask']},{r['phrase']},{r['split']}\n" for r in rows))
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_folder_source(tmp_path, fmt):
+  write_folder(tmp_path, fmt)
+  train = FolderSource(tmp_path, "train")
+  assert len(train) == 3 and len(FolderSource(tmp_path, "test")) == 1
+  r = train[2]
+  assert r["phrases"] == ["bar 2"] and r["masks"][0].sum() == 15 and r["image"].shape == (20, 30, 3)
+
+
+def test_folder_source_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="annotations.json or annotations.csv"):
+    FolderSource(tmp_path)
+  (tmp_path / "annotations.json").write_text(json.dumps([{"image": "x.jpg", "mask": "m.png", "phrase": "a"}]))
+  with pytest.raises(FileNotFoundError, match="row 0: image file"):
+    FolderSource(tmp_path)
+  (tmp_path / "annotations.json").write_text(json.dumps([{"image": "x.jpg", "phrase": "a"}]))
+  with pytest.raises(ValueError, match="row 0 needs non-empty image, mask and phrase"):
+    FolderSource(tmp_path)
+
+
+def batches(loader, n, state=None):
+  it = iter(loader)
+  if state is not None:
+    it.set_state(state)
+  return [next(it) for _ in range(n)], it
+
+
+def assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_loader_resume_is_exact():
+  source = MemorySource()
+  loader = make_loader(source, PCPlusOptions(image_size=32), batch_size=8, seed=3)
+  straight, _ = batches(loader, 25)  # crosses epoch boundaries (80 pairs = 10 batches)
+  first, it = batches(loader, 12)
+  state = it.get_state()
+  resumed, _ = batches(loader, 13, state)
+  assert_same(first + resumed, straight)
+  b = straight[0]
+  assert b["pixels"].shape == (8, 32, 32, 3) and b["input_ids"].shape == (8, 77)
+  assert b["input_ids"].dtype == np.int32 and b["text_weight"].shape == (8,)
+  assert b["pixels"].dtype == b["support"].dtype == np.uint8 and b["mask"].dtype == np.float32
+  other, _ = batches(make_loader(source, PCPlusOptions(image_size=32), batch_size=8, seed=4), 1)
+  assert not np.array_equal(other[0]["pixels"], b["pixels"])  # the seed matters
+
+
+def test_loader_shards_are_disjoint():
+  source = MemorySource(n=20)  # 40 pairs
+  opts = PCPlusOptions(image_size=16, augment=False, visual_prompts=False)
+  seen = []
+  for shard in range(2):
+    loader = make_loader(source, opts, batch_size=4, seed=0, num_epochs=1, shard_index=shard, shard_count=2)
+    keys = [[(x.tobytes(), ids.tobytes()) for x, ids in zip(b["pixels"], b["input_ids"])] for b in loader]
+    seen.append({k for batch in keys for k in batch})
+    assert len(keys) == 5
+  assert len(seen[0] | seen[1]) == 40 and not seen[0] & seen[1]
+
+
+def test_loader_workers_match_in_process():
+  source = MemorySource(n=12)
+  opts = PCPlusOptions(image_size=16)
+  local, _ = batches(make_loader(source, opts, batch_size=4, seed=1), 4)
+  loader = make_loader(source, opts, batch_size=4, seed=1, worker_count=2)
+  first, it = batches(loader, 2)
+  state = it.get_state()
+  rest, _ = batches(loader, 2, state)
+  assert_same(first + rest, local)
