@@ -19,6 +19,11 @@ def pascal_classes() -> list[str]:
   return list(_load("pascal_classes.json")["classes"])
 
 
+def prompt_names() -> dict[str, str]:
+  """Natural names used as prompts for VOC's run-together class names (e.g. 'pottedplant')."""
+  return dict(_load("pascal_classes.json")["prompt_names"])
+
+
 def pascal_synonyms() -> dict[str, list[str]]:
   """Words that name each PASCAL class or a hyponym of it (for held-out filtering)."""
   return dict(_load("pascal_classes.json")["synonyms"])

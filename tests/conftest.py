@@ -8,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from clipseg_jax.config import ClipSegConfig, tiny_config
 
@@ -56,3 +57,36 @@ def tiny_checkpoint(tmp_path_factory):
 def tiny_model(tiny_checkpoint):
   from clipseg_jax import load_model
   return load_model(tiny_checkpoint[0])
+
+
+def write_jpeg(path, h, w, seed=0):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.random.RandomState(seed).randint(0, 256, (h, w, 3), np.uint8)).save(path)
+
+
+def write_voc(manual_dir, specs=None) -> dict:
+  """PASCAL VOC 2012 in its real layout (VOCdevkit/VOC2012/...): palette label PNGs with void (255)
+  borders. specs: {image_id: (split, [(class, (y0, y1, x0, x1)), ...])}. Returns the label maps."""
+  root = manual_dir / "VOCdevkit" / "VOC2012"
+  specs = specs or {
+      "2007_000001": ("train", [(5, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+      "2007_000002": ("train", [(6, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+      "2007_000003": ("val", [(7, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+  }
+  labels, lists = {}, {"train": [], "val": []}
+  (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+  for i, (name, (split, regions)) in enumerate(specs.items()):
+    write_jpeg(root / "JPEGImages" / f"{name}.jpg", 20, 30, i)
+    seg = np.zeros((20, 30), np.uint8)
+    for c, (y0, y1, x0, x1) in regions:
+      seg[y0:y1, x0:x1] = c
+    seg[10:12, :] = 255
+    lab = Image.fromarray(seg, "P")
+    lab.putpalette([v for c in range(256) for v in (c, 255 - c, c // 2)])
+    lab.save(root / "SegmentationClass" / f"{name}.png")
+    labels[name] = seg
+    lists[split].append(name)
+  (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+  for split, names in lists.items():
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+  return labels

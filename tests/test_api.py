@@ -114,3 +114,15 @@ def test_bfloat16_compute(tiny_checkpoint, tiny_model):
   assert low.dtype == jnp.bfloat16
   want = np.asarray(tiny_model(pixels, input_ids=ids))
   assert np.abs(np.asarray(low, np.float32) - want).max() / np.abs(want).max() < 0.05
+
+
+def test_prompt_counts_share_compilations(tiny_checkpoint):
+  """3 and 4 prompts (one bucket) and prompts of different lengths reuse the same compiled code."""
+  from clipseg_jax import load_model
+  model = load_model(tiny_checkpoint[0])
+  model.predict(image(), ["a cat", "a dog", "a red car"])
+  sizes = (model._decode._cache_size(), model._text._cache_size(), model._encode_image._cache_size())
+  model.predict(image(), ["one", "two", "a somewhat longer prompt", "four"])  # all within 8 tokens
+  assert (model._decode._cache_size(), model._text._cache_size(), model._encode_image._cache_size()) == sizes
+  model.predict(image(), ["a"] * 5)  # a new bucket compiles once more
+  assert model._decode._cache_size() == sizes[0] + 1

@@ -9,6 +9,7 @@ from PIL import Image
 from input_pipeline import build, raw_examples
 from input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_to_mask
 from input_pipeline.sources import prepared_source
+from conftest import write_jpeg, write_voc
 
 
 def test_rasterizer_known_areas():
@@ -50,11 +51,6 @@ def test_rle_decoding():
   mask = np.zeros((3, 4), bool)
   mask[1, 2] = True  # column-major position 2*3+1 = 7
   assert np.array_equal(rle_to_mask({"size": [3, 4], "counts": [7, 1, 4]}), mask)
-
-
-def write_jpeg(path, h, w, seed=0):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(np.random.RandomState(seed).randint(0, 256, (h, w, 3), np.uint8)).save(path)
 
 
 @pytest.fixture
@@ -111,22 +107,7 @@ def test_unprepared_dataset_says_how(tmp_path):
 
 
 def test_pascal_voc_builder(tmp_path):
-  root = tmp_path / "voc" / "VOCdevkit" / "VOC2012"
-  labels = {}
-  for i, name in enumerate(["2007_000001", "2007_000002", "2007_000003"]):
-    write_jpeg(root / "JPEGImages" / f"{name}.jpg", 20, 30, i)
-    seg = np.zeros((20, 30), np.uint8)
-    seg[2:8, 3:9] = 5 + i
-    seg[10:12, :] = 255
-    seg[15:, 20:] = 15
-    lab = Image.fromarray(seg, "P")
-    lab.putpalette([v for c in range(256) for v in (c, 255 - c, c // 2)])
-    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    lab.save(root / "SegmentationClass" / f"{name}.png")
-    labels[name] = seg
-  (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-  (root / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000001\n2007_000002\n")
-  (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000003\n")
+  labels = write_voc(tmp_path / "voc")
   build("pascal_voc", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "voc")
   val = prepared_source("pascal_voc", "val", tmp_path / "tfds")
   assert len(val) == 1 and len(prepared_source("pascal_voc", "train", tmp_path / "tfds")) == 2

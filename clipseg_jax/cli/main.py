@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipseg_jax.cli import convert, data, demo, segment
+from clipseg_jax.cli import convert, data, demo, evaluate, segment
 
-COMMANDS = {"segment": segment, "convert": convert, "data": data, "demo": demo}
+COMMANDS = {"segment": segment, "convert": convert, "eval": evaluate, "data": data, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

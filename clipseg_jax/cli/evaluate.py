@@ -1,0 +1,42 @@
+"""Evaluate a checkpoint with one of the paper's protocols; writes JSON, a Markdown table and a PNG.
+
+Example: clipseg-jax eval --checkpoint CIDAS/clipseg-rd64-refined --task pascal5i --data-dir ~/tensorflow_datasets
+"""
+
+from __future__ import annotations
+
+import time
+
+from clipseg_jax.cli.data import DEFAULT_DATA_DIR
+
+
+def add_arguments(p):
+  from clipseg_jax.evaluation import PROTOCOLS
+  p.add_argument("--checkpoint", required=True, help="anything load_model takes")
+  p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
+  p.add_argument("--task", required=True, choices=sorted(PROTOCOLS))
+  p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="prepared datasets (or the folder dataset)")
+  p.add_argument("--dataset", default=None, help="override the task's dataset, e.g. synthetic/tiny")
+  p.add_argument("--split", default=None)
+  p.add_argument("--threshold", type=float, default=None, help="fix the threshold (default: best)")
+  p.add_argument("--fold", type=int, default=None, choices=range(4), help="one-shot fold (default: all)")
+  p.add_argument("--episodes", type=int, default=1000, help="one-shot episodes per fold")
+  p.add_argument("--limit", type=int, default=None, help="only the first N images/episodes")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="out/eval", help="output directory")
+
+
+def run(args):
+  from clipseg_jax import load_model
+  from clipseg_jax.evaluation import report
+  from clipseg_jax.evaluation.protocols import EvalOptions, check_model_fits, run_protocol
+  model = load_model(args.checkpoint, clip=args.clip)
+  check_model_fits(model, args.task)
+  opts = EvalOptions(data_dir=args.data_dir, dataset=args.dataset, split=args.split, limit=args.limit,
+                     threshold=args.threshold, fold=args.fold, episodes=args.episodes, seed=args.seed)
+  start = time.perf_counter()
+  numbers, examples = run_protocol(model, args.task, opts)
+  meta = {"checkpoint": str(args.checkpoint), "seconds": round(time.perf_counter() - start, 1),
+          "options": {k: v for k, v in vars(opts).items() if k != "progress"}}
+  print(report.write(args.out, args.task, numbers, examples, meta))
+  print(f"\nwrote {args.out}/{args.task}.json, .md and _predictions.png")

@@ -1,0 +1,209 @@
+"""The paper's evaluation protocols (DESIGN.md section 7), each a function of (model, data, options).
+
+Every protocol encodes each query image once for all its prompts (`ModelPredictor.probabilities`:
+`ClipSeg.encode_images` + `ClipSeg.decode`), resizes probabilities bilinearly to the ground truth's size, and accumulates
+the paper's statistics. Each returns `(numbers, examples)`: a JSON-ready dict and a few
+(image, prediction, truth, label) tuples for the pictures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from clipseg_jax import preprocess
+from clipseg_jax.metrics import FIXED_THRESHOLDS, Accumulator, ConfusionMatrix
+from clipseg_jax.metrics.binary import at_threshold, confusion_counts, resize_bilinear
+
+N_EXAMPLES = 6  # predictions kept for the picture
+
+
+@dataclasses.dataclass
+class EvalOptions:
+  data_dir: str
+  dataset: str | None = None      # override the task's dataset name (e.g. synthetic/tiny)
+  split: str | None = None
+  limit: int | None = None        # evaluate only the first N images / episodes
+  threshold: float | None = None  # fix the threshold instead of reporting the best
+  fold: int | None = None         # one-shot folds (default: all four)
+  episodes: int = 1000            # one-shot episodes per fold
+  seed: int = 0
+  background_scale: float = 3.0   # zero-shot: the background prompt's probability is scaled by this
+  unseen: tuple[int, ...] = (2, 4, 6, 8, 10)
+  progress: bool = True
+
+
+class ModelPredictor:
+  """What the protocols need from a model: prompt conditions, and probabilities at the image's size.
+  (Tests substitute an oracle with the same three methods.)"""
+
+  def __init__(self, model):
+    self.model = model
+
+  def text(self, prompts):
+    return self.model.encode_text(prompts)
+
+  def visual(self, pairs):
+    return self.model.encode_visual(pairs)
+
+  def probabilities(self, image: np.ndarray, cond) -> np.ndarray:
+    """[P, H, W] probabilities at the image's own size for P conditions (one vision pass)."""
+    m = self.model
+    reduced = m.encode_images(preprocess.batch_pixels([image], m.image_size))
+    probs = np.asarray(jax.nn.sigmoid(m.decode(reduced, cond)))[0]
+    return np.stack([resize_bilinear(p, *image.shape[:2]) for p in probs])
+
+
+def binary_numbers(acc: Accumulator, threshold: float | None) -> dict:
+  """Curves plus the values at the best (or fixed) threshold and at 0.1/0.2/0.3/0.5."""
+  r = acc.result()
+  out = {"curves": {k: np.asarray(v).tolist() for k, v in r.items() if k != "ap"}, "ap": r["ap"]}
+  for name in ("miou", "iou_fg", "iou_bin"):
+    t, v = at_threshold(r, name, threshold)
+    out[name] = {"value": v, "threshold": t}
+    out[name]["fixed"] = {str(ft): at_threshold(r, name, ft)[1] for ft in FIXED_THRESHOLDS}
+  return out
+
+
+def _progress(it, total, desc, opts):
+  return tqdm(it, total=total, desc=desc, unit="img", disable=not opts.progress)
+
+
+def _limit(n, opts):
+  return n if opts.limit is None else min(n, opts.limit)
+
+
+# ---- referring segmentation (PhraseCut, synthetic) -------------------------------------------------
+
+def referring(model, opts: EvalOptions, default_dataset: str, default_split: str):
+  from input_pipeline import open_source
+  source = open_source(opts.dataset or default_dataset, opts.split or default_split, data_dir=opts.data_dir)
+  acc, examples = Accumulator(), []
+  n = _limit(len(source), opts)
+  for i in _progress(range(n), n, default_dataset, opts):
+    record = source[i]
+    probs = model.probabilities(record["image"], model.text(record["phrases"]))
+    for phrase, mask, prob in zip(record["phrases"], record["masks"], probs):
+      acc.add(confusion_counts(prob, mask.astype(np.uint8))[None])  # class = sample
+    if len(examples) < N_EXAMPLES:  # one per image, for variety
+      examples.append((record["image"], probs[0], record["masks"][0], record["phrases"][0]))
+  numbers = binary_numbers(acc.allreduce(), opts.threshold)
+  numbers["samples"] = len(acc.per_class)
+  return numbers, examples
+
+
+def phrasecut(model, opts):
+  return referring(model, opts, "phrasecut", "test")
+
+
+def synthetic(model, opts):
+  return referring(model, opts, "synthetic", "test")
+
+
+# ---- PASCAL VOC zero-shot ----------------------------------------------------------------------------
+
+def pascal_zeroshot(model, opts: EvalOptions):
+  """21 prompts per image (background + 20 classes), background probability x `background_scale`,
+  argmax; mIoU on seen (background included) and unseen classes for each unseen-n split."""
+  from input_pipeline.classes import pascal_classes, pascal_zero_shot_unseen, prompt_names
+  from input_pipeline.sources import prepared_source
+  source = prepared_source(opts.dataset or "pascal_voc", opts.split or "val", opts.data_dir)
+  classes = pascal_classes()
+  cond = model.text(["background"] + [prompt_names().get(c, c) for c in classes])
+  cm, examples = ConfusionMatrix(21), []
+  n = _limit(len(source), opts)
+  for i in _progress(range(n), n, "pascal_zeroshot", opts):
+    r = source[i]
+    probs = model.probabilities(r["image"], cond)
+    probs[0] *= opts.background_scale
+    pred = probs.argmax(0)
+    truth = r["segmentation"][..., 0]
+    cm.add(pred, truth)
+    if len(examples) < N_EXAMPLES:
+      examples.append((r["image"], pred, truth, "argmax of 21 prompts"))
+  numbers = {"images": n, "per_class_iou": dict(zip(["background"] + classes, _nan_to_none(cm.iou())))}
+  for k in opts.unseen:
+    unseen = {classes.index(c) + 1 for c in pascal_zero_shot_unseen(k)}
+    seen = [c for c in range(21) if c not in unseen]
+    numbers[f"unseen-{k}"] = {"miou_seen": cm.mean_iou(seen), "miou_unseen": cm.mean_iou(sorted(unseen))}
+  return numbers, examples
+
+
+def _nan_to_none(values):
+  return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+# ---- one-shot (PASCAL-5i, COCO-20i) ------------------------------------------------------------------
+
+def one_shot(model, opts: EvalOptions, dataset: str, split: str, fold_classes, default_threshold=None):
+  """Episodes: a query image holding class c and a support (another image with c, its mask through
+  crop_blur_highlight); the prediction is scored against the query's c mask (class id = c)."""
+  from input_pipeline.sources import prepared_source
+  source = prepared_source(opts.dataset or dataset, opts.split or split, opts.data_dir)
+  folds = range(4) if opts.fold is None else [opts.fold]
+  with_class = {}
+  for i in range(len(source)):
+    for c in source[i]["classes"]:
+      with_class.setdefault(int(c), []).append(i)
+  numbers, examples = {}, []
+  threshold = opts.threshold if opts.threshold is not None else default_threshold
+  for fold in folds:
+    rng = np.random.default_rng([opts.seed, fold])
+    usable = [c for c in fold_classes(fold) if len(with_class.get(c, ())) >= 2]
+    if not usable:
+      raise ValueError(f"{dataset} {split} has no fold-{fold} class with two images to form an episode")
+    acc = Accumulator()
+    n = _limit(opts.episodes, opts)
+    for _ in _progress(range(n), n, f"{dataset} fold {fold}", opts):
+      c = int(rng.choice(usable))
+      q, s = rng.choice(with_class[c], 2, replace=False)
+      query, support = source[int(q)], source[int(s)]
+      support_mask = support["segmentation"][..., 0] == c
+      cond = model.visual([(support["image"], support_mask)])
+      prob = model.probabilities(query["image"], cond)[0]
+      seg = query["segmentation"][..., 0]
+      truth = np.where(seg == 255, 255, seg == c).astype(np.uint8)
+      acc.add(confusion_counts(prob, truth)[None], [c])
+      if len(examples) < N_EXAMPLES:
+        examples.append((query["image"], prob, truth, f"one-shot class {c} (fold {fold})"))
+    numbers[f"fold{fold}"] = binary_numbers(acc.allreduce(), threshold)
+  keys = ("miou", "iou_fg", "iou_bin")
+  numbers["mean"] = {k: float(np.mean([numbers[f"fold{f}"][k]["value"] for f in folds])) for k in keys}
+  numbers["mean"]["ap"] = float(np.mean([numbers[f"fold{f}"]["ap"] for f in folds]))
+  return numbers, examples
+
+
+def pascal5i(model, opts):
+  from input_pipeline.classes import pascal5i_fold
+  return one_shot(model, opts, "pascal_voc", "val", pascal5i_fold)
+
+
+def coco20i(model, opts):
+  from input_pipeline.classes import coco20i_fold
+  return one_shot(model, opts, "coco", "validation", coco20i_fold, default_threshold=0.1)
+
+
+PROTOCOLS = {"phrasecut": phrasecut, "pascal_zeroshot": pascal_zeroshot, "pascal5i": pascal5i,
+             "coco20i": coco20i, "synthetic": synthetic}
+VISUAL_TASKS = {"pascal5i", "coco20i"}
+
+
+def check_model_fits(model, task: str):
+  """A clear error before any compute when the checkpoint cannot do the task."""
+  trained = model.config.extra.get("trained_prompts", ["text", "visual"])
+  if task in VISUAL_TASKS and "visual" not in trained:
+    raise ValueError(f"task {task!r} prompts with support images, but this checkpoint was trained on "
+                     f"{'/'.join(trained)} prompts only (config.json trained_prompts)")
+
+
+def run_protocol(model, task: str, opts: EvalOptions):
+  """Run `task` with a ClipSeg (or any object with `text`, `visual` and `probabilities`)."""
+  if task not in PROTOCOLS:
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PROTOCOLS)}")
+  if hasattr(model, "config"):
+    check_model_fits(model, task)
+    model = ModelPredictor(model)
+  return PROTOCOLS[task](model, opts)

@@ -1,0 +1,169 @@
+"""Binary segmentation metrics over 49 fixed thresholds, as the paper reports them.
+
+`confusion_counts` is a pure array function (numpy or jax.numpy, jit- and shard-friendly) giving
+per-sample tp/fp/fn/tn at every threshold; `Accumulator` sums them over batches, per class, and
+across hosts; `summarize` turns sums into IoU_FG, IoU_BIN, mIoU and AP (section 7 of DESIGN.md):
+
+  IoU_FG  = tp / (1 + tp + fp + fn)                      (sums over the set)
+  IoU_BIN = (IoU_FG + tn / (1 + tn + fn + fp)) / 2
+  mIoU    = mean over classes of each class's cumulative IoU_FG
+  AP      = Simpson's rule over (recall, precision) with precision = tp / (1 + tp + fp),
+            recall = tp / (1 + tp + fn), at thresholds where tp + fp > 0, pairs deduplicated and
+            sorted by recall, then precision.
+A pixel is positive where p > t (strict); label 255 is ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# float32 so that numpy and JAX compare the same numbers.
+THRESHOLDS = np.linspace(0, 1, 51)[1:-1].astype(np.float32)
+FIXED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
+IGNORE_LABEL = 255
+TP, FP, FN, TN = range(4)
+
+
+def confusion_counts(probs, targets, *, ignore_label: int = IGNORE_LABEL, xp=np):
+  """probs [..., H, W] in [0, 1], targets [..., H, W] (0/1, `ignore_label`) -> int32 [..., T, 4]
+  counts (tp, fp, fn, tn) at each of the T thresholds. `xp` is numpy or jax.numpy."""
+  t = xp.asarray(THRESHOLDS)
+  pred = probs[..., None] > t                       # [..., H, W, T]
+  valid = (targets != ignore_label)[..., None]
+  fg = (targets == 1)[..., None]
+  count = lambda m: xp.sum(m, axis=(-3, -2), dtype=xp.int32)
+  tp = count(pred & fg & valid)
+  fp = count(pred & ~fg & valid)
+  fn = count(~pred & fg & valid)
+  tn = count(~pred & ~fg & valid)
+  return xp.stack([tp, fp, fn, tn], axis=-1)
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix of torch's bilinear resize (align_corners=False, no antialias)."""
+  src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
+  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  m = np.zeros((n_out, n_in))
+  np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m
+
+
+def resize_bilinear(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A [h, w] map resized to [height, width] the way the paper's evaluation does (torch bilinear)."""
+  if prob.shape == (height, width):
+    return np.asarray(prob, np.float32)
+  rows, cols = bilinear_matrix(prob.shape[0], height), bilinear_matrix(prob.shape[1], width)
+  return (rows @ np.asarray(prob, np.float64) @ cols.T).astype(np.float32)
+
+
+class Accumulator:
+  """Sums of per-threshold counts over the whole set and per class (host-side, int64)."""
+
+  def __init__(self):
+    self.total = np.zeros((len(THRESHOLDS), 4), np.int64)
+    self.per_class: dict = {}
+
+  def add(self, counts, classes=None):
+    """counts [B, T, 4] (or [T, 4]); classes: one hashable class id per sample (None: own class)."""
+    counts = np.asarray(counts, np.int64).reshape(-1, len(THRESHOLDS), 4)
+    if classes is None:
+      start = len(self.per_class)
+      classes = [("sample", start + i) for i in range(len(counts))]
+    classes = list(classes)
+    if len(classes) != len(counts):
+      raise ValueError(f"{len(classes)} class ids for {len(counts)} samples")
+    self.total += counts.sum(0)
+    for c, k in zip(classes, counts):
+      c = c.item() if hasattr(c, "item") else c
+      self.per_class[c] = self.per_class.get(c, 0) + k
+    return self
+
+  def merge(self, other: "Accumulator"):
+    self.total += other.total
+    for c, k in other.per_class.items():
+      self.per_class[c] = self.per_class.get(c, 0) + k
+    return self
+
+  def allreduce(self):
+    """Sum over all processes of a multi-host run (every process gets the same result)."""
+    import jax
+    if jax.process_count() == 1:
+      return self
+    import pickle
+    from jax.experimental import multihost_utils
+    blob = np.frombuffer(pickle.dumps(self), np.uint8)
+    size = multihost_utils.process_allgather(np.array([blob.size]))
+    padded = np.zeros(int(size.max()), np.uint8)
+    padded[:blob.size] = blob
+    blobs = multihost_utils.process_allgather(padded)
+    merged = Accumulator()
+    for n, b in zip(np.ravel(size), blobs):
+      merged.merge(pickle.loads(b[:int(n)].tobytes()))
+    return merged
+
+  def result(self) -> dict:
+    return summarize(self.total, np.stack(list(self.per_class.values())) if self.per_class else None)
+
+
+def _iou(tp, fp, fn):
+  return tp / (1.0 + tp + fp + fn)
+
+
+def average_precision(tp, fp, fn) -> float:
+  from scipy.integrate import simpson
+  keep = (tp + fp) > 0
+  precision = tp[keep] / (1.0 + tp[keep] + fp[keep])
+  recall = tp[keep] / (1.0 + tp[keep] + fn[keep])
+  pairs = sorted(set(zip(recall.tolist(), precision.tolist())))
+  if len(pairs) < 2:
+    return 0.0
+  r, p = np.array(pairs).T
+  return float(simpson(p, x=r))
+
+
+def summarize(total, per_class=None) -> dict:
+  """Sums [T, 4] (+ per-class [C, T, 4]) -> metric curves over thresholds and their best values."""
+  total = np.asarray(total, np.float64)
+  tp, fp, fn, tn = total.T
+  iou_fg = _iou(tp, fp, fn)
+  iou_bin = (iou_fg + tn / (1.0 + tn + fn + fp)) / 2
+  if per_class is not None:
+    pc = np.asarray(per_class, np.float64)
+    miou = _iou(pc[..., TP], pc[..., FP], pc[..., FN]).mean(0)
+  else:
+    miou = iou_fg
+  out = {"thresholds": THRESHOLDS.astype(np.float64), "iou_fg": iou_fg, "iou_bin": iou_bin, "miou": miou,
+         "ap": average_precision(tp, fp, fn)}
+  return out
+
+
+def at_threshold(result: dict, name: str, t: float | None = None) -> tuple[float, float]:
+  """(threshold, value) of curve `name` at the threshold nearest `t`, or at its best threshold."""
+  curve = result[name]
+  i = int(np.argmax(curve)) if t is None else int(np.argmin(np.abs(result["thresholds"] - t)))
+  return float(result["thresholds"][i]), float(curve[i])
+
+
+def fixed_threshold_metrics(probs, targets, classes=None, *, ignore_label: int = IGNORE_LABEL) -> dict:
+  """Metrics over a set of samples of any sizes (DESIGN.md section 3).
+
+  probs: float maps in [0, 1] (H_i x W_i), resized bilinearly to their target's size when the sizes
+  differ; targets: uint8 maps (0/1, `ignore_label` ignored); classes: a class id per sample
+  (default: each sample its own class). Returns numpy curves over the 49 thresholds
+  (`thresholds`, `iou_fg`, `iou_bin`, `miou`) and the float `ap`.
+  """
+  probs, targets = list(probs), list(targets)
+  if len(probs) != len(targets):
+    raise ValueError(f"{len(probs)} predictions for {len(targets)} targets")
+  acc = Accumulator()
+  for i, (p, t) in enumerate(zip(probs, targets)):
+    t = np.asarray(t)
+    if t.ndim != 2:
+      raise ValueError(f"target {i} must be H x W, got shape {t.shape}")
+    p = resize_bilinear(np.asarray(p, np.float32), *t.shape)
+    acc.add(confusion_counts(p, t, ignore_label=ignore_label)[None],
+            None if classes is None else [classes[i]])
+  return acc.result()

@@ -1,0 +1,36 @@
+"""Shared set-up for the benchmarks: one random-weight ViT-B/16 CLIPSeg in both frameworks."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+
+def models(refined: bool = True, seed: int = 0):
+  """(clipseg_jax ClipSeg, transformers model with its default attention), the same random weights."""
+  import jax
+  import torch
+  from transformers import CLIPSegForImageSegmentation
+
+  from clipseg_jax import load_model
+  from clipseg_jax.api import ClipSeg
+  from clipseg_jax.config import ClipSegConfig
+  from clipseg_jax.models.clipseg import init_params
+  config = ClipSegConfig(use_complex_transposed_convolution=refined)
+  directory = tempfile.mkdtemp(prefix="clipseg_bench_")
+  ClipSeg(config, init_params(config, jax.random.PRNGKey(seed))).export_hf(directory)
+  torch.set_grad_enabled(False)
+  return load_model(directory), CLIPSegForImageSegmentation.from_pretrained(directory).eval()
+
+
+def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
+  """Median wall time of `fn()` in seconds after `warmup` calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
