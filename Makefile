@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,data,test]' '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[torch,data,train,test]' '$(TORCH_SPEC)'
 	# CLIP's BPE vocabulary file ships in this wheel; --no-deps keeps its torchvision pin out.
 	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
 	touch $@

@@ -222,6 +222,8 @@ class ClipSeg:
   def export_hf(self, out_dir: str | os.PathLike):
     """`config.json` + `model.safetensors` (+ tokenizer) loadable by
     `transformers.CLIPSegForImageSegmentation.from_pretrained(out_dir)`; weights bit-identical."""
+    if not self.config.use_decoder_blocks:
+      raise ValueError("transformers' CLIPSeg has no decoder without blocks (CLIP-Deconv); use save()")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     io.write_safetensors(self.hf_state_dict(), out / "model.safetensors")

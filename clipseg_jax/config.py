@@ -82,6 +82,8 @@ class ClipSegConfig:
   decoder_hidden_act: str = "quick_gelu"
   conditional_layer: int = 0
   use_complex_transposed_convolution: bool = False
+  # Not in HF: False gives the paper's CLIP-Deconv baseline (FiLM, projection, head; no blocks).
+  use_decoder_blocks: bool = True
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
@@ -146,6 +148,8 @@ class ClipSegConfig:
     vision.setdefault("model_type", "clipseg_vision_model")
     out = plain(self)
     out["extract_layers"] = list(self.extract_layers)
+    if self.use_decoder_blocks:
+      out.pop("use_decoder_blocks")
     out["text_config"] = text
     out["vision_config"] = vision
     out["model_type"] = "clipseg"

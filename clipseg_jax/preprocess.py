@@ -75,3 +75,9 @@ def resize_map(prob: np.ndarray, height: int, width: int) -> np.ndarray:
     return prob.astype(np.float32)
   im = Image.fromarray(prob.astype(np.float32), "F")
   return np.asarray(im.resize((width, height), Image.BILINEAR), np.float32)
+
+
+def normalize_jax(pixels_uint8):
+  """`normalize` for device arrays (uint8 batches from the loader are normalised in the step)."""
+  import jax.numpy as jnp
+  return (pixels_uint8.astype(jnp.float32) / 255.0 - MEAN) / STD

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipseg_jax.cli import convert, data, demo, evaluate, segment
+from clipseg_jax.cli import convert, data, demo, evaluate, segment, train
 
-COMMANDS = {"segment": segment, "convert": convert, "eval": evaluate, "data": data, "demo": demo}
+COMMANDS = {"segment": segment, "convert": convert, "train": train, "eval": evaluate, "data": data,
+            "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  args, rest = build_parser().parse_known_args(argv)
+  overrides = [a for a in rest if a.startswith("--config.")]
+  if args.command != "train" and rest or len(overrides) != len(rest):
+    build_parser().error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides or args.command != 'train')}")
   try:
+    if args.command == "train":
+      return COMMANDS["train"].run(args, overrides) or 0
     return COMMANDS[args.command].run(args) or 0
-  except (ValueError, FileNotFoundError, OSError) as e:
+  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
     print(f"clipseg-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
 

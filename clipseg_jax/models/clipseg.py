@@ -63,6 +63,10 @@ class ClipSegModel(nn.Module):
   def reduce(self, activations):
     return self.decoder.reduce(activations)
 
+  def decode_activations(self, activations, cond):
+    """Raw (or cached) CLIP activations and [B, E] conditions -> logits [B, H, W] (training)."""
+    return self.decoder(self.decoder.reduce(activations), cond)
+
   def text_embeddings(self, input_ids, attention_mask=None):
     return self.clip.text_embeds(input_ids, attention_mask)
 

@@ -29,7 +29,7 @@ class Decoder(nn.Module):
     self.layers = [
         DecoderLayer(cfg.decoder_num_attention_heads, cfg.decoder_intermediate_size,
                      cfg.vision_config.layer_norm_eps, self.dtype, name=f"layers_{i}")
-        for i in range(cfg.decoder_depth)
+        for i in range(cfg.decoder_depth if cfg.use_decoder_blocks else 0)
     ]
     p = cfg.vision_config.patch_size
     if cfg.use_complex_transposed_convolution:
@@ -49,11 +49,12 @@ class Decoder(nn.Module):
   def __call__(self, reduced, cond):
     """Reduced activations (deepest first) and [..., E] conditions -> logits [..., H, W]."""
     a = None
-    for i, (r, layer) in enumerate(zip(reduced, self.layers)):
+    for i, r in enumerate(reduced):
       a = r if a is None else r + a
       if i == self.config.conditional_layer:
         a = self.film_mul(cond)[..., None, :] * a + self.film_add(cond)[..., None, :]
-      a = layer(a)
+      if self.layers:
+        a = self.layers[i](a)
     return self.upsample(a)
 
   def upsample(self, tokens):

@@ -1,0 +1,43 @@
+"""Orbax checkpoints of a run: train state, the trainable params alone (for `load_model(WORKDIR)`),
+and the data iterator's state. Saves are asynchronous; Orbax writes each step to a temporary
+directory and renames it when complete, so a killed run never leaves a half-written checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  def __init__(self, directory, keep: int = 3, asynchronous: bool = True):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
+                                           create=True)
+    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                         item_names=("state", "params", "data"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data: dict, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              params=ocp.args.StandardSave(state.params),
+                              data=ocp.args.JsonSave(data))
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, abstract_state, step: int | None = None):
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return out["state"], out["data"]
+
+  def restore_params(self, abstract_params, step: int | None = None):
+    step = self.latest_step() if step is None else step
+    out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return out["params"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()

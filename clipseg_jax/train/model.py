@@ -1,0 +1,63 @@
+"""The model a training run starts from: CLIP from any source, a freshly initialised decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+
+from clipseg_jax.config import ClipSegConfig
+from clipseg_jax.models.clipseg import init_params
+from clipseg_jax.weights import hf, io
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED = {"embedded:synthetic-clip": ASSETS / "synthetic_clip"}
+
+DECODER_FIELDS = ("extract_layers", "reduce_dim", "decoder_num_attention_heads", "decoder_intermediate_size",
+                  "conditional_layer", "use_complex_transposed_convolution")
+
+
+def resolve_clip(source: str) -> Path:
+  """A local directory for a CLIP source: an embedded name, a path, or a hub id."""
+  if source in EMBEDDED:
+    path = EMBEDDED[source]
+    if not (path / "config.json").exists():
+      raise FileNotFoundError(f"the embedded CLIP {source!r} is missing from {path}; it is made by "
+                              "`clipseg-jax pretrain-clip` (see README)")
+    return path
+  return io.resolve(source)
+
+
+def model_config(model_cfg) -> ClipSegConfig:
+  """ClipSegConfig: towers from the CLIP source's config.json, decoder from the training config."""
+  clip_dir = resolve_clip(model_cfg.clip)
+  raw = json.loads((clip_dir / "config.json").read_text())
+  fields = {k: model_cfg[k] for k in DECODER_FIELDS}
+  fields["extract_layers"] = tuple(fields["extract_layers"])
+  if model_cfg.get("decoder_depth", -1) == 0:
+    fields["use_decoder_blocks"] = False
+  if raw.get("model_type") == "clipseg":  # towers of a CLIPSeg checkpoint
+    base = ClipSegConfig.from_dict(raw)
+    return dataclasses.replace(base, **fields)
+  if raw.get("model_type") != "clip":
+    raise ValueError(f"{model_cfg.clip}: expected an HF CLIP or CLIPSeg checkpoint, got model_type "
+                     f"{raw.get('model_type')!r}")
+  return ClipSegConfig.from_clip_dict(raw, **fields)
+
+
+def clip_params(config: ClipSegConfig, source: str) -> dict:
+  """The `clip` subtree of the params, loaded from `source` (CLIP or CLIPSeg layout)."""
+  path = resolve_clip(source)
+  state = io.read_state(path)
+  if not any(k.startswith("clip.") for k in state):
+    state = {f"clip.{k}": v for k, v in state.items()}
+  state = {k: v for k, v in state.items() if k.startswith("clip.")}
+  template = {"clip": hf.param_template(config)["clip"]}
+  return hf.from_hf(state, template, source=str(path))["clip"]
+
+
+def initial_params(config: ClipSegConfig, clip_source: str, seed: int) -> dict:
+  decoder = jax.jit(lambda key: init_params(config, key)["decoder"])(jax.random.PRNGKey(seed))
+  return {"clip": clip_params(config, clip_source), "decoder": decoder}

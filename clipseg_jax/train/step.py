@@ -1,0 +1,108 @@
+"""The train step: a jitted pure function (state, batch) -> (state, metrics).
+
+Freezing is expressed once, in `split`: CLIP parameters never enter the train state, so the optimiser
+holds no state for them and updates nothing of theirs, and the loss is differentiated with respect to
+the decoder parameters only. CLIP's forward pass runs outside `value_and_grad`: no backward pass
+through CLIP exists in the compiled step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clipseg_jax import preprocess
+from clipseg_jax.models.clipseg import ClipSegModel
+
+TRAINABLE = ("decoder",)
+
+
+def split(params: dict) -> tuple[dict, dict]:
+  """(trainable, frozen) parts of the params: the decoder trains, CLIP stays frozen."""
+  return ({k: v for k, v in params.items() if k in TRAINABLE},
+          {k: v for k, v in params.items() if k not in TRAINABLE})
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any        # the trainable part only
+  opt_state: Any
+
+
+def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with cosine decay (paper: 1e-3 -> 1e-4), optional warm-up and gradient clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if optim.warmup_steps else optim.learning_rate, peak_value=optim.learning_rate,
+      warmup_steps=optim.warmup_steps, decay_steps=max(total_steps, optim.warmup_steps + 1),
+      end_value=optim.end_learning_rate)
+  adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+  if optim.grad_clip_norm:
+    return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
+  return adamw
+
+
+def init_state(trainable: dict, tx) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable))
+
+
+def bce(logits, targets):
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def mix(text, visual, weight):
+  """w * text + (1 - w) * visual per sample (w = 1: text only)."""
+  w = weight[:, None].astype(text.dtype)
+  return w * text + (1.0 - w) * visual
+
+
+def _update(state: TrainState, tx, loss_fn):
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask):
+  """The loss as a function of the trainable parameters (CLIP outputs are constants here)."""
+  def loss_fn(trainable):
+    logits = module.apply({"params": {**frozen, **trainable}}, activations, cond,
+                          method=ClipSegModel.decode_activations)
+    return bce(logits, mask)
+  return loss_fn
+
+
+def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool):
+  """Step on raw batches (input_pipeline.loader): frozen CLIP forward, then the decoder's update."""
+  def step(state: TrainState, frozen, batch):
+    clip = lambda method, *args: jax.lax.stop_gradient(
+        module.apply({"params": frozen}, *args, method=method))
+    acts = clip(ClipSegModel.activations, preprocess.normalize_jax(batch["pixels"]))
+    cond = clip(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"])
+    if visual_prompts:
+      visual = clip(ClipSegModel.visual_embeddings, preprocess.normalize_jax(batch["support"]))
+      cond = mix(cond, visual, batch["text_weight"])
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
+  return step
+
+
+def make_cached_step(module: ClipSegModel, tx):
+  """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
+  def step(state: TrainState, frozen, tables, batch):
+    acts = [a[batch["record"]] for a in tables["activations"]]
+    cond = mix(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
+  return step
+
+
+def count_flops(fn, *args) -> float:
+  """FLOPs XLA's cost analysis assigns to the compiled `fn(*args)`."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", np.nan))

@@ -1,0 +1,231 @@
+"""The training loop: mesh, frozen CLIP, decoder state, data, checkpoints, logging, evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from clipseg_jax.api import ClipSeg
+from clipseg_jax.models.clipseg import ClipSegModel
+from clipseg_jax.train import checkpoints, configs, sharding, step as steps
+from clipseg_jax.train.model import initial_params, model_config
+
+log = logging.getLogger("clipseg_jax.train")
+# Settings that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE = {"total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "eval_images",
+             "sample_every", "data.workers", "data.data_dir", "model.clip"}
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def check_workdir(cfg, workdir: Path):
+  """Refuse a workdir holding a run of another config (before any compute)."""
+  saved = workdir / "config.json"
+  if not saved.exists():
+    return
+  old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(configs.to_json(cfg)))
+  diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE and old.get(k) != new.get(k))
+  if diff:
+    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
+    raise ValueError(f"{workdir} holds a run of another config ({details}); use a new --workdir")
+
+
+def use_cache(cfg) -> bool:
+  mode = cfg.data.cache_features
+  if mode == "auto":
+    return not cfg.data.pcplus.augment
+  if isinstance(mode, bool):
+    return mode
+  raise ValueError(f"data.cache_features must be 'auto', True or False, got {mode!r}")
+
+
+class Preempted:
+  """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step."""
+
+  def __init__(self):
+    self.flag = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, *_):
+    self.flag = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def train(cfg, workdir, *, show_progress: bool = True) -> dict:
+  """Train (or resume) the run in `workdir`; returns the last metrics."""
+  workdir = Path(os.path.expanduser(str(workdir)))
+  check_workdir(cfg, workdir)
+  mesh = sharding.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
+  sharding.check_batch(cfg.batch_size, mesh)
+  lead = jax.process_index() == 0
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  config = model_config(cfg.model)
+  compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
+  module = ClipSegModel(config, compute)
+  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
+  tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
+  state = steps.init_state(trainable, tx)
+
+  rep = sharding.replicated(mesh)
+  state_sh = jax.tree.map(lambda _: rep, state)
+  frozen_sh = sharding.param_shardings(frozen, mesh, cfg.mesh.clip_sharding)
+  frozen = jax.device_put(frozen, frozen_sh)
+  batch_sh = sharding.batch_sharding(mesh)
+
+  data = Data(cfg, module, frozen, mesh)
+  ckpt = checkpoints.Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
+  start = ckpt.latest_step() or 0
+  if start:
+    state, data_state = ckpt.restore(jax.eval_shape(lambda: state), start)
+    data.restore(data_state)
+    log.info("resumed %s at step %d", workdir, start)
+  state = jax.device_put(state, state_sh)
+  if lead:
+    (workdir / "config.json").write_text(configs.to_json(cfg) + "\n")
+    (workdir / "model").mkdir(exist_ok=True)
+    config.to_json(workdir / "model" / "config.json")
+    (workdir / "model" / "base.json").write_text(json.dumps({"clip": cfg.model.clip}) + "\n")
+
+  step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep)
+  evaluator = Evaluator(cfg, config, frozen, workdir) if lead and cfg.eval_every else None
+  writer = Writer(workdir) if lead else None
+  preempted = Preempted()
+  metrics, t0, seen = {}, time.perf_counter(), 0
+  bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="train",
+             disable=not (lead and show_progress))
+  try:
+    for step in bar:
+      state, metrics = step_fn(state, frozen, *data.batch(step, batch_sh))
+      seen += cfg.batch_size
+      done = step + 1
+      if done % cfg.log_every == 0 or done == cfg.total_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["images_per_s"] = seen / (time.perf_counter() - t0)
+        t0, seen = time.perf_counter(), 0
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
+        if writer:
+          writer.scalars(done, metrics)
+      if evaluator and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+        result = evaluator(state.params, done)
+        writer.scalars(done, result)
+        metrics.update(result)
+      if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or preempted.flag:
+        ckpt.save(done, state, data.state(done), force=True)
+      if preempted.flag:
+        log.warning("SIGTERM: saved step %d, exiting", done)
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    preempted.restore()
+    data.close()
+  return metrics
+
+
+class Data:
+  """The two data paths: cached CLIP features (decoder-only steps) or streamed raw batches."""
+
+  def __init__(self, cfg, module, frozen, mesh):
+    from input_pipeline import open_source
+    from input_pipeline.heldout import make_filter
+    from input_pipeline.pcplus import PairIndex, PCPlusOptions
+    self.cfg, self.mesh = cfg, mesh
+    self.opts = PCPlusOptions.from_config(cfg.data.pcplus)
+    self.cached = use_cache(cfg)
+    data_dir = os.path.expanduser(cfg.data.data_dir)
+    source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
+    keep = make_filter(cfg.data.heldout_classes) if cfg.data.heldout_classes else None
+    self.local = cfg.batch_size // jax.process_count()
+    if self.cached:
+      from clipseg_jax.train.features import FeatureCache
+      cache = FeatureCache(module, jax.device_get(frozen), source, PairIndex(source, keep), self.opts,
+                           show=jax.process_index() == 0)
+      self.cache = cache
+      self.tables = jax.device_put(cache.tables(), sharding.replicated(mesh))
+    else:
+      from input_pipeline.loader import make_loader
+      loader = make_loader(source, self.opts, batch_size=self.local, seed=cfg.seed, worker_count=cfg.data.workers,
+                           shard_index=jax.process_index(), shard_count=jax.process_count(), keep=keep)
+      self.iterator = iter(loader)
+
+  def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep):
+    if self.cached:
+      fn = steps.make_cached_step(module, tx)
+      tables_sh = jax.tree.map(lambda _: rep, self.tables)
+      return jax.jit(lambda s, f, t, b: fn(s, f, t, b), in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
+                     out_shardings=(state_sh, rep), donate_argnums=(0,))
+    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts)
+    return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
+                   donate_argnums=(0,))
+
+  def batch(self, step: int, batch_sh):
+    if self.cached:
+      local = self.cache.sample(self.cfg.seed, step, self.cfg.batch_size, jax.process_index(), jax.process_count())
+      return self.tables, sharding.global_batch(local, batch_sh)
+    return (sharding.global_batch(next(self.iterator), batch_sh),)
+
+  def state(self, step: int) -> dict:
+    if self.cached:
+      return {"kind": "cached", "step": step}
+    return {"kind": "stream", "iterator": self.iterator.get_state()}
+
+  def restore(self, state: dict):
+    if not self.cached and state.get("kind") == "stream":
+      self.iterator.set_state(state["iterator"])
+
+  def close(self):
+    pass
+
+
+class Evaluator:
+  """Periodic IoU on the held-out split, and a picture of predictions in workdir/samples."""
+
+  def __init__(self, cfg, config, frozen, workdir: Path):
+    self.cfg, self.workdir = cfg, workdir
+    self.model = ClipSeg(config, {**jax.device_get(frozen), "decoder": None},
+                         image_size=cfg.data.pcplus.image_size)
+
+  def __call__(self, trainable, step: int) -> dict:
+    from clipseg_jax.evaluation import report
+    from clipseg_jax.evaluation.protocols import EvalOptions, referring
+    self.model.params = {**self.model.params, **jax.device_get(trainable)}
+    opts = EvalOptions(data_dir=os.path.expanduser(self.cfg.data.data_dir), dataset=self.cfg.data.name,
+                       split=self.cfg.data.eval_split, limit=self.cfg.eval_images, progress=False)
+    from clipseg_jax.evaluation.protocols import ModelPredictor
+    numbers, examples = referring(ModelPredictor(self.model), opts, self.cfg.data.name, self.cfg.data.eval_split)
+    if self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps:
+      (self.workdir / "samples").mkdir(exist_ok=True)
+      report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")
+    return {"eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"], "eval/iou_fg_best": numbers["iou_fg"]["value"],
+            "eval/miou_best": numbers["miou"]["value"], "eval/ap": numbers["ap"]}
+
+
+class Writer:
+  """TensorBoard event files in workdir/tb (process 0 only)."""
+
+  def __init__(self, workdir: Path):
+    import tensorflow as tf
+    self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tb"))
+
+  def scalars(self, step: int, values: dict):
+    with self.writer.as_default():
+      for k, v in values.items():
+        self.tf.summary.scalar(k, float(v), step=step)
+    self.writer.flush()

@@ -1,0 +1,9 @@
+"""CLIPSeg rd16-uni on PhraseCut+ (reduce_dim 16)."""
+
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base()
+  c.model.reduce_dim = 16
+  return c

@@ -1,0 +1,7 @@
+"""CLIPSeg rd64-uni on PhraseCut+ (paper Table 1: the released rd64-uni)."""
+
+from experiments.configs import common
+
+
+def get_config():
+  return common.base()

@@ -1,0 +1,10 @@
+"""CLIPSeg trained on PhraseCut without the "+" (text prompts only, no negatives)."""
+
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base()
+  c.data.pcplus.visual_prompts = False
+  c.data.pcplus.q_neg = 0.0
+  return c

@@ -1,0 +1,10 @@
+"""CLIPSeg rd64-uni-refined: the complex transposed-convolution head, 50k iterations."""
+
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base()
+  c.model.use_complex_transposed_convolution = True
+  c.total_steps = 50_000
+  return c

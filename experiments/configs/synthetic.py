@@ -1,0 +1,30 @@
+"""The embedded default: the built-in synthetic dataset on the embedded small CLIP, on a CPU in minutes.
+
+Query images are not augmented, so CLIP features are cached and each step runs only the decoder.
+"""
+
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base()
+  c.total_steps = 1500
+  c.batch_size = 32
+  c.checkpoint_every = 500
+  c.log_every = 25
+  c.eval_every = 500
+  c.eval_images = 100
+  c.sample_every = 500
+  c.model.clip = "embedded:synthetic-clip"
+  c.model.extract_layers = (1, 2, 3)
+  c.model.decoder_intermediate_size = 512
+  c.data.name = "synthetic"
+  c.data.eval_split = "validation"
+  c.data.workers = 0
+  c.data.pcplus.image_size = 160
+  c.data.pcplus.augment = False     # scenes are already square crops: cache the CLIP features
+  c.data.pcplus.q_neg = 0.1         # the dataset itself holds negatives too
+  c.optim.learning_rate = 2e-3
+  c.optim.end_learning_rate = 1e-4
+  c.optim.warmup_steps = 50
+  return c
