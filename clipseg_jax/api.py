@@ -267,6 +267,8 @@ def load_model(source, *, clip=None, dtype=jnp.float32, extract_layers=None) -> 
     return _load_original(path, clip, dtype, extract_layers)
   if (path / FLAX_MARKER).exists():
     return _load_flax(path, dtype)
+  if (path / "checkpoints").is_dir() and (path / "model" / "base.json").exists():
+    return _load_workdir(path, dtype)
   config_path = path / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{path} has no config.json: not an HF model directory or a clipseg-jax "
@@ -289,6 +291,24 @@ def _load_flax(path: Path, dtype) -> ClipSeg:
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(path.absolute() / "params", template)
   return ClipSeg(config, params, load_tokenizer(path), dtype)
+
+
+def _load_workdir(path: Path, dtype) -> ClipSeg:
+  """The latest checkpoint of a training run: its CLIP source plus the trained decoder."""
+  from clipseg_jax.train.checkpoints import Checkpointer
+  from clipseg_jax.train.model import clip_params
+  config = ClipSegConfig.from_json(path / "model" / "config.json")
+  base = json.loads((path / "model" / "base.json").read_text())
+  ckpt = Checkpointer(path / "checkpoints")
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"{path} holds no checkpoint yet")
+    decoder = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})
+  finally:
+    ckpt.close()
+  params = {"clip": clip_params(config, base["clip"]), **decoder}
+  image_size = json.loads((path / "config.json").read_text())["data"]["pcplus"]["image_size"]
+  return ClipSeg(config, params, load_tokenizer(), dtype, image_size=image_size)
 
 
 def _load_original(path: Path, clip, dtype, extract_layers) -> ClipSeg:

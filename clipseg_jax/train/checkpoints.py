@@ -25,15 +25,17 @@ class Checkpointer:
                               data=ocp.args.JsonSave(data))
     return self.manager.save(step, args=args, force=force)
 
-  def restore(self, abstract_state, step: int | None = None):
+  def restore(self, abstract_state, shardings=None, step: int | None = None):
+    """(state, data state) at `step` (default: latest), placed by `shardings` (any mesh/topology)."""
     step = self.latest_step() if step is None else step
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(_placed(abstract_state, shardings)), data=ocp.args.JsonRestore()))
     return out["state"], out["data"]
 
   def restore_params(self, abstract_params, step: int | None = None):
     step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    target = _placed(abstract_params, None)
+    out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
     return out["params"]
 
   def wait(self):
@@ -41,3 +43,13 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _placed(abstract, shardings):
+  """Abstract arrays with target shardings (default: the first local device), so that a checkpoint
+  written on one topology restores on another."""
+  import jax
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

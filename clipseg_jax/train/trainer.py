@@ -93,7 +93,7 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   start = ckpt.latest_step() or 0
   if start:
-    state, data_state = ckpt.restore(jax.eval_shape(lambda: state), start)
+    state, data_state = ckpt.restore(jax.eval_shape(lambda: state), state_sh, start)
     data.restore(data_state)
     log.info("resumed %s at step %d", workdir, start)
   state = jax.device_put(state, state_sh)

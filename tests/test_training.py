@@ -1,0 +1,182 @@
+"""Training: freezing, sharding equivalence, multi-process, kill/resume, SIGTERM, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from clipseg_jax import load_model
+from clipseg_jax.cli.main import main
+from input_pipeline import build
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "synthetic.py")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """A tiny random CLIP (HF CLIPModel layout) and the tiny synthetic dataset."""
+  from transformers import CLIPConfig, CLIPModel
+  root = tmp_path_factory.mktemp("train")
+  config = CLIPConfig(
+      text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         image_size=64, patch_size=16), projection_dim=24)
+  CLIPModel(config).save_pretrained(root / "clip")
+  build("synthetic/tiny", data_dir=root / "tfds")
+  return root
+
+
+def overrides(setup, **extra):
+  values = {"model.clip": str(setup / "clip"), "data.name": "synthetic/tiny", "data.data_dir": str(setup / "tfds"),
+            "data.pcplus.image_size": 64, "batch_size": 8, "total_steps": 6, "checkpoint_every": 2,
+            "log_every": 2, "eval_every": 0, "model.decoder_intermediate_size": 64, **extra}
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def run_cli(setup, workdir, *args, devices=None, env=None, wait=True, **extra):
+  cmd = [sys.executable, "-m", "clipseg_jax.cli.main", "train", "--config", CONFIG, "--workdir", str(workdir),
+         *args, *overrides(setup, **extra)]
+  if devices:
+    cmd += ["--cpu-devices", str(devices)]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **(env or {})})
+  if not wait:
+    return proc
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def decoder(workdir):
+  return jax.tree.map(np.asarray, load_model(workdir).params["decoder"])
+
+
+def max_rel_err(a, b):
+  """max |a - b| / max |b| over all parameters. (Per tensor it would be meaningless for the key
+  biases: their true gradient is exactly zero, so Adam turns rounding noise into ~1e-7 drifts.)"""
+  diff = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return diff / max(float(np.abs(y).max()) for y in jax.tree.leaves(b))
+
+
+def test_freezing_no_clip_state_update_or_gradient(setup):
+  """CLIP gets no optimiser state and no update; the compiled step has no backward pass through CLIP:
+  its FLOPs are CLIP's forward plus the decoder-only step's, not ~3x CLIP's."""
+  import jax.numpy as jnp
+  from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import step as steps
+  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.model import initial_params, model_config
+  cfg = load_config(CONFIG, overrides(setup, **{"optim.warmup_steps": 0}))
+  config = model_config(cfg.model)
+  module = ClipSegModel(config)
+  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, 0))
+  tx = steps.make_optimizer(cfg.optim, 10)
+  state = steps.init_state(trainable, tx)
+  assert set(trainable) == {"decoder"} and set(frozen) == {"clip"}
+  size = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  assert size(state.opt_state) - 2 * size(trainable) <= 4  # Adam's mu and nu for the decoder, step counts
+  b = 4
+  rng = np.random.RandomState(0)
+  batch = {"pixels": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8), "mask": (rng.rand(b, 64, 64) > 0.5).astype(np.float32),
+           "input_ids": np.tile(np.array([[49406, 320, 2368, 49407, 49407]], np.int32), (b, 1)),
+           "attention_mask": np.ones((b, 5), np.int32), "support": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8),
+           "text_weight": np.full((b,), 0.3, np.float32)}
+  frozen_before = jax.tree.map(np.array, frozen)
+  stream = steps.make_stream_step(module, tx, visual_prompts=True)
+  new_state, metrics = jax.jit(stream)(state, frozen, batch)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen_before)))
+  assert max_rel_err(new_state.params, trainable) > 0  # the decoder did move
+
+  from clipseg_jax import preprocess
+  def clip_forward(frozen, batch):
+    f = lambda m, *a: module.apply({"params": frozen}, *a, method=m)
+    return (f(ClipSegModel.activations, preprocess.normalize_jax(batch["pixels"])),
+            f(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"]),
+            f(ClipSegModel.visual_embeddings, preprocess.normalize_jax(batch["support"])))
+  acts, text, visual = jax.jit(clip_forward)(frozen, batch)
+  tables = {"activations": list(acts), "text": text, "visual": visual}
+  idx = {"record": jnp.arange(b), "text": jnp.arange(b), "visual": jnp.arange(b), "mask": batch["mask"],
+         "text_weight": batch["text_weight"]}
+  f_stream = steps.count_flops(stream, state, frozen, batch)
+  f_clip = steps.count_flops(clip_forward, frozen, batch)
+  f_decoder_step = steps.count_flops(steps.make_cached_step(module, tx), state, frozen, tables, idx)
+  assert f_clip > 0.2 * f_stream  # a backward pass through CLIP would add about 2 x f_clip
+  assert f_stream == pytest.approx(f_clip + f_decoder_step, rel=0.1)
+
+
+def test_sharding_equivalence(setup, tmp_path):
+  """Meshes (8,1), (4,2) with CLIP FSDP-sharded, and (1,1) train to the same decoder."""
+  run_cli(setup, tmp_path / "m81", devices=8, **{"mesh.shape": "(8,1)"})
+  run_cli(setup, tmp_path / "m42", devices=8, **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp"})
+  run_cli(setup, tmp_path / "m11", **{"mesh.shape": "(1,1)"})
+  ref = decoder(tmp_path / "m11")
+  assert max_rel_err(decoder(tmp_path / "m81"), ref) <= 1e-5
+  assert max_rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+  """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [run_cli(setup, tmp_path / "multi", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                   "--process-id", str(i), devices=4, wait=False) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  run_cli(setup, tmp_path / "single", devices=8)
+  assert max_rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
+  extra = {} if cached else {"data.pcplus.augment": True, "data.workers": 0}
+  run_cli(setup, tmp_path / "straight", **extra)
+  proc = run_cli(setup, tmp_path / "killed", wait=False, **{**extra, "total_steps": 400})
+  deadline = time.time() + 300
+  while not (tmp_path / "killed" / "checkpoints" / "2").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps_done = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps_done and steps_done[-1] < 400
+  run_cli(setup, tmp_path / "killed", **extra)  # the same command (total 6) resumes ...
+  if steps_done[-1] < 6:
+    assert max_rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
+
+
+def test_sigterm_saves_and_exits(setup, tmp_path):
+  proc = run_cli(setup, tmp_path / "term", wait=False, **{"total_steps": 100000, "checkpoint_every": 100000})
+  deadline = time.time() + 300
+  while not (tmp_path / "term" / "config.json").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  time.sleep(8)  # let it take some steps
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-2000:]
+  saved = [int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved and 0 < max(saved) < 100000
+
+
+def test_bad_input_fails_before_compute(setup, tmp_path, capsys):
+  args = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w")]
+  assert main(args + ["--config.batchsize=4"]) == 2
+  assert "unknown config key 'batchsize'" in capsys.readouterr().err
+  assert main(args + overrides(setup, **{"mesh.shape": "(3,1)"})) == 2
+  assert "needs 3 devices" in capsys.readouterr().err
+  run_cli(setup, tmp_path / "w", **{"total_steps": 2})
+  assert main(args + overrides(setup, **{"optim.learning_rate": 0.5})) == 2
+  assert "holds a run of another config" in capsys.readouterr().err
+
+
+def test_batch_must_divide_data_axis(setup, tmp_path):
+  proc = run_cli(setup, tmp_path / "b", devices=8, wait=False, **{"batch_size": 12, "mesh.shape": "(8,1)"})
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and "does not divide over the 8 devices" in out
