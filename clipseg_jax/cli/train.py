@@ -23,8 +23,9 @@ def initialize_distributed(args):
   if args.coordinator:
     if args.num_processes is None or args.process_id is None:
       raise ValueError("--coordinator needs --num-processes and --process-id")
-    if jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes (affects CPU devices only; asking for the backend here would
+    # initialise it before jax.distributed may).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif args.distributed == "auto":
     jax.distributed.initialize()
