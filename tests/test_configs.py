@@ -43,3 +43,35 @@ def test_config_json_round_trip(tmp_path):
 def test_invalid_configs(fields, match):
   with pytest.raises(ValueError, match=match):
     ClipSegConfig(**fields)
+
+
+RECIPES = ["rd64_uni", "rd16_uni", "rd64_uni_refined", "rd64_uni_pc", "clip_deconv", "synthetic"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_training_recipe_builds(name, tmp_path):
+  """Each recipe's model builds (`jax.eval_shape`: no weights) on a ViT-B/16 CLIP config (config.json
+  only, as openai/clip-vit-base-patch16 has it), and the contract's fields are there."""
+  from pathlib import Path
+
+  from transformers import CLIPConfig
+
+  from clipseg_jax.models.clipseg import init_params
+  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.model import model_config
+  CLIPConfig(vision_config=dict(patch_size=16), projection_dim=512).save_pretrained(tmp_path)
+  path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.py"
+  cfg = load_config(path)
+  for key in ("total_steps", "batch_size", "checkpoint_every", "seed"):
+    assert key in cfg
+  if name == "synthetic":
+    assert cfg.batch_size % 8 == 0  # shards over 8 devices
+    return
+  cfg.model.clip = str(tmp_path)
+  config = model_config(cfg.model)
+  shapes = jax.eval_shape(lambda: init_params(config))
+  decoder = sum(x.size for x in jax.tree.leaves(shapes["decoder"]))
+  if name == "rd64_uni_refined":
+    assert decoder == 1_127_009
+  if name == "clip_deconv":
+    assert "layers_0" not in shapes["decoder"] and config.use_decoder_blocks is False

@@ -1,79 +1,86 @@
-"""Run the embedded default end to end, offline: segment a generated scene and check PyTorch parity.
-
-Preview of the main job. Until the embedded pretrained backbone ships (training, issue 5), the model
-is the full CLIPSeg ViT-B/16 refined architecture with random weights: the masks are noise, but every
-stage runs for real (tokenizer, vision tower, decoder, export to transformers, and transformers'
-PyTorch model agreeing with ours on the exported weights).
+"""The main job on the embedded default, offline: train CLIPSeg's decoder on the built-in synthetic
+dataset with the embedded pretrained small CLIP frozen, evaluate it on held-out scenes, write
+overlays, and set it beside two ablations (a randomly initialised backbone, the prompt withheld).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-PROMPTS = ("a red circle", "a blue square", "a green triangle")
+CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "synthetic.py"
+ABLATIONS = {
+    "CLIPSeg (pretrained small CLIP, frozen)": [],
+    "ablation: randomly initialised backbone": ["--config.model.clip=random:embedded:synthetic-clip"],
+    "ablation: prompt withheld": ["--config.model.withhold_prompt=True"],
+}
 
 
 def add_arguments(p):
-  p.add_argument("--out", default="out/demo", help="output directory")
-  p.add_argument("--seed", type=int, default=0)
-
-
-def scene(size: int = 480) -> Image.Image:
-  """A picture with the three shapes the prompts name."""
-  im = Image.new("RGB", (size, size), (235, 230, 215))
-  d = ImageDraw.Draw(im)
-  s = size // 10
-  d.ellipse([1 * s, 1 * s, 4 * s, 4 * s], fill=(210, 30, 30))
-  d.rectangle([6 * s, 2 * s, 9 * s, 5 * s], fill=(30, 60, 200))
-  d.polygon([(2 * s, 9 * s), (5 * s, 9 * s), (3.5 * s, 6 * s)], fill=(30, 160, 60))
-  return im
+  p.add_argument("--out", default="out/demo", help="output directory (runs resume when rerun)")
+  p.add_argument("--data-dir", default=None, help="prepared datasets (default: OUT/tfds)")
+  p.add_argument("--steps", type=int, default=None, help="override the config's total_steps")
+  p.add_argument("--no-ablations", action="store_true", help="train only the main run")
+  p.add_argument("--eval-images", type=int, default=200, help="held-out test scenes to score")
 
 
 def run(args):
-  import jax
+  import logging
 
-  from clipseg_jax import visualize
-  from clipseg_jax.api import ClipSeg
-  from clipseg_jax.config import ClipSegConfig
-  from clipseg_jax.models.clipseg import init_params
+  from absl import logging as absl_logging
 
+  from clipseg_jax import load_model
+  from clipseg_jax.evaluation.protocols import EvalOptions, ModelPredictor, NoPromptPredictor, referring
+  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.trainer import train
+  from input_pipeline import build
+  from input_pipeline.sources import tfds_builder
+  logging.basicConfig(level=logging.WARNING, format="%(message)s")
+  absl_logging.set_verbosity(absl_logging.WARNING)
   out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  config = ClipSegConfig(use_complex_transposed_convolution=True)
-  model = ClipSeg(config, init_params(config, jax.random.PRNGKey(args.seed)))
-  image = scene()
-  image.save(out / "scene.png")
-  t = time.perf_counter()
-  probs = model.predict(image, list(PROMPTS))[0]
-  print(f"segmented a {image.width}x{image.height} image with {len(PROMPTS)} prompts in "
-        f"{time.perf_counter() - t:.2f} s (includes compilation)")
-  visualize.overlay(image, probs, PROMPTS).save(out / "overlay.png")
-  for i, (prompt, p) in enumerate(zip(PROMPTS, probs)):
-    visualize.mask_image(p).save(out / f"mask_{i}_{visualize.slug(prompt)}.png")
-  hf_dir = model.export_hf(out / "hf")
-  print(f"exported to {hf_dir}; {_parity(model, hf_dir)}")
-  print(f"wrote {out}/overlay.png and one mask per prompt (random weights: expect noise)")
+  data_dir = Path(args.data_dir or out / "tfds").expanduser()
+  t0 = time.perf_counter()
+  if not tfds_builder("synthetic", data_dir).is_prepared():
+    print(f"building the synthetic dataset in {data_dir} ...")
+    build("synthetic", data_dir=data_dir)
+  print(f"data ready ({time.perf_counter() - t0:.0f} s)")
+  rows = []
+  runs = list(ABLATIONS.items())[:1 if args.no_ablations else None]
+  for name, extra in runs:
+    workdir = out / ("run" if not extra else extra[0].split("=")[0].split(".")[-1])
+    overrides = [f"--config.data.data_dir={data_dir}", *extra]
+    if args.steps:
+      overrides.append(f"--config.total_steps={args.steps}")
+    cfg = load_config(CONFIG, overrides)
+    start = time.perf_counter()
+    print(f"\n== {name}: {cfg.total_steps} steps, workdir {workdir}")
+    train(cfg, workdir)
+    model = load_model(workdir)
+    predictor = (NoPromptPredictor if cfg.model.withhold_prompt else ModelPredictor)(model)
+    numbers, _ = referring(predictor, EvalOptions(data_dir=str(data_dir), limit=args.eval_images),
+                           "synthetic", "test")
+    seconds = time.perf_counter() - start
+    rows.append((name, numbers, seconds))
+    if not extra:
+      overlays(model, data_dir, out)
+  print(f"\nHeld-out synthetic test scenes ({args.eval_images} images, every phrase; IoU in %):\n")
+  print("| run | IoU_FG @0.5 | IoU_FG best (t) | mIoU best | AP | train+eval time |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: |")
+  for name, n, seconds in rows:
+    print(f"| {name} | {100 * n['iou_fg']['fixed']['0.5']:.1f} | {100 * n['iou_fg']['value']:.1f} "
+          f"({n['iou_fg']['threshold']:.2f}) | {100 * n['miou']['value']:.1f} | {100 * n['ap']:.1f} | {seconds:.0f} s |")
+  print(f"\ntotal {time.perf_counter() - t0:.0f} s; overlays in {out}/overlay_*.png; "
+        f"the trained model loads with clipseg_jax.load_model('{out / 'run'}')")
 
 
-def _parity(model, hf_dir) -> str:
-  try:
-    import torch
-    from transformers import CLIPSegForImageSegmentation
-  except ImportError:
-    return "PyTorch not installed: parity check skipped (pip install 'clipseg-jax[torch]')"
-  from clipseg_jax import preprocess
-  ref = CLIPSegForImageSegmentation.from_pretrained(hf_dir, attn_implementation="eager").eval()
-  pixels = preprocess.batch_pixels([scene()])
-  tok = model.tokenizer([PROMPTS[0]], return_tensors="np")
-  ours = np.asarray(model(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
-  with torch.no_grad():
-    theirs = ref(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)),
-                 input_ids=torch.from_numpy(tok["input_ids"]),
-                 attention_mask=torch.from_numpy(tok["attention_mask"])).logits.numpy()
-  err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
-  status = "OK" if err <= 1e-5 else "MISMATCH"
-  return f"transformers' PyTorch model on the exported weights: max relative logit error {err:.1e} ({status})"
+def overlays(model, data_dir, out: Path, n: int = 3):
+  """A few held-out scenes, each with its phrases drawn over it."""
+  from clipseg_jax import visualize
+  from input_pipeline import open_source
+  source = open_source("synthetic", "test", data_dir=str(data_dir))
+  for i in range(n):
+    r = source[i]
+    phrases = list(dict.fromkeys(r["phrases"]))[:4]
+    probs = model.predict(r["image"], phrases)[0]
+    visualize.overlay(r["image"], probs, phrases).resize((384, 384)).save(out / f"overlay_{i}.png")

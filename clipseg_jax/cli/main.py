@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipseg_jax.cli import convert, data, demo, evaluate, segment, train
+from clipseg_jax.cli import convert, data, demo, evaluate, pretrain_clip, segment, train
 
 COMMANDS = {"segment": segment, "convert": convert, "train": train, "eval": evaluate, "data": data,
-            "demo": demo}
+            "demo": demo, "pretrain-clip": pretrain_clip}
+TAKES_OVERRIDES = ("train", "pretrain-clip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,11 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args, rest = build_parser().parse_known_args(argv)
   overrides = [a for a in rest if a.startswith("--config.")]
-  if args.command != "train" and rest or len(overrides) != len(rest):
-    build_parser().error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides or args.command != 'train')}")
+  if rest and (args.command not in TAKES_OVERRIDES or len(overrides) != len(rest)):
+    build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
   try:
-    if args.command == "train":
-      return COMMANDS["train"].run(args, overrides) or 0
+    if args.command in TAKES_OVERRIDES:
+      return COMMANDS[args.command].run(args, overrides) or 0
     return COMMANDS[args.command].run(args) or 0
   except (ValueError, KeyError, FileNotFoundError, OSError) as e:
     print(f"clipseg-jax {args.command}: error: {e}", file=sys.stderr)

@@ -57,6 +57,15 @@ class ModelPredictor:
     return np.stack([resize_bilinear(p, *image.shape[:2]) for p in probs])
 
 
+class NoPromptPredictor(ModelPredictor):
+  """The prompt-withheld ablation: every condition is zero, so the decoder never sees the prompt."""
+
+  def text(self, prompts):
+    return np.zeros((len(prompts), self.model.config.projection_dim), np.float32)
+
+  visual = text
+
+
 def binary_numbers(acc: Accumulator, threshold: float | None) -> dict:
   """Curves plus the values at the best (or fixed) threshold and at 0.1/0.2/0.3/0.5."""
   r = acc.result()

@@ -19,8 +19,12 @@ DECODER_FIELDS = ("extract_layers", "reduce_dim", "decoder_num_attention_heads",
                   "conditional_layer", "use_complex_transposed_convolution")
 
 
+RANDOM = "random:"  # "random:SOURCE": SOURCE's architecture with random weights (the paper's ablation)
+
+
 def resolve_clip(source: str) -> Path:
   """A local directory for a CLIP source: an embedded name, a path, or a hub id."""
+  source = source.removeprefix(RANDOM)
   if source in EMBEDDED:
     path = EMBEDDED[source]
     if not (path / "config.json").exists():
@@ -49,6 +53,8 @@ def model_config(model_cfg) -> ClipSegConfig:
 
 def clip_params(config: ClipSegConfig, source: str) -> dict:
   """The `clip` subtree of the params, loaded from `source` (CLIP or CLIPSeg layout)."""
+  if source.startswith(RANDOM):
+    return jax.jit(lambda key: init_params(config, key)["clip"])(jax.random.PRNGKey(1))
   path = resolve_clip(source)
   state = io.read_state(path)
   if not any(k.startswith("clip.") for k in state):

@@ -78,7 +78,7 @@ def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask):
   return loss_fn
 
 
-def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool):
+def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool, withhold_prompt: bool = False):
   """Step on raw batches (input_pipeline.loader): frozen CLIP forward, then the decoder's update."""
   def step(state: TrainState, frozen, batch):
     clip = lambda method, *args: jax.lax.stop_gradient(
@@ -88,15 +88,19 @@ def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool):
     if visual_prompts:
       visual = clip(ClipSegModel.visual_embeddings, preprocess.normalize_jax(batch["support"]))
       cond = mix(cond, visual, batch["text_weight"])
+    if withhold_prompt:
+      cond = jnp.zeros_like(cond)
     return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
   return step
 
 
-def make_cached_step(module: ClipSegModel, tx):
+def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False):
   """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
   def step(state: TrainState, frozen, tables, batch):
     acts = [a[batch["record"]] for a in tables["activations"]]
     cond = mix(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
+    if withhold_prompt:
+      cond = jnp.zeros_like(cond)
     return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
   return step
 

@@ -167,11 +167,11 @@ class Data:
 
   def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep):
     if self.cached:
-      fn = steps.make_cached_step(module, tx)
+      fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt)
       tables_sh = jax.tree.map(lambda _: rep, self.tables)
       return jax.jit(lambda s, f, t, b: fn(s, f, t, b), in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
                      out_shardings=(state_sh, rep), donate_argnums=(0,))
-    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts)
+    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt)
     return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
 
@@ -208,8 +208,9 @@ class Evaluator:
     self.model.params = {**self.model.params, **jax.device_get(trainable)}
     opts = EvalOptions(data_dir=os.path.expanduser(self.cfg.data.data_dir), dataset=self.cfg.data.name,
                        split=self.cfg.data.eval_split, limit=self.cfg.eval_images, progress=False)
-    from clipseg_jax.evaluation.protocols import ModelPredictor
-    numbers, examples = referring(ModelPredictor(self.model), opts, self.cfg.data.name, self.cfg.data.eval_split)
+    from clipseg_jax.evaluation.protocols import ModelPredictor, NoPromptPredictor
+    predictor = (NoPromptPredictor if self.cfg.model.withhold_prompt else ModelPredictor)(self.model)
+    numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
     if self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps:
       (self.workdir / "samples").mkdir(exist_ok=True)
       report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")

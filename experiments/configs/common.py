@@ -24,6 +24,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.conditional_layer = 0
   c.model.use_complex_transposed_convolution = False
   c.model.decoder_depth = -1                     # -1: one block per extracted layer; 0: CLIP-Deconv
+  c.model.withhold_prompt = False                # ablation: the decoder never sees the prompt
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "phrasecut"

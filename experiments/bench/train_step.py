@@ -1,0 +1,125 @@
+"""Training-step throughput: full ViT-B/16 CLIPSeg at 352 px, text-conditioned batches already in
+memory, CLIP frozen, AdamW on the decoder. clipseg-jax's jitted step against a PyTorch reference step
+(transformers' model, CLIP with requires_grad=False under no_grad, AdamW on the decoder, BCE) measured
+side by side in one run. Target on this CPU: at least 1.3x.
+
+  python -m experiments.bench.train_step [--batch 4] [--steps 3]
+  python -m experiments.bench.train_step --gpu [--batch 256]   # bf16 on a GPU: images/s and MFU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench.common import models, timeit
+
+# Peak dense bf16 FLOP/s for the model-FLOP utilisation figure.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def batch_of(n, size, rng):
+  return {"pixels": rng.randint(0, 255, (n, size, size, 3)).astype(np.uint8),
+          "mask": (rng.rand(n, size, size) > 0.5).astype(np.float32),
+          "input_ids": np.tile(np.array([[49406, 320, 1125, 539, 320, 2368, 49407, 49407]], np.int32), (n, 1)),
+          "attention_mask": np.tile(np.array([[1] * 7 + [0]], np.int32), (n, 1)),
+          "support": np.zeros((n, size, size, 3), np.uint8), "text_weight": np.ones((n,), np.float32)}
+
+
+def jax_step(model, dtype=None):
+  import ml_collections
+
+  from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import step as steps
+  optim = ml_collections.ConfigDict(dict(learning_rate=1e-3, end_learning_rate=1e-4, warmup_steps=0, b1=0.9,
+                                         b2=0.999, weight_decay=0.01, grad_clip_norm=0.0))
+  tx = steps.make_optimizer(optim, 20_000)
+  trainable, frozen = steps.split(model.params)
+  state = steps.init_state(trainable, tx)
+  fn = jax.jit(steps.make_stream_step(ClipSegModel(model.config, dtype), tx, visual_prompts=False),
+               donate_argnums=(0,))
+  return fn, state, frozen
+
+
+def torch_step(model, batch):
+  import torch
+  for p in model.clip.parameters():
+    p.requires_grad_(False)
+  opt = torch.optim.AdamW(model.decoder.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
+  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+  pixels = (torch.from_numpy(batch["pixels"]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+  ids, mask = torch.from_numpy(batch["input_ids"]).long(), torch.from_numpy(batch["attention_mask"]).long()
+  target = torch.from_numpy(batch["mask"])
+
+  def step():
+    with torch.enable_grad():
+      opt.zero_grad()
+      loss = torch.nn.functional.binary_cross_entropy_with_logits(
+          model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits, target)
+      loss.backward()
+      opt.step()
+    return loss.item()
+  return step
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch", type=int, default=None)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--size", type=int, default=352)
+  p.add_argument("--gpu", action="store_true")
+  args = p.parse_args()
+  rng = np.random.RandomState(0)
+  if args.gpu:
+    return gpu(args, rng)
+  n = args.batch or 4
+  ours, theirs = models(refined=False)
+  batch = batch_of(n, args.size, rng)
+  fn, state, frozen = jax_step(ours)
+  holder = {"state": state}
+
+  def clipseg_jax():
+    holder["state"], metrics = fn(holder["state"], frozen, batch)
+    return jax.block_until_ready(metrics["loss"])
+
+  t_ours = timeit(clipseg_jax, args.steps)
+  t_ref = timeit(torch_step(theirs, batch), args.steps)
+  print(f"train step, batch {n} at {args.size} px, float32, this CPU")
+  print(f"  clipseg-jax   {n / t_ours:6.2f} images/s  ({t_ours:.2f} s/step)")
+  print(f"  PyTorch ref   {n / t_ref:6.2f} images/s  ({t_ref:.2f} s/step)")
+  print(f"  speed-up      {t_ref / t_ours:6.2f}x   (target >= 1.3x)")
+
+
+def gpu(args, rng):
+  from clipseg_jax.api import ClipSeg
+  from clipseg_jax.config import ClipSegConfig
+  from clipseg_jax.models.clipseg import init_params
+  from clipseg_jax.train import step as steps
+  n = args.batch or 256
+  config = ClipSegConfig()
+  model = ClipSeg(config, init_params(config))
+  fn, state, frozen = jax_step(model, jnp.bfloat16)
+  batch = jax.device_put(batch_of(n, args.size, rng))
+  flops = steps.count_flops(steps.make_stream_step(model.module, steps.make_optimizer(
+      __import__("ml_collections").ConfigDict(dict(learning_rate=1e-3, end_learning_rate=1e-4, warmup_steps=0,
+                                                   b1=0.9, b2=0.999, weight_decay=0.01, grad_clip_norm=0.0)),
+      20_000), visual_prompts=False), state, frozen, batch)
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = fn(holder["state"], frozen, batch)
+    return jax.block_until_ready(metrics["loss"])
+  t = timeit(run, args.steps)
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
+  print(f"{kind}: batch {n} at {args.size} px, bf16 compute: {n / t:.0f} images/s, {flops / t / 1e12:.1f} TFLOP/s"
+        + (f", MFU {flops / t / peak:.1%}" if peak else "") + " (target on one H100: 2000 images/s)")
+
+
+if __name__ == "__main__":
+  main()
