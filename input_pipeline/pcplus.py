@@ -35,7 +35,7 @@ class PCPlusOptions:
   templates: tuple[str, ...] = TEMPLATES
   crop_tries: int = 50
   min_mask_fraction: float = 0.05
-  augment: bool = True            # False: no crop or template (evaluation, feature caching)
+  augment: bool = True            # False: no random crop (query images fixed: CLIP features cacheable)
 
   @classmethod
   def from_config(cls, cfg) -> "PCPlusOptions":
@@ -117,13 +117,13 @@ class PCPlusTransform:
   def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
     opts = self.opts
     image, mask, phrase = self._pair(int(pair_id))
-    if opts.augment and rng.random() < opts.q_neg:
+    if rng.random() < opts.q_neg:
       other = self.index.phrases[int(rng.integers(len(self.index)))]
       if other != phrase:
         phrase, mask = other, np.zeros_like(mask)
     image, mask = resize_pair(*random_crop(image, mask, rng, opts), opts.image_size)
     sample = {"pixels": image, "mask": mask.astype(np.float32),
-              "text": (str(rng.choice(opts.templates)) if opts.augment else "{}").format(phrase),
+              "text": str(rng.choice(opts.templates)).format(phrase),
               "support": np.zeros_like(image), "text_weight": np.float32(1.0)}
     if opts.visual_prompts:
       candidates = [p for p in self.index.by_phrase.get(phrase, ()) if p != pair_id]

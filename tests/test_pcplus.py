@@ -62,9 +62,10 @@ def test_negative_rate_and_mixing_weights():
 
 
 def test_text_only_and_no_augmentation():
-  out, _ = samples(PCPlusOptions(image_size=32, visual_prompts=False, augment=False), n=80)
+  out, _ = samples(PCPlusOptions(image_size=32, visual_prompts=False, augment=False, q_neg=0.0,
+                                 templates=("{}",)), n=80)
   assert all(s["text_weight"] == 1.0 and not s["support"].any() for s in out)
-  assert all(s["mask"].sum() > 0 for s in out)  # no negatives without augmentation
+  assert all(s["mask"].sum() > 0 for s in out)  # no negatives with q_neg = 0
   assert {s["text"] for s in out} <= {p for r in MemorySource().records for p in r["phrases"]}
   assert out[0]["pixels"].shape == (32, 32, 3) and out[0]["mask"].shape == (32, 32)
 
@@ -210,7 +211,7 @@ def test_loader_resume_is_exact():
 
 def test_loader_shards_are_disjoint():
   source = MemorySource(n=20)  # 40 pairs
-  opts = PCPlusOptions(image_size=16, augment=False, visual_prompts=False)
+  opts = PCPlusOptions(image_size=16, augment=False, visual_prompts=False, q_neg=0.0, templates=("{}",))
   seen = []
   for shard in range(2):
     loader = make_loader(source, opts, batch_size=4, seed=0, num_epochs=1, shard_index=shard, shard_count=2)

@@ -31,7 +31,7 @@ class FeatureCache:
     tok = load_tokenizer()
     records = sorted({r for r, _ in index.pairs})
     self.record_row = {r: i for i, r in enumerate(records)}
-    acts, masks, visual = [], np.zeros((len(index), s, s), np.uint8), []
+    acts, masks = [], np.zeros((len(index), s, s), np.uint8)
     pending = []
     for i in tqdm(range(len(records)), desc="caching CLIP features", unit="img", disable=not show):
       record = source[records[i]]
@@ -41,18 +41,31 @@ class FeatureCache:
         acts.append([np.asarray(a) for a in out])
         pending = []
     self.activations = [np.concatenate([a[layer] for a in acts]) for layer in range(len(acts[0]))]
-    supports = []
-    for p, (r, k) in enumerate(tqdm(index.pairs, desc="caching visual prompts", unit="pair", disable=not show)):
-      record = source[r]
-      mask = record["masks"][k]
-      masks[p] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((s, s), Image.NEAREST))
-      if opts.visual_prompts:
-        supports.append(prompts.visual_prompt(record["image"], mask, opts.prompt_mode, s))
-        if len(supports) == CHUNK or p == len(index) - 1:
-          visual.append(np.asarray(visual_fn(clip_params, preprocess.normalize_jax(jnp.asarray(np.stack(supports))))))
-          supports = []
+    pairs_of = {}
+    for p, (r, k) in enumerate(index.pairs):
+      pairs_of.setdefault(r, []).append((p, k))
+    self.visual = np.zeros((len(index) if opts.visual_prompts else 1, module.config.projection_dim), np.float32)
+    supports, support_ids = [], []
+
+    def flush():
+      if supports:
+        batch = preprocess.normalize_jax(jnp.asarray(np.stack(supports)))
+        self.visual[support_ids] = np.asarray(visual_fn(clip_params, batch))
+        supports.clear()
+        support_ids.clear()
+
+    for r in tqdm(records, desc="caching masks and visual prompts", unit="img", disable=not show):
+      record = source[r]  # decoded once for all its pairs
+      for p, k in pairs_of[r]:
+        mask = record["masks"][k]
+        masks[p] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((s, s), Image.NEAREST))
+        if opts.visual_prompts:
+          supports.append(prompts.visual_prompt(record["image"], mask, opts.prompt_mode, s))
+          support_ids.append(p)
+          if len(supports) == CHUNK:
+            flush()
+    flush()
     self.masks = masks
-    self.visual = np.concatenate(visual) if visual else np.zeros((1, module.config.projection_dim), np.float32)
     self.phrases = sorted(index.by_phrase)
     self.phrase_id = {p: i for i, p in enumerate(self.phrases)}
     texts = [t.format(p) for p in self.phrases for t in opts.templates]
@@ -82,7 +95,7 @@ class FeatureCache:
         other = int(self.pair_phrase[rng.integers(len(self.index))])
         if other != phrase:
           phrase, mask = other, np.zeros_like(mask)
-      template = int(rng.integers(n_t)) if opts.augment or n_t > 1 else 0
+      template = int(rng.integers(n_t))
       visual, weight = 0, 1.0
       if opts.visual_prompts:
         candidates = [q for q in self.index.by_phrase[self.phrases[phrase]] if q != p]
