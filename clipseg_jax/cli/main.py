@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     if args.command in TAKES_OVERRIDES:
       return COMMANDS[args.command].run(args, overrides) or 0
     return COMMANDS[args.command].run(args) or 0
-  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+  except (ValueError, FileNotFoundError, OSError) as e:
     print(f"clipseg-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
 

@@ -43,10 +43,10 @@ def set_value(config, dotted: str, text: str):
   node = config
   for i, name in enumerate(parents):
     if name not in node:
-      raise KeyError(f"unknown config key {'.'.join(parents[:i + 1])!r}")
+      raise ValueError(f"unknown config key {'.'.join(parents[:i + 1])!r}")
     node = node[name]
   if leaf not in node:
-    raise KeyError(f"unknown config key {dotted!r}; known at this level: {', '.join(sorted(node.keys()))}")
+    raise ValueError(f"unknown config key {dotted!r}; known at this level: {', '.join(sorted(node.keys()))}")
   old = node[leaf]
   node[leaf] = parse_like(text, old, dotted)
 
