@@ -53,7 +53,8 @@ def check_size(image: Image.Image, what: str = "image"):
     raise ValueError(f"{what} has zero size ({image.width}x{image.height})")
 
 
-def normalize(pixels_uint8: np.ndarray) -> np.ndarray:
+def normalize(pixels_uint8):
+  """uint8 -> ImageNet-normalised float32; numpy or jax arrays (the train step normalises on device)."""
   return (pixels_uint8.astype(np.float32) / 255.0 - MEAN) / STD
 
 
@@ -69,15 +70,22 @@ def batch_pixels(images, size: int = IMAGE_SIZE) -> np.ndarray:
   return np.stack([pixels(im, size) for im in images])
 
 
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix of torch's bilinear resize (align_corners=False, no antialias)."""
+  src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
+  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  m = np.zeros((n_out, n_in))
+  np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m
+
+
 def resize_map(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-  """A float map resized bilinearly (half-pixel centres) to height x width."""
+  """A [h, w] map resized to [height, width] as the paper's evaluation does it (torch bilinear,
+  align_corners=False, no antialias); `predict` and the metrics share it."""
   if prob.shape == (height, width):
-    return prob.astype(np.float32)
-  im = Image.fromarray(prob.astype(np.float32), "F")
-  return np.asarray(im.resize((width, height), Image.BILINEAR), np.float32)
-
-
-def normalize_jax(pixels_uint8):
-  """`normalize` for device arrays (uint8 batches from the loader are normalised in the step)."""
-  import jax.numpy as jnp
-  return (pixels_uint8.astype(jnp.float32) / 255.0 - MEAN) / STD
+    return np.asarray(prob, np.float32)
+  rows, cols = bilinear_matrix(prob.shape[0], height), bilinear_matrix(prob.shape[1], width)
+  return (rows @ np.asarray(prob, np.float64) @ cols.T).astype(np.float32)

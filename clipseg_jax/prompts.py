@@ -111,7 +111,7 @@ def crop_blur_highlight(image, mask, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def interpolate(text_embeddings, visual_embeddings, weight):
   """`w * text + (1 - w) * visual`, the paper's image-text interpolation (w scalar or per sample)."""
-  w = jnp.asarray(weight, jnp.float32)
+  w = jnp.asarray(weight, jnp.asarray(text_embeddings).dtype)
   if w.ndim == 1:
     w = w[:, None]
   return w * text_embeddings + (1.0 - w) * visual_embeddings

@@ -85,9 +85,6 @@ class ReferringSource:
       out.append([p.decode() for p in feature.bytes_list.value])
     return out
 
-  def __getstate__(self):  # grain workers pickle the source
-    return self.__dict__
-
 
 class FolderSource:
   """People's own data: `annotations.json` or `annotations.csv` rows of (image, mask, phrase[, split])

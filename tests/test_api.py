@@ -33,7 +33,7 @@ def test_predict_matches_low_level_call(tiny_model):
   tok = tiny_model.tokenizer(texts, padding=True, return_tensors="np")
   logits = np.asarray(tiny_model(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
   want = np.stack([preprocess.resize_map(np.asarray(jax.nn.sigmoid(l)), 64, 64) for l in logits])
-  np.testing.assert_allclose(probs, want, atol=2e-6)
+  np.testing.assert_allclose(probs, want, atol=2e-5)  # float reordering (chunked decode), ~1e-5
 
 
 def test_predict_visual_and_mixed_prompts(tiny_model):

@@ -97,9 +97,9 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   from clipseg_jax import preprocess
   def clip_forward(frozen, batch):
     f = lambda m, *a: module.apply({"params": frozen}, *a, method=m)
-    return (f(ClipSegModel.activations, preprocess.normalize_jax(batch["pixels"])),
+    return (f(ClipSegModel.activations, preprocess.normalize(batch["pixels"])),
             f(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"]),
-            f(ClipSegModel.visual_embeddings, preprocess.normalize_jax(batch["support"])))
+            f(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"])))
   acts, text, visual = jax.jit(clip_forward)(frozen, batch)
   tables = {"activations": list(acts), "text": text, "visual": visual}
   idx = {"record": jnp.arange(b), "text": jnp.arange(b), "visual": jnp.arange(b), "mask": batch["mask"],

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
-from clipseg_jax import preprocess
 from clipseg_jax.metrics import FIXED_THRESHOLDS, Accumulator, ConfusionMatrix
-from clipseg_jax.metrics.binary import at_threshold, confusion_counts, resize_bilinear
+from clipseg_jax.metrics.binary import at_threshold, confusion_counts
 
 N_EXAMPLES = 6  # predictions kept for the picture
 
@@ -51,10 +49,7 @@ class ModelPredictor:
 
   def probabilities(self, image: np.ndarray, cond) -> np.ndarray:
     """[P, H, W] probabilities at the image's own size for P conditions (one vision pass)."""
-    m = self.model
-    reduced = m.encode_images(preprocess.batch_pixels([image], m.image_size))
-    probs = np.asarray(jax.nn.sigmoid(m.decode(reduced, cond)))[0]
-    return np.stack([resize_bilinear(p, *image.shape[:2]) for p in probs])
+    return self.model.predict_conditions([image], cond)[0]
 
 
 class NoPromptPredictor(ModelPredictor):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipseg_jax.preprocess import resize_map
+
 # float32 so that numpy and JAX compare the same numbers.
 THRESHOLDS = np.linspace(0, 1, 51)[1:-1].astype(np.float32)
 FIXED_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
@@ -37,26 +39,6 @@ def confusion_counts(probs, targets, *, ignore_label: int = IGNORE_LABEL, xp=np)
   fn = count(~pred & fg & valid)
   tn = count(~pred & ~fg & valid)
   return xp.stack([tp, fp, fn, tn], axis=-1)
-
-
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in] matrix of torch's bilinear resize (align_corners=False, no antialias)."""
-  src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
-  lo = np.minimum(np.floor(src).astype(int), n_in - 1)
-  hi = np.minimum(lo + 1, n_in - 1)
-  frac = src - lo
-  m = np.zeros((n_out, n_in))
-  np.add.at(m, (np.arange(n_out), lo), 1 - frac)
-  np.add.at(m, (np.arange(n_out), hi), frac)
-  return m
-
-
-def resize_bilinear(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-  """A [h, w] map resized to [height, width] the way the paper's evaluation does (torch bilinear)."""
-  if prob.shape == (height, width):
-    return np.asarray(prob, np.float32)
-  rows, cols = bilinear_matrix(prob.shape[0], height), bilinear_matrix(prob.shape[1], width)
-  return (rows @ np.asarray(prob, np.float64) @ cols.T).astype(np.float32)
 
 
 class Accumulator:
@@ -163,7 +145,7 @@ def fixed_threshold_metrics(probs, targets, classes=None, *, ignore_label: int =
     t = np.asarray(t)
     if t.ndim != 2:
       raise ValueError(f"target {i} must be H x W, got shape {t.shape}")
-    p = resize_bilinear(np.asarray(p, np.float32), *t.shape)
+    p = resize_map(np.asarray(p, np.float32), *t.shape)
     acc.add(confusion_counts(p, t, ignore_label=ignore_label)[None],
             None if classes is None else [classes[i]])
   return acc.result()

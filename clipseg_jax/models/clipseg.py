@@ -51,17 +51,12 @@ class ClipSegModel(nn.Module):
   def encode_image(self, pixel_values):
     """Query image -> reduced decoder inputs (deepest first), shared by all prompts of the image.
     Runs the vision blocks only up to the deepest extracted one."""
-    states, _ = self.clip.vision_model(pixel_values, depth=self.config.vision_depth)
-    activations = [jax.lax.stop_gradient(states[i]) for i in self.config.extract_layers]
-    return self.decoder.reduce(activations)
+    return self.decoder.reduce([jax.lax.stop_gradient(a) for a in self.activations(pixel_values)])
 
   def activations(self, pixel_values):
     """Query image -> raw CLIP activations at `extract_layers` (what feature caching stores)."""
     states, _ = self.clip.vision_model(pixel_values, depth=self.config.vision_depth)
     return [states[i] for i in self.config.extract_layers]
-
-  def reduce(self, activations):
-    return self.decoder.reduce(activations)
 
   def decode_activations(self, activations, cond):
     """Raw (or cached) CLIP activations and [B, E] conditions -> logits [B, H, W] (training)."""

@@ -76,7 +76,7 @@ def pretrain(cfg, workdir) -> dict:
   @jax.jit
   def step(params, opt_state, pixels, ids, mask):
     def loss_fn(p):
-      img, txt = model.apply({"params": p}, preprocess.normalize_jax(pixels), ids, mask)
+      img, txt = model.apply({"params": p}, preprocess.normalize(pixels), ids, mask)
       return clip_loss(img, txt, p["logit_scale"])
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

@@ -31,41 +31,42 @@ class FeatureCache:
     tok = load_tokenizer()
     records = sorted({r for r, _ in index.pairs})
     self.record_row = {r: i for i, r in enumerate(records)}
-    acts, masks = [], np.zeros((len(index), s, s), np.uint8)
-    pending = []
-    for i in tqdm(range(len(records)), desc="caching CLIP features", unit="img", disable=not show):
-      record = source[records[i]]
-      pending.append(np.asarray(Image.fromarray(record["image"]).resize((s, s), Image.BILINEAR)))
-      if len(pending) == CHUNK or i == len(records) - 1:
-        out = acts_fn(clip_params, preprocess.normalize_jax(jnp.asarray(np.stack(pending))))
-        acts.append([np.asarray(a) for a in out])
-        pending = []
-    self.activations = [np.concatenate([a[layer] for a in acts]) for layer in range(len(acts[0]))]
     pairs_of = {}
     for p, (r, k) in enumerate(index.pairs):
       pairs_of.setdefault(r, []).append((p, k))
+    self.activations = None
+    self.masks = np.zeros((len(index), s, s), np.uint8)
     self.visual = np.zeros((len(index) if opts.visual_prompts else 1, module.config.projection_dim), np.float32)
-    supports, support_ids = [], []
+    queries, query_rows, supports, support_ids = [], [], [], []
 
-    def flush():
-      if supports:
-        batch = preprocess.normalize_jax(jnp.asarray(np.stack(supports)))
-        self.visual[support_ids] = np.asarray(visual_fn(clip_params, batch))
+    def flush(final=False):
+      """Run CLIP on the images gathered so far, CHUNK at a time."""
+      if queries and (final or len(queries) >= CHUNK):
+        out = acts_fn(clip_params, preprocess.normalize(jnp.asarray(np.stack(queries))))
+        if self.activations is None:
+          self.activations = [np.zeros((len(records),) + a.shape[1:], np.float32) for a in out]
+        for table, a in zip(self.activations, out):
+          table[query_rows] = np.asarray(a)
+        queries.clear()
+        query_rows.clear()
+      if supports and (final or len(supports) >= CHUNK):
+        self.visual[support_ids] = np.asarray(visual_fn(clip_params, preprocess.normalize(
+            jnp.asarray(np.stack(supports)))))
         supports.clear()
         support_ids.clear()
 
-    for r in tqdm(records, desc="caching masks and visual prompts", unit="img", disable=not show):
-      record = source[r]  # decoded once for all its pairs
+    for row, r in enumerate(tqdm(records, desc="caching CLIP features", unit="img", disable=not show)):
+      record = source[r]  # decoded once: query activations, masks and visual prompts of all its pairs
+      queries.append(np.asarray(Image.fromarray(record["image"]).resize((s, s), Image.BILINEAR)))
+      query_rows.append(row)
       for p, k in pairs_of[r]:
         mask = record["masks"][k]
-        masks[p] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((s, s), Image.NEAREST))
+        self.masks[p] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((s, s), Image.NEAREST))
         if opts.visual_prompts:
           supports.append(prompts.visual_prompt(record["image"], mask, opts.prompt_mode, s))
           support_ids.append(p)
-          if len(supports) == CHUNK:
-            flush()
-    flush()
-    self.masks = masks
+      flush()
+    flush(final=True)
     self.phrases = sorted(index.by_phrase)
     self.phrase_id = {p: i for i, p in enumerate(self.phrases)}
     texts = [t.format(p) for p in self.phrases for t in opts.templates]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clipseg_jax import preprocess
+from clipseg_jax import preprocess, prompts
 from clipseg_jax.models.clipseg import ClipSegModel
 
 TRAINABLE = ("decoder",)
@@ -55,12 +55,6 @@ def bce(logits, targets):
   return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
-def mix(text, visual, weight):
-  """w * text + (1 - w) * visual per sample (w = 1: text only)."""
-  w = weight[:, None].astype(text.dtype)
-  return w * text + (1.0 - w) * visual
-
-
 def _update(state: TrainState, tx, loss_fn):
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -83,11 +77,11 @@ def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool, withhold_pr
   def step(state: TrainState, frozen, batch):
     clip = lambda method, *args: jax.lax.stop_gradient(
         module.apply({"params": frozen}, *args, method=method))
-    acts = clip(ClipSegModel.activations, preprocess.normalize_jax(batch["pixels"]))
+    acts = clip(ClipSegModel.activations, preprocess.normalize(batch["pixels"]))
     cond = clip(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"])
     if visual_prompts:
-      visual = clip(ClipSegModel.visual_embeddings, preprocess.normalize_jax(batch["support"]))
-      cond = mix(cond, visual, batch["text_weight"])
+      visual = clip(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"]))
+      cond = prompts.interpolate(cond, visual, batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
     return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
@@ -98,7 +92,7 @@ def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False):
   """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
   def step(state: TrainState, frozen, tables, batch):
     acts = [a[batch["record"]] for a in tables["activations"]]
-    cond = mix(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
+    cond = prompts.interpolate(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
     return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))

@@ -22,7 +22,7 @@ from clipseg_jax.train.model import initial_params, model_config
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
 RESUMABLE = {"total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "eval_images",
-             "sample_every", "data.workers", "data.data_dir", "model.clip"}
+             "sample_every", "data.workers", "data.data_dir"}
 
 
 def _flat(d, prefix=""):
@@ -135,7 +135,6 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     ckpt.wait()
     ckpt.close()
     preempted.restore()
-    data.close()
   return metrics
 
 
@@ -169,7 +168,7 @@ class Data:
     if self.cached:
       fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt)
       tables_sh = jax.tree.map(lambda _: rep, self.tables)
-      return jax.jit(lambda s, f, t, b: fn(s, f, t, b), in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
+      return jax.jit(fn, in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
                      out_shardings=(state_sh, rep), donate_argnums=(0,))
     fn = steps.make_stream_step(module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt)
     return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
@@ -189,9 +188,6 @@ class Data:
   def restore(self, state: dict):
     if not self.cached and state.get("kind") == "stream":
       self.iterator.set_state(state["iterator"])
-
-  def close(self):
-    pass
 
 
 class Evaluator:
