@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup browser test demo clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +17,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
 	touch $@
 
-test: setup
+# Debian's chromium + chromedriver for the web demo's browser test (skipped where they are missing).
+browser:
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "could not install chromium: the browser test will be skipped"; fi
+
+test: setup browser
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 demo: setup

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ TOKEN_BUCKET = 8  # prompt lengths are padded to a multiple of this
 # Prompts decoded together per step on CPU: the decoder's [prompts, tokens, 2048] MLP activations
 # fall out of cache when many prompts go at once (measured: 16 ms/prompt one at a time, 33 ms at 32).
 CPU_DECODE_CHUNK = 1
+TEXT_CACHE_SIZE = 4096  # text embeddings kept per model (least recently used dropped first)
 
 
 def bucket(n: int) -> int:
@@ -44,8 +47,10 @@ class ClipSeg:
   image_size: int = preprocess.IMAGE_SIZE
   # Tensors of an original decoder file that the model does not use, written back by export_original.
   original_extras: dict = dataclasses.field(default_factory=dict, repr=False)
-  # How many query images went through the vision tower (shows the per-image sharing in predict).
+  # How many query images went through the vision tower (shows the per-image sharing in predict),
+  # and how many prompts through the text tower (shows the text-embedding cache).
   vision_images: int = dataclasses.field(default=0, repr=False)
+  text_prompts: int = dataclasses.field(default=0, repr=False)
 
   def __post_init__(self):
     if self.tokenizer is None:
@@ -61,6 +66,8 @@ class ClipSeg:
     self._visual = apply(ClipSegModel.visual_embeddings)
     chunk = CPU_DECODE_CHUNK if jax.default_backend() == "cpu" else None
     self._decode = jax.jit(functools.partial(self._decode_impl, chunk=chunk))
+    self._text_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self._text_cache_params = None  # the params the cached embeddings were computed with
 
   # ---- the low-level call (HF semantics) --------------------------------------------------------
 
@@ -129,10 +136,25 @@ class ClipSeg:
   # ---- stages (functional building blocks for predict, evaluation, training) --------------------
 
   def encode_text(self, texts: Sequence[str]) -> jax.Array:
-    """[P, E] CLIP text embeddings of the raw strings."""
+    """[P, E] CLIP text embeddings of the raw strings; repeated prompts come from a cache."""
     texts = list(texts)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
       raise ValueError(f"text prompts must be non-empty strings, got {texts!r}")
+    cache = self._text_cache
+    if self._text_cache_params is not self.params:  # new weights: old embeddings are stale
+      cache.clear()
+      self._text_cache_params = self.params
+    missing = list(dict.fromkeys(t for t in texts if t not in cache))
+    if missing:
+      cache.update(zip(missing, np.asarray(self._encode_text_uncached(missing))))
+    for t in texts:
+      cache.move_to_end(t)
+    while len(cache) > TEXT_CACHE_SIZE:
+      cache.popitem(last=False)
+    return jnp.asarray(np.stack([cache[t] for t in texts]))
+
+  def _encode_text_uncached(self, texts: list[str]) -> jax.Array:
+    self.text_prompts += len(texts)
     limit = self.config.text_config.max_position_embeddings
     tok = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="np")
     ids, mask = tok["input_ids"], tok["attention_mask"]
@@ -149,21 +171,28 @@ class ClipSeg:
     return self._visual(self.params, jnp.asarray(np.stack([preprocess.normalize(s) for s in supports])))
 
   def encode_prompts(self, prompts: Sequence) -> jax.Array:
-    """Strings and (image, mask) pairs, in order -> [P, E]."""
+    """Strings, (image, mask) pairs and `prompts.Mixed`, in order -> [P, E]."""
     prompts = list(prompts)
     if not prompts:
       raise ValueError("no prompts given")
-    text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
-    vis_idx = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    for i in vis_idx:
-      if not (isinstance(prompts[i], (tuple, list)) and len(prompts[i]) == 2):
-        raise ValueError(f"prompt {i} must be a string or a (support_image, support_mask) pair")
-    out = np.zeros((len(prompts), self.config.projection_dim), np.float32)
-    if text_idx:
-      out[text_idx] = np.asarray(self.encode_text([prompts[i] for i in text_idx]))
-    if vis_idx:
-      out[vis_idx] = np.asarray(self.encode_visual([prompts[i] for i in vis_idx]))
-    return jnp.asarray(out)
+    texts, pairs, weights = [], [], []  # per prompt: a text and/or a pair, and the text's weight
+    for i, p in enumerate(prompts):
+      if isinstance(p, str):
+        texts.append(p), pairs.append(None), weights.append(1.0)
+      elif isinstance(p, prompt_lib.Mixed):
+        texts.append(p.text), pairs.append((p.image, p.mask)), weights.append(p.text_weight)
+      elif isinstance(p, (tuple, list)) and len(p) == 2:
+        texts.append(None), pairs.append(tuple(p)), weights.append(0.0)
+      else:
+        raise ValueError(f"prompt {i} must be a string, a (support_image, support_mask) pair or a "
+                         f"prompts.Mixed, got {type(p).__name__}")
+    e = self.config.projection_dim
+    text, visual = np.zeros((len(prompts), e), np.float32), np.zeros((len(prompts), e), np.float32)
+    if t_idx := [i for i, t in enumerate(texts) if t is not None]:
+      text[t_idx] = np.asarray(self.encode_text([texts[i] for i in t_idx]))
+    if v_idx := [i for i, q in enumerate(pairs) if q is not None]:
+      visual[v_idx] = np.asarray(self.encode_visual([pairs[i] for i in v_idx]))
+    return prompt_lib.interpolate(jnp.asarray(text), jnp.asarray(visual), np.asarray(weights, np.float32))
 
   def encode_images(self, pixel_values) -> list[jax.Array]:
     """Query pixels [N, S, S, 3] -> reduced decoder inputs; the only place predict runs the vision tower."""
@@ -197,22 +226,30 @@ class ClipSeg:
   def predict_conditions(self, images, cond, *, threshold: float | None = None,
                          batch_size: int = PREDICT_BATCH):
     """`predict` with precomputed [P, E] conditions (e.g. interpolated text/visual embeddings)."""
-    images = [preprocess.to_rgb(im) for im in images]
-    if not images:
+    outputs = [out["masks"] for out in self.predict_iter(images, cond, threshold=threshold,
+                                                          batch_size=batch_size)]
+    if not outputs:
       raise ValueError("no images given")
-    for im in images:
-      preprocess.check_size(im)
-    outputs = []
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
-      probs = np.asarray(jax.nn.sigmoid(self.decode(reduced, cond)))
-      for im, p in zip(chunk, probs):
-        out = np.stack([preprocess.resize_map(m, im.height, im.width) for m in p])
-        outputs.append(out > threshold if threshold is not None else out)
     if len({o.shape for o in outputs}) == 1:
       return np.stack(outputs)
     return outputs
+
+  def predict_iter(self, images: Iterable, cond, *, threshold: float | None = None,
+                   batch_size: int = PREDICT_BATCH) -> Iterator[dict]:
+    """Per image, in order: {"masks": [P, H, W] probabilities (bools with `threshold`) at the image's
+    size, "logits": [P, S, S] raw logits at the model's resolution}. Images are read `batch_size` at a
+    time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled."""
+    images = iter(images)
+    while chunk := list(itertools.islice(images, batch_size)):
+      chunk = [preprocess.to_rgb(im) for im in chunk]
+      for im in chunk:
+        preprocess.check_size(im)
+      chunk = [preprocess.limit_size(im) for im in chunk]
+      reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
+      logits = np.asarray(self.decode(reduced, cond), np.float32)
+      for im, lg in zip(chunk, logits):
+        probs = np.stack([preprocess.resize_map(p, im.height, im.width) for p in _sigmoid(lg)])
+        yield {"masks": probs > threshold if threshold is not None else probs, "logits": lg}
 
   # ---- export -----------------------------------------------------------------------------------
 
@@ -252,6 +289,10 @@ class ClipSeg:
       self.tokenizer.save_pretrained(str(out))
     (out / FLAX_MARKER).write_text(json.dumps({"format": "clipseg-jax params", "version": 1}) + "\n")
     return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free for large |x|
 
 
 # ---- loading --------------------------------------------------------------------------------------

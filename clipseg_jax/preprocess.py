@@ -4,27 +4,51 @@ square (aspect not kept, bilinear), /255, ImageNet mean/std (not CLIP's), NHWC f
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SIZE = 352
+# Larger images are downscaled (with a warning) before anything else: outputs are maps at the image's
+# size, [prompts, H, W] float32, and a 100-megapixel photo would need 400 MB per prompt.
+MAX_SIDE = 4096
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-  """Open an image file as RGB, EXIF orientation applied; a clear error if it is not an image."""
-  path = Path(path)
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+  """Open an image file as RGB, EXIF orientation applied, at most `max_side` on its longer side
+  (JPEGs are decoded at reduced scale directly); a clear error if it is not an image."""
+  path, max_side = Path(path), max_side or MAX_SIDE
   if not path.is_file():
     raise FileNotFoundError(f"image not found: {path}")
+  if path.stat().st_size == 0:
+    raise ValueError(f"cannot read {path} as an image: the file is empty")
   try:
     with Image.open(path) as im:
+      if max(im.size) > max_side:
+        im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, cheaply
       im.load()
-      return to_rgb(im)
+      return limit_size(to_rgb(im), max_side, str(path))
+  except Image.DecompressionBombError as e:
+    raise ValueError(f"{path} is too large to decode safely ({e}); downscale it first") from e
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+def limit_size(image: Image.Image, max_side: int | None = None, what: str = "image") -> Image.Image:
+  """`image` downscaled (aspect kept) so its longer side is at most `max_side` (default MAX_SIDE),
+  with a warning."""
+  max_side = max_side or MAX_SIDE
+  if max(image.size) <= max_side:
+    return image
+  scale = max_side / max(image.size)
+  size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+  warnings.warn(f"{what} is {image.width}x{image.height}; downscaled to {size[0]}x{size[1]} (max side "
+                f"{max_side}): its masks come at that size", stacklevel=2)
+  return image.resize(size, Image.BILINEAR)
 
 
 def to_rgb(image) -> Image.Image:

@@ -8,6 +8,9 @@ to 352. Other modes switch those operations off one by one (`MODES`).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageFilter
@@ -115,3 +118,16 @@ def interpolate(text_embeddings, visual_embeddings, weight):
   if w.ndim == 1:
     w = w[:, None]
   return w * text_embeddings + (1.0 - w) * visual_embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixed:
+  """A text prompt and a visual one in one condition: `text_weight * text + (1 - text_weight) * visual`."""
+  text: str
+  image: Any
+  mask: Any
+  text_weight: float = 0.5
+
+  def __post_init__(self):
+    if not 0.0 <= self.text_weight <= 1.0:
+      raise ValueError(f"text_weight must be in [0, 1], got {self.text_weight}")

@@ -45,6 +45,54 @@ def test_predict_visual_and_mixed_prompts(tiny_model):
     tiny_model.predict(image(), [(support, np.zeros((10, 10), bool))])
 
 
+def test_mixed_prompt_interpolates_text_and_visual(tiny_model):
+  support, mask = image(50, 60, 3), np.ones((50, 60), bool)
+  t, v = np.asarray(tiny_model.encode_text(["a cat"])), np.asarray(tiny_model.encode_visual([(support, mask)]))
+  got = np.asarray(tiny_model.encode_prompts([prompts.Mixed("a cat", support, mask, 0.3), "a cat",
+                                              (support, mask)]))
+  # (the visual tower ran on 2 supports here, 1 above: batch-dependent float rounding only)
+  np.testing.assert_allclose(got[0], 0.3 * t[0] + 0.7 * v[0], atol=1e-5)
+  np.testing.assert_array_equal(got[1], t[0])  # a pure text prompt is passed through unchanged
+  np.testing.assert_allclose(got[2], v[0], atol=1e-5)
+  with pytest.raises(ValueError, match="text_weight must be in"):
+    prompts.Mixed("a cat", support, mask, 1.5)
+  with pytest.raises(ValueError, match="prompt 0 must be a string"):
+    tiny_model.encode_prompts([42])
+
+
+def test_text_embeddings_are_cached(tiny_checkpoint):
+  from clipseg_jax import load_model
+  model = load_model(tiny_checkpoint[0])
+  first = np.asarray(model.encode_text(["a cat", "a dog", "a cat"]))
+  assert model.text_prompts == 2  # the repeated prompt is encoded once
+  again = model.predict(image(), ["a dog", "a bird", "a cat"])
+  assert model.text_prompts == 3  # only "a bird" is new
+  np.testing.assert_array_equal(np.asarray(model.encode_text(["a dog"]))[0], first[1])
+  np.testing.assert_array_equal(first[0], first[2])
+  # Uncached, the same strings give the same embeddings (batch composition does not matter).
+  fresh = np.asarray(model._encode_text_uncached(["a bird", "a cat"]))
+  np.testing.assert_allclose(np.asarray(model.encode_text(["a bird", "a cat"])), fresh, atol=1e-6)
+  # New weights invalidate the cache.
+  import jax
+  model.params = jax.tree.map(lambda x: x * 1.0, model.params)
+  model.encode_text(["a cat"])
+  assert model.text_prompts == 6
+  assert again.shape == (1, 3, 70, 90)
+
+
+def test_predict_iter_streams_logits_and_downscales_huge_images(tiny_model, monkeypatch):
+  from clipseg_jax import preprocess
+  gen = (image(seed=s) for s in range(3))  # any iterable, read a batch at a time
+  outs = list(tiny_model.predict_iter(gen, tiny_model.encode_text(["a cat", "a dog"]), batch_size=2))
+  s = tiny_model.image_size
+  assert [o["logits"].shape for o in outs] == [(2, s, s)] * 3 and outs[0]["masks"].shape == (2, 70, 90)
+  np.testing.assert_allclose(preprocess.resize_map(np.asarray(jax.nn.sigmoid(outs[0]["logits"][1])), 70, 90),
+                             outs[0]["masks"][1], atol=1e-6)
+  monkeypatch.setattr(preprocess, "MAX_SIDE", 45)
+  with pytest.warns(UserWarning, match="downscaled to 45x35"):
+    assert tiny_model.predict(image(), ["a cat"]).shape == (1, 1, 35, 45)
+
+
 def test_interpolated_conditions(tiny_model):
   support, mask = image(50, 60, 3), np.ones((50, 60), bool)
   t, v = tiny_model.encode_text(["a cat"]), tiny_model.encode_visual([(support, mask)])

@@ -9,6 +9,7 @@ from PIL import Image
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
+from conftest import rel_err
 
 
 def test_segment_writes_masks_and_overlays(tiny_checkpoint, tmp_path):
@@ -44,6 +45,26 @@ def test_segment_bad_inputs(tiny_checkpoint, tmp_path, capsys):
   assert main(["segment", str(tmp_path / "broken.jpg"), "--checkpoint", tiny_checkpoint[0],
                "--out", str(tmp_path / "o")]) == 2
   assert "at least one --prompt" in capsys.readouterr().err
+
+
+def test_segment_directory_logits_and_skipped_images(tiny_checkpoint, tiny_model, tmp_path, capsys):
+  """A directory of images, one unreadable: the rest are written, the bad one named, exit status 2."""
+  images = tmp_path / "imgs"
+  images.mkdir()
+  arrays = [np.random.RandomState(s).randint(0, 256, (40 + s, 50, 3), np.uint8) for s in range(3)]
+  for s, a in enumerate(arrays):
+    Image.fromarray(a).save(images / f"im{s}.png")
+  (images / "zz_broken.jpg").write_bytes(b"")
+  out = tmp_path / "o"
+  rc = main(["segment", str(images), "--prompt", "a cat", "--prompt", "a dog", "--logits", "--batch-size", "2",
+             "--checkpoint", tiny_checkpoint[0], "--out", str(out)])
+  assert rc == 2 and "1 of 4 image(s) could not be read" in capsys.readouterr().err
+  for s, a in enumerate(arrays):
+    saved = np.load(out / f"im{s}_logits.npz")
+    assert list(saved["prompts"]) == ["a cat", "a dog"]
+    want = tiny_model.predict_iter([a], tiny_model.encode_text(["a cat", "a dog"]))
+    assert rel_err(saved["logits"], next(want)["logits"]) < 1e-5  # a batch of 2 images vs 1
+    assert Image.open(out / f"im{s}_1_a-dog_mask.png").size == (50, 40 + s)
 
 
 def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path):

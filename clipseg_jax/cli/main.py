@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipseg_jax.cli import convert, data, demo, evaluate, pretrain_clip, segment, train
+from clipseg_jax.cli import convert, data, demo, evaluate, pretrain_clip, segment, serve, train
 
 COMMANDS = {"segment": segment, "convert": convert, "train": train, "eval": evaluate, "data": data,
-            "demo": demo, "pretrain-clip": pretrain_clip}
+            "demo": demo, "pretrain-clip": pretrain_clip, "serve": serve}
 TAKES_OVERRIDES = ("train", "pretrain-clip")
 
 

@@ -1,13 +1,19 @@
-"""Segment images with text prompts; writes a mask PNG and an overlay PNG per (image, prompt).
+"""Segment images with text or visual prompts; writes a mask PNG and an overlay PNG per (image, prompt).
 
-Example: clipseg-jax segment photo.jpg --prompt "a cat" --prompt "a sofa" --out masks/
+Example: clipseg-jax segment photos/ --prompt "a cat" --prompt "a sofa" --out masks/
+Per image it also writes one overlay of all prompts with a legend, and with --logits the raw logits
+at the model's resolution (`STEM_logits.npz`: `logits` [P, S, S] and `prompts`). Unreadable images
+are reported and skipped; the exit status is then 2.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
-import os
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -29,6 +35,9 @@ def add_arguments(p):
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--threshold", type=float, default=None, help="write binary masks at this probability")
+  p.add_argument("--logits", action="store_true", help="also write raw logits (STEM_logits.npz)")
+  p.add_argument("--batch-size", type=int, default=4, help="images per vision-tower call")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
 
 
 def expand_images(specs) -> list[Path]:
@@ -52,10 +61,14 @@ def expand_images(specs) -> list[Path]:
 
 
 def run(args):
+  import jax.numpy as jnp
+
   from clipseg_jax import load_model
 
   if len(args.support) != len(args.support_mask):
     raise ValueError(f"{len(args.support)} --support images but {len(args.support_mask)} --support-mask files")
+  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+    raise ValueError(f"--threshold is a probability in [0, 1], got {args.threshold}")
   prompts = list(args.prompt)
   labels = list(args.prompt)
   for image, mask in zip(args.support, args.support_mask):
@@ -64,18 +77,39 @@ def run(args):
   if not prompts:
     raise ValueError("give at least one --prompt (or --support with --support-mask)")
   paths = expand_images(args.images)
-  model = load_model(args.checkpoint, clip=args.clip)
+  model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
   cond = model.encode_prompts(prompts)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  for path in tqdm(paths, desc="segment", unit="image", disable=len(paths) < 2):
-    image = load_image(path)
-    probs = model.predict_conditions([image], cond)[0]
-    for i, (label, prob) in enumerate(zip(labels, probs)):
-      mask = prob > args.threshold if args.threshold is not None else prob
+  loaded, failures = collections.deque(), []
+
+  def images():
+    for path in paths:
+      try:
+        image = load_image(path)
+      except ValueError as e:
+        failures.append(str(e))
+        tqdm.write(f"skipped: {e}", file=sys.stderr)
+        continue
+      loaded.append((path, image))
+      yield image
+
+  bar = tqdm(total=len(paths), desc="segment", unit="image", disable=len(paths) < 2)
+  for done, result in enumerate(model.predict_iter(images(), cond, batch_size=args.batch_size), 1):
+    path, image = loaded.popleft()
+    probs = result["masks"]
+    shown = probs > args.threshold if args.threshold is not None else probs
+    for i, (label, mask) in enumerate(zip(labels, shown)):
       stem = f"{path.stem}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")
       visualize.overlay(image, mask, [label]).save(out / f"{stem}_overlay.png")
-    visualize.overlay(image, probs, labels).save(out / f"{path.stem}_overlay.png")
-  print(f"wrote masks and overlays for {len(paths)} image(s) x {len(prompts)} prompt(s) to {out}")
-
+    visualize.overlay(image, shown, labels).save(out / f"{path.stem}_overlay.png")
+    if args.logits:
+      np.savez_compressed(out / f"{path.stem}_logits.npz", logits=result["logits"], prompts=np.array(labels))
+    bar.update(done + len(failures) - bar.n)  # skipped files count as seen
+  bar.close()
+  done = len(paths) - len(failures)
+  print(f"wrote masks and overlays for {done} image(s) x {len(prompts)} prompt(s) to {out}")
+  if failures:
+    raise ValueError(f"{len(failures)} of {len(paths)} image(s) could not be read: {failures[0]}"
+                     + (" ..." if len(failures) > 1 else ""))
