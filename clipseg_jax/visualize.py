@@ -40,3 +40,25 @@ def overlay(image, probs: np.ndarray, labels=None) -> Image.Image:
 def slug(text: str, limit: int = 40) -> str:
   s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
   return s[:limit] or "prompt"
+
+
+def mask_grid(image, probs: np.ndarray, labels, height: int = 200) -> Image.Image:
+  """The image, then each prompt's map in its own colour over it, side by side, captioned."""
+  image = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+  probs = np.asarray(probs, np.float32)
+  tiles = [("image", image)] + [(label, overlay(image, _one_hot(p, i, len(probs))))
+                                for i, (label, p) in enumerate(zip(labels, probs))]
+  width = max(1, round(image.width * height / image.height))
+  grid = Image.new("RGB", (len(tiles) * (width + 4), height + 18), (255, 255, 255))
+  draw = ImageDraw.Draw(grid)
+  for k, (label, tile) in enumerate(tiles):
+    grid.paste(tile.resize((width, height), Image.BILINEAR), (k * (width + 4), 0))
+    draw.text((k * (width + 4) + 2, height + 3), str(label)[:40], fill=(0, 0, 0))
+  return grid
+
+
+def _one_hot(prob: np.ndarray, index: int, count: int) -> np.ndarray:
+  """[count, H, W] maps, zero but for `prob` at `index` (so the tile keeps that prompt's colour)."""
+  out = np.zeros((count,) + prob.shape, np.float32)
+  out[index] = prob
+  return out

@@ -150,6 +150,20 @@ def test_image_modes(tiny_model, mode):
   assert tiny_model.predict(im, ["a cat"]).shape == (1, 1, 30, 40)
 
 
+def test_exif_rotated_image_is_upright(tiny_model, tmp_path):
+  """A photo stored sideways with EXIF orientation 6 is segmented (and sized) as it is shown."""
+  from clipseg_jax.preprocess import load_image
+  stored = Image.fromarray(image(30, 40))
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+  stored.save(tmp_path / "sideways.jpg", exif=exif)
+  upright = load_image(tmp_path / "sideways.jpg")
+  assert upright.size == (30, 40)
+  with Image.open(tmp_path / "sideways.jpg") as raw:
+    np.testing.assert_array_equal(np.asarray(upright), np.asarray(raw.transpose(Image.Transpose.ROTATE_270)))
+    assert tiny_model.predict(raw, ["a cat"]).shape == (1, 1, 40, 30)
+
+
 def test_bfloat16_compute(tiny_checkpoint, tiny_model):
   """dtype=bfloat16 computes in bf16 with float32 params and stays close to the float32 model."""
   import jax.numpy as jnp
