@@ -121,14 +121,19 @@ def test_sharding_equivalence(setup, tmp_path):
   assert max_rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
 
 
-def test_two_processes_equal_one(setup, tmp_path):
-  """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices."""
+def two_processes(setup, workdir, **extra):
+  """A run as 2 processes x 4 CPU devices joined over localhost (gloo collectives)."""
   import socket
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  procs = [run_cli(setup, tmp_path / "multi", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                   "--process-id", str(i), devices=4, wait=False) for i in range(2)]
+  return [run_cli(setup, workdir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                  "--process-id", str(i), devices=4, wait=False, **extra) for i in range(2)]
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+  """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices."""
+  procs = two_processes(setup, tmp_path / "multi")
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   run_cli(setup, tmp_path / "single", devices=8)
@@ -165,6 +170,20 @@ def test_sigterm_saves_and_exits(setup, tmp_path):
   assert proc.returncode == 0, out[-2000:]
   saved = [int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit()]
   assert saved and 0 < max(saved) < 100000
+
+
+def test_sigterm_to_one_process_stops_all(setup, tmp_path):
+  """Preemption that reaches only process 1: both processes save the same step and exit cleanly."""
+  procs = two_processes(setup, tmp_path / "term2", **{"total_steps": 100000, "checkpoint_every": 100000})
+  deadline = time.time() + 300
+  while not (tmp_path / "term2" / "config.json").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  time.sleep(8)  # let them take some steps
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=180)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  saved = [int(p.name) for p in (tmp_path / "term2" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 0 < saved[0] < 100000
 
 
 def test_bad_input_fails_before_compute(setup, tmp_path, capsys):

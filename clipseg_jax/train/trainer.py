@@ -54,7 +54,9 @@ def use_cache(cfg) -> bool:
 
 
 class Preempted:
-  """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step."""
+  """SIGTERM sets a flag; the loop saves a checkpoint and exits cleanly at the next step. With several
+  processes the flag is agreed on every step (a SIGTERM may reach only some of them): all save the
+  same step and stop together, instead of the others waiting forever in the next collective."""
 
   def __init__(self):
     self.flag = False
@@ -62,6 +64,12 @@ class Preempted:
 
   def _handle(self, *_):
     self.flag = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.flag))))
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._old)
@@ -126,9 +134,10 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
         result = evaluator(state.params, done)
         writer.scalars(done, result)
         metrics.update(result)
-      if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or preempted.flag:
+      stop = preempted.agreed()
+      if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop:
         ckpt.save(done, state, data.state(done), force=True)
-      if preempted.flag:
+      if stop:
         log.warning("SIGTERM: saved step %d, exiting", done)
         break
   finally:
