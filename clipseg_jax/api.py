@@ -347,8 +347,11 @@ def _load_workdir(path: Path, dtype) -> ClipSeg:
     decoder = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})
   finally:
     ckpt.close()
+  from clipseg_jax.train.step import fold_activation_scale
+  run = json.loads((path / "config.json").read_text())
+  decoder = fold_activation_scale(decoder, run["model"].get("activation_scale", 1.0))
   params = {"clip": clip_params(config, base["clip"]), **decoder}
-  image_size = json.loads((path / "config.json").read_text())["data"]["pcplus"]["image_size"]
+  image_size = run["data"]["pcplus"]["image_size"]
   return ClipSeg(config, params, load_tokenizer(), dtype, image_size=image_size)
 
 

@@ -111,6 +111,37 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   assert f_stream == pytest.approx(f_clip + f_decoder_step, rel=0.1)
 
 
+def test_activation_scale_folds_into_the_model(setup, tmp_path):
+  """Training on s x CLIP's activations is the HF model with reduce kernels x s: the periodic evaluator
+  and load_model(WORKDIR) see the folded weights, so the trained run's loss is the loaded model's."""
+  from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import step as steps
+  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.model import initial_params, model_config
+  cfg = load_config(CONFIG, overrides(setup))
+  config = model_config(cfg.model)
+  module = ClipSegModel(config)
+  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, 0))
+  rng = np.random.RandomState(0)
+  acts = module.apply({"params": frozen}, rng.randn(2, 64, 64, 3).astype(np.float32),
+                      method=ClipSegModel.activations)
+  cond, mask = rng.randn(2, config.projection_dim).astype(np.float32), (rng.rand(2, 64, 64) > 0.5).astype(np.float32)
+  trained_loss = steps.decoder_loss(module, frozen, acts, cond, mask, 0.3)(trainable)
+  folded = steps.fold_activation_scale(trainable, 0.3)
+  assert not np.allclose(folded["decoder"]["reduces_0"]["kernel"], trainable["decoder"]["reduces_0"]["kernel"])
+  np.testing.assert_allclose(steps.decoder_loss(module, frozen, acts, cond, mask)(folded), trained_loss, rtol=1e-5)
+  # And through a real run: the loaded decoder is the checkpoint's with reduce kernels x s.
+  run_cli(setup, tmp_path / "scaled", **{"total_steps": 2, "model.activation_scale": 0.3})
+  from clipseg_jax.train.checkpoints import Checkpointer
+  from clipseg_jax.weights import hf
+  ckpt = Checkpointer(tmp_path / "scaled" / "checkpoints")
+  raw = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})["decoder"]
+  ckpt.close()
+  loaded = decoder(tmp_path / "scaled")
+  np.testing.assert_allclose(loaded["reduces_1"]["kernel"], 0.3 * np.asarray(raw["reduces_1"]["kernel"]), rtol=1e-6)
+  np.testing.assert_array_equal(loaded["film_mul"]["kernel"], np.asarray(raw["film_mul"]["kernel"]))
+
+
 def test_sharding_equivalence(setup, tmp_path):
   """Meshes (8,1), (4,2) with CLIP FSDP-sharded, and (1,1) train to the same decoder."""
   run_cli(setup, tmp_path / "m81", devices=8, **{"mesh.shape": "(8,1)"})

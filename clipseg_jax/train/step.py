@@ -63,8 +63,9 @@ def _update(state: TrainState, tx, loss_fn):
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask):
+def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask, activation_scale: float = 1.0):
   """The loss as a function of the trainable parameters (CLIP outputs are constants here)."""
+  activations = [a * activation_scale for a in activations]
   def loss_fn(trainable):
     logits = module.apply({"params": {**frozen, **trainable}}, activations, cond,
                           method=ClipSegModel.decode_activations)
@@ -72,7 +73,23 @@ def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask):
   return loss_fn
 
 
-def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool, withhold_prompt: bool = False):
+def fold_activation_scale(trainable: dict, activation_scale: float) -> dict:
+  """Trained params -> the model's own (HF) parameterisation.
+
+  With `model.activation_scale = s` the reduce layers train on s x CLIP's activations: the same
+  model with kernel s*W, but with Adam's steps on W a factor s smaller relative to the activations'
+  scale. The embedded small CLIP's activations have std ~3-5; at s = 1 the prompt-independent skip
+  inputs added after FiLM drown the conditioned path and the decoder barely learns to select the
+  named object (measured on the synthetic set: IoU_FG@0.5 0.01 at s = 1, 0.30 at s = 0.25)."""
+  if activation_scale == 1.0 or "decoder" not in trainable:
+    return trainable
+  decoder = {name: ({**p, "kernel": p["kernel"] * activation_scale} if name.startswith("reduces_") else p)
+             for name, p in trainable["decoder"].items()}
+  return {**trainable, "decoder": decoder}
+
+
+def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool, withhold_prompt: bool = False,
+                     activation_scale: float = 1.0):
   """Step on raw batches (input_pipeline.loader): frozen CLIP forward, then the decoder's update."""
   def step(state: TrainState, frozen, batch):
     clip = lambda method, *args: jax.lax.stop_gradient(
@@ -84,18 +101,18 @@ def make_stream_step(module: ClipSegModel, tx, visual_prompts: bool, withhold_pr
       cond = prompts.interpolate(cond, visual, batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
-    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale))
   return step
 
 
-def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False):
+def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False, activation_scale: float = 1.0):
   """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
   def step(state: TrainState, frozen, tables, batch):
     acts = [a[batch["record"]] for a in tables["activations"]]
     cond = prompts.interpolate(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
-    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"]))
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale))
   return step
 
 

@@ -175,11 +175,12 @@ class Data:
 
   def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep):
     if self.cached:
-      fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt)
+      fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale)
       tables_sh = jax.tree.map(lambda _: rep, self.tables)
       return jax.jit(fn, in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
                      out_shardings=(state_sh, rep), donate_argnums=(0,))
-    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt)
+    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt,
+                                self.cfg.model.activation_scale)
     return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
                    donate_argnums=(0,))
 
@@ -210,7 +211,8 @@ class Evaluator:
   def __call__(self, trainable, step: int) -> dict:
     from clipseg_jax.evaluation import report
     from clipseg_jax.evaluation.protocols import EvalOptions, referring
-    self.model.params = {**self.model.params, **jax.device_get(trainable)}
+    trained = steps.fold_activation_scale(jax.device_get(trainable), self.cfg.model.activation_scale)
+    self.model.params = {**self.model.params, **trained}
     opts = EvalOptions(data_dir=os.path.expanduser(self.cfg.data.data_dir), dataset=self.cfg.data.name,
                        split=self.cfg.data.eval_split, limit=self.cfg.eval_images, progress=False)
     from clipseg_jax.evaluation.protocols import ModelPredictor, NoPromptPredictor

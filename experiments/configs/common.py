@@ -25,6 +25,8 @@ def base() -> ml_collections.ConfigDict:
   c.model.use_complex_transposed_convolution = False
   c.model.decoder_depth = -1                     # -1: one block per extracted layer; 0: CLIP-Deconv
   c.model.withhold_prompt = False                # ablation: the decoder never sees the prompt
+  c.model.activation_scale = 1.0                 # the reduce layers train on s x CLIP's activations
+                                                 # (train/step.py: fold_activation_scale)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "phrasecut"

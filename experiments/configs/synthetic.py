@@ -18,6 +18,7 @@ def get_config():
   c.model.clip = "embedded:synthetic-clip"
   c.model.extract_layers = (1, 2, 3)
   c.model.decoder_intermediate_size = 512
+  c.model.activation_scale = 0.25   # the small CLIP's activations have std ~3-5 (see train/step.py)
   c.data.name = "synthetic"
   c.data.eval_split = "validation"
   c.data.workers = 0
