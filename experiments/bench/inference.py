@@ -12,12 +12,18 @@ float32, 640x480 images, measured side by side in one run.
 from __future__ import annotations
 
 import argparse
+import os
 
-import jax
-import numpy as np
-from PIL import Image
+# XLA:CPU vectorises for 256-bit registers by default; on AVX-512 machines 512-bit vectors and oneDNN
+# matmuls made the ViT forward ~20% faster here. Set before jax is imported; XLA_FLAGS overrides.
+FAST_CPU_FLAGS = "--xla_cpu_prefer_vector_width=512 --xla_cpu_use_onednn=true"
+os.environ.setdefault("XLA_FLAGS", FAST_CPU_FLAGS)
 
-from experiments.bench.common import models, timeit
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from experiments.bench.common import models, timeit  # noqa: E402
 
 PROMPTS = ["a person", "a dog", "a bicycle", "the sky", "something to sit on"]
 
@@ -69,7 +75,8 @@ def main():
     t_ref = timeit(lambda: reference(images, prompts), repeats, warmup=1 if len(images) == 1 else 0)
     rows.append((name, len(images), t_ours, t_cached, t_ref))
   print(f"640x480 images at 352 px, float32, this CPU ({jax.devices()[0].device_kind}, "
-        f"torch {torch.get_num_threads()} threads); probabilities agree to {err:.1e}")
+        f"torch {torch.get_num_threads()} threads); probabilities agree to {err:.1e}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"{'':22s} {'clipseg-jax':>12s} {'(cached text)':>14s} {'transformers':>13s} {'speed-up':>9s}")
   for name, n, t_ours, t_cached, t_ref in rows:
     print(f"{name:22s} {t_ours * 1e3:9.0f} ms {t_cached * 1e3:11.0f} ms {t_ref * 1e3:10.0f} ms "
