@@ -21,21 +21,29 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 def load_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
   """Open an image file as RGB, EXIF orientation applied, at most `max_side` on its longer side
   (JPEGs are decoded at reduced scale directly); a clear error if it is not an image."""
-  path, max_side = Path(path), max_side or MAX_SIDE
+  path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"image not found: {path}")
   if path.stat().st_size == 0:
     raise ValueError(f"cannot read {path} as an image: the file is empty")
+  return read_image(path, str(path), max_side)
+
+
+def read_image(source, what: str = "image", max_side: int | None = None) -> Image.Image:
+  """`load_image` for a path or a file object (an upload, say); `what` names it in errors."""
+  max_side = max_side or MAX_SIDE
   try:
-    with Image.open(path) as im:
+    with Image.open(source) as im:
       if max(im.size) > max_side:
         im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, cheaply
       im.load()
-      return limit_size(to_rgb(im), max_side, str(path))
+      image = to_rgb(im)
   except Image.DecompressionBombError as e:
-    raise ValueError(f"{path} is too large to decode safely ({e}); downscale it first") from e
+    raise ValueError(f"{what} is too large to decode safely ({e}); downscale it first") from e
   except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"cannot read {path} as an image: {e}") from e
+    raise ValueError(f"cannot read {what} as an image: {e}") from e
+  check_size(image, what)
+  return limit_size(image, max_side, what)
 
 
 def limit_size(image: Image.Image, max_side: int | None = None, what: str = "image") -> Image.Image:

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from tqdm import tqdm
 
 from clipseg_jax import visualize

@@ -52,20 +52,9 @@ def decode_image(data: str) -> tuple[Image.Image, list[str]]:
     raise BadRequest(f"the image is not valid base64: {e}") from e
   if not raw:
     raise BadRequest("the image is empty")
-  try:
-    with Image.open(io.BytesIO(raw)) as im:
-      if max(im.size) > preprocess.MAX_SIDE:
-        im.draft("RGB", (preprocess.MAX_SIDE, preprocess.MAX_SIDE))
-      im.load()
-      image = preprocess.to_rgb(im)
-  except Image.DecompressionBombError as e:
-    raise BadRequest(f"the image is too large to decode safely: {e}") from e
-  except OSError as e:
-    raise BadRequest(f"cannot read the upload as an image: {e}") from e
-  preprocess.check_size(image)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    image = preprocess.limit_size(image, what="the image")
+    image = preprocess.read_image(io.BytesIO(raw), "the upload")  # ValueError: a 400 with its message
   return image, [str(w.message) for w in caught]
 
 
