@@ -22,6 +22,19 @@ def test_clip_loss_prefers_matching_pairs():
   assert matched < shuffled and matched < np.log(6)
 
 
+def test_captions_name_every_object_once():
+  from clipseg_jax.train.clip_pretrain import text_for
+  objects = [["red circle", "the red object"], ["blue star", "the star on the left"], ["green square"]]
+  rng = np.random.default_rng(0)
+  texts = [text_for(objects, rng, 1.0, ("a photo of a {}.",)) for _ in range(20)]
+  for t in texts:
+    names = t.removeprefix("a picture of ").split(", ")
+    assert len(names) == 3 and all(sum(n in group for n in names) == 1 for group in objects)
+  assert len(set(texts)) > 3  # phrases and order vary
+  singles = {text_for(objects, rng, 0.0, ("a photo of a {}.",)) for _ in range(50)}
+  assert singles <= {f"a photo of a {p}." for group in objects for p in group} and len(singles) > 3
+
+
 def test_pretrain_exports_a_transformers_clip(tmp_path):
   """A few steps of the recipe on tiny towers; transformers' CLIPModel loads the export and computes
   the same embeddings as our towers."""

@@ -48,11 +48,29 @@ def load_pairs(cfg):
   images, phrases = [], []
   for i in tqdm(range(len(source)), desc="loading scenes", unit="img"):
     r = source[i]
-    positive = [p for p, m in zip(r["phrases"], r["masks"]) if m.any()]
-    if positive:
+    objects = {}  # phrases grouped by the object (mask) they name
+    for p, m in zip(r["phrases"], r["masks"]):
+      if m.any():
+        objects.setdefault(np.packbits(m).tobytes(), []).append(p)
+    if objects:
       images.append(np.asarray(Image.fromarray(r["image"]).resize((cfg.image_size,) * 2, Image.BILINEAR)))
-      phrases.append(positive)
+      phrases.append(list(objects.values()))
   return np.stack(images), phrases
+
+
+def caption(objects: list[list[str]], rng: np.random.Generator) -> str:
+  """One phrase for each object of the scene, in random order: a text unique to the scene, so the
+  contrastive loss must tell scenes apart by every attribute (shapes too, not only colours)."""
+  names = [group[rng.integers(len(group))] for group in objects]
+  return "a picture of " + ", ".join(names[k] for k in rng.permutation(len(names)))
+
+
+def text_for(objects: list[list[str]], rng: np.random.Generator, caption_prob: float, templates) -> str:
+  """A caption of the scene (with probability `caption_prob`) or a templated phrase of one object."""
+  if rng.random() < caption_prob:
+    return caption(objects, rng)
+  group = objects[rng.integers(len(objects))]
+  return str(rng.choice(templates)).format(group[rng.integers(len(group))])
 
 
 def pretrain(cfg, workdir) -> dict:
@@ -86,7 +104,7 @@ def pretrain(cfg, workdir) -> dict:
   bar = tqdm(range(cfg.total_steps), desc="pretrain CLIP")
   for i in bar:
     idx = rng.choice(len(images), cfg.batch_size, replace=False)
-    texts = [str(rng.choice(TEMPLATES)).format(phrases[j][rng.integers(len(phrases[j]))]) for j in idx]
+    texts = [text_for(phrases[j], rng, cfg.get("caption_prob", 0.0), TEMPLATES) for j in idx]
     t = tok(texts, padding="max_length", truncation=True, max_length=cfg.max_text_length, return_tensors="np")
     params, opt_state, loss = step(params, opt_state, images[idx], jnp.asarray(t["input_ids"], jnp.int32),
                                    jnp.asarray(t["attention_mask"], jnp.int32))

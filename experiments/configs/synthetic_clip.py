@@ -20,6 +20,7 @@ def get_config():
   c.log_every = 50
   c.image_size = 160
   c.max_text_length = 16
+  c.caption_prob = 0.0  # share of texts that caption the whole scene (one phrase per object)
   c.data = ml_collections.ConfigDict(dict(name="synthetic", data_dir="~/tensorflow_datasets", split="train"))
   c.text = ml_collections.ConfigDict(dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
                                           num_attention_heads=4, max_position_embeddings=77))
