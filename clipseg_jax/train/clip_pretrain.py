@@ -66,11 +66,12 @@ def caption(objects: list[list[str]], rng: np.random.Generator) -> str:
 
 
 def text_for(objects: list[list[str]], rng: np.random.Generator, caption_prob: float, templates) -> str:
-  """A caption of the scene (with probability `caption_prob`) or a templated phrase of one object."""
-  if rng.random() < caption_prob:
+  """A caption of the scene (with probability `caption_prob`) or a templated phrase naming one of its
+  objects (drawn as the shipped weights were: no extra random draws when `caption_prob` is 0)."""
+  if caption_prob and rng.random() < caption_prob:
     return caption(objects, rng)
-  group = objects[rng.integers(len(objects))]
-  return str(rng.choice(templates)).format(group[rng.integers(len(group))])
+  flat = [p for group in objects for p in group]
+  return str(rng.choice(templates)).format(flat[rng.integers(len(flat))])
 
 
 def pretrain(cfg, workdir) -> dict:
