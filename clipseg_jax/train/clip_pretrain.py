@@ -66,12 +66,16 @@ def caption(objects: list[list[str]], rng: np.random.Generator) -> str:
 
 
 def text_for(objects: list[list[str]], rng: np.random.Generator, caption_prob: float, templates) -> str:
-  """A caption of the scene (with probability `caption_prob`) or a templated phrase naming one of its
-  objects (drawn as the shipped weights were: no extra random draws when `caption_prob` is 0)."""
-  if caption_prob and rng.random() < caption_prob:
+  """A caption of the scene (with probability `caption_prob`), else a templated phrase naming one of
+  its objects: object first, then one of its phrases. With `caption_prob` 0 the phrase is drawn from
+  all of the scene's phrases at once, as for the first shipped weights (same random draws)."""
+  if not caption_prob:
+    flat = [p for group in objects for p in group]
+    return str(rng.choice(templates)).format(flat[rng.integers(len(flat))])
+  if rng.random() < caption_prob:
     return caption(objects, rng)
-  flat = [p for group in objects for p in group]
-  return str(rng.choice(templates)).format(flat[rng.integers(len(flat))])
+  group = objects[rng.integers(len(objects))]
+  return str(rng.choice(templates)).format(group[rng.integers(len(group))])
 
 
 def pretrain(cfg, workdir) -> dict:
