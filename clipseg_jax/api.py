@@ -239,7 +239,12 @@ class ClipSeg:
     """Per image, in order: {"masks": [P, H, W] probabilities (bools with `threshold`) at the image's
     size, "logits": [P, S, S] raw logits at the model's resolution}. Images are read `batch_size` at a
     time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled."""
-    images = iter(images)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold <= 1.0):
+      raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
+    return self._predict_chunks(iter(images), cond, threshold, batch_size)  # checked before any work
+
+  def _predict_chunks(self, images, cond, threshold, batch_size):
     while chunk := list(itertools.islice(images, batch_size)):
       chunk = [preprocess.to_rgb(im) for im in chunk]
       for im in chunk:

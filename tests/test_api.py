@@ -142,6 +142,11 @@ def test_predict_errors(tiny_model):
     tiny_model.predict(Image.new("RGB", (0, 5)), ["a cat"])
   with pytest.raises(ValueError, match="uint8"):
     tiny_model.predict(np.zeros((8, 8, 3), np.float32), ["a cat"])
+  before = tiny_model.vision_images
+  for bad in (1.5, -0.1, "0.5", True):
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+      tiny_model.predict(image(), ["a cat"], threshold=bad)
+  assert tiny_model.vision_images == before  # refused before any image work
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])

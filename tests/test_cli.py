@@ -45,6 +45,9 @@ def test_segment_bad_inputs(tiny_checkpoint, tmp_path, capsys):
   assert main(["segment", str(tmp_path / "broken.jpg"), "--checkpoint", tiny_checkpoint[0],
                "--out", str(tmp_path / "o")]) == 2
   assert "at least one --prompt" in capsys.readouterr().err
+  Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+  assert main(["segment", str(tmp_path / "ok.png"), *args, "--threshold", "2"]) == 2
+  assert "threshold must be a probability" in capsys.readouterr().err
 
 
 def test_segment_directory_logits_and_skipped_images(tiny_checkpoint, tiny_model, tmp_path, capsys):

@@ -66,8 +66,6 @@ def run(args):
 
   if len(args.support) != len(args.support_mask):
     raise ValueError(f"{len(args.support)} --support images but {len(args.support_mask)} --support-mask files")
-  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-    raise ValueError(f"--threshold is a probability in [0, 1], got {args.threshold}")
   prompts = list(args.prompt)
   labels = list(args.prompt)
   for image, mask in zip(args.support, args.support_mask):
@@ -94,10 +92,10 @@ def run(args):
       yield image
 
   bar = tqdm(total=len(paths), desc="segment", unit="image", disable=len(paths) < 2)
-  for done, result in enumerate(model.predict_iter(images(), cond, batch_size=args.batch_size), 1):
+  results = model.predict_iter(images(), cond, threshold=args.threshold, batch_size=args.batch_size)
+  for done, result in enumerate(results, 1):
     path, image = loaded.popleft()
-    probs = result["masks"]
-    shown = probs > args.threshold if args.threshold is not None else probs
+    shown = result["masks"]
     for i, (label, mask) in enumerate(zip(labels, shown)):
       stem = f"{path.stem}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")

@@ -83,12 +83,9 @@ class Segmenter:
       raise BadRequest("type at least one prompt")
     if len(prompts) > MAX_PROMPTS:
       raise BadRequest(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}")
-    threshold = request.get("threshold")
-    if threshold is not None and (not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1):
-      raise BadRequest(f"threshold must be a number in [0, 1] or null, got {threshold!r}")
     start = time.perf_counter()
-    with self.lock:
-      probs = self.model.predict(image, prompts, threshold=threshold)[0]
+    with self.lock:  # predict checks the threshold: its ValueError becomes a 400
+      probs = self.model.predict(image, prompts, threshold=request.get("threshold"))[0]
     seconds = time.perf_counter() - start
     return {"overlay": png_data_url(visualize.overlay(image, probs, prompts)),
             "masks": [{"prompt": p, "mask": png_data_url(visualize.mask_image(m)),
