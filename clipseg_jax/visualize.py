@@ -18,21 +18,23 @@ def mask_image(prob: np.ndarray) -> Image.Image:
   return Image.fromarray(np.round(np.asarray(prob, np.float32) * 255).astype(np.uint8), "L")
 
 
-def overlay(image, probs: np.ndarray, labels=None) -> Image.Image:
-  """Colour each prompt's probability map over the image ([P, H, W] or [H, W]); label with a legend."""
+def overlay(image, probs: np.ndarray, labels=None, first_color: int = 0) -> Image.Image:
+  """Colour each prompt's probability map over the image ([P, H, W] or [H, W]); label with a legend.
+  Prompt i gets palette colour `first_color + i`."""
   base = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.float32)
   probs = np.asarray(probs, np.float32)
   probs = probs[None] if probs.ndim == 2 else probs
+  colors = [PALETTE[(first_color + i) % len(PALETTE)] for i in range(len(probs))]
   out = base.copy()
-  for i, p in enumerate(probs):
+  for p, color in zip(probs, colors):
     a = ALPHA * p[..., None]
-    out = out * (1 - a) + PALETTE[i % len(PALETTE)] * a
+    out = out * (1 - a) + color * a
   im = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
   if labels:
     draw = ImageDraw.Draw(im)
     for i, text in enumerate(labels):
       y = 4 + 14 * i
-      draw.rectangle([4, y, 14, y + 10], fill=tuple(int(c) for c in PALETTE[i % len(PALETTE)]))
+      draw.rectangle([4, y, 14, y + 10], fill=tuple(int(c) for c in colors[i]))
       draw.text((18, y - 1), str(text), fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
   return im
 
@@ -46,7 +48,7 @@ def mask_grid(image, probs: np.ndarray, labels, height: int = 200) -> Image.Imag
   """The image, then each prompt's map in its own colour over it, side by side, captioned."""
   image = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
   probs = np.asarray(probs, np.float32)
-  tiles = [("image", image)] + [(label, overlay(image, _one_hot(p, i, len(probs))))
+  tiles = [("image", image)] + [(label, overlay(image, p, first_color=i))
                                 for i, (label, p) in enumerate(zip(labels, probs))]
   width = max(1, round(image.width * height / image.height))
   grid = Image.new("RGB", (len(tiles) * (width + 4), height + 18), (255, 255, 255))
@@ -56,9 +58,3 @@ def mask_grid(image, probs: np.ndarray, labels, height: int = 200) -> Image.Imag
     draw.text((k * (width + 4) + 2, height + 3), str(label)[:40], fill=(0, 0, 0))
   return grid
 
-
-def _one_hot(prob: np.ndarray, index: int, count: int) -> np.ndarray:
-  """[count, H, W] maps, zero but for `prob` at `index` (so the tile keeps that prompt's colour)."""
-  out = np.zeros((count,) + prob.shape, np.float32)
-  out[index] = prob
-  return out

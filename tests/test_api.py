@@ -193,3 +193,16 @@ def test_prompt_counts_share_compilations(tiny_checkpoint):
   assert (model._decode._cache_size(), model._text._cache_size(), model._encode_image._cache_size()) == sizes
   model.predict(image(), ["a"] * 5)  # a new bucket compiles once more
   assert model._decode._cache_size() == sizes[0] + 1
+
+
+def test_mask_grid_gives_each_prompt_its_colour():
+  from clipseg_jax import visualize
+  im = np.zeros((20, 20, 3), np.uint8)
+  probs = np.zeros((2, 20, 20), np.float32)
+  probs[:, 5:15, 5:15] = 1.0
+  grid = np.asarray(visualize.mask_grid(im, probs, ["a", "b"], height=20))
+  assert grid.shape == (38, 3 * 24, 3)
+  for tile in (1, 2):  # tile 0 is the image itself
+    want = np.round(visualize.ALPHA * visualize.PALETTE[tile - 1])
+    np.testing.assert_allclose(grid[10, tile * 24 + 10], want, atol=2)
+    assert grid[1, tile * 24 + 1].tolist() == [0, 0, 0]  # outside the mask: the image
