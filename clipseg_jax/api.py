@@ -36,6 +36,25 @@ def bucket(n: int) -> int:
   return 1 << max(0, n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
 
 
+class _JitAt:
+  """`jax.jit(fn)` traced and run under `jax.default_matmul_precision(precision)`, which is part of
+  jit's cache key."""
+
+  def __init__(self, precision: str, fn):
+    self.precision, self.jitted = precision, jax.jit(fn)
+
+  def __call__(self, *args):
+    with jax.default_matmul_precision(self.precision):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with jax.default_matmul_precision(self.precision):
+      return self.jitted.lower(*args)
+
+  def _cache_size(self) -> int:
+    return self.jitted._cache_size()
+
+
 @dataclasses.dataclass(eq=False)
 class ClipSeg:
   """A CLIPSeg model: `.config` (HF CLIPSegConfig fields), `.params` (plain pytree), `.tokenizer`."""
@@ -57,15 +76,17 @@ class ClipSeg:
       self.tokenizer = load_tokenizer()
     compute = None if jnp.dtype(self.dtype) == jnp.float32 else self.dtype
     self.module = ClipSegModel(self.config, compute)
-    apply = lambda method: jax.jit(
-        lambda params, *a: self.module.apply({"params": params}, *a, method=method))
-    self._forward = jax.jit(lambda params, *a: self.module.apply({"params": params}, *a))
-    self._logits = jax.jit(lambda params, *a: self.module.apply({"params": params}, *a)["logits"])
+    # float32 promises PyTorch's numbers, but JAX's default on GPUs runs float32 matmuls in TF32
+    # (logits off by ~3e-4 on an H200, experiments/bench/parity.py): ask for full precision.
+    jit = functools.partial(_JitAt, "highest" if compute is None else "default")
+    apply = lambda method: jit(lambda params, *a: self.module.apply({"params": params}, *a, method=method))
+    self._forward = jit(lambda params, *a: self.module.apply({"params": params}, *a))
+    self._logits = jit(lambda params, *a: self.module.apply({"params": params}, *a)["logits"])
     self._encode_image = apply(ClipSegModel.encode_image)
     self._text = apply(ClipSegModel.text_embeddings)
     self._visual = apply(ClipSegModel.visual_embeddings)
     chunk = CPU_DECODE_CHUNK if jax.default_backend() == "cpu" else None
-    self._decode = jax.jit(functools.partial(self._decode_impl, chunk=chunk))
+    self._decode = jit(functools.partial(self._decode_impl, chunk=chunk))
     self._text_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._text_cache_params = None  # the params the cached embeddings were computed with
 

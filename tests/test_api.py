@@ -183,6 +183,17 @@ def test_bfloat16_compute(tiny_checkpoint, tiny_model):
   assert np.abs(np.asarray(low, np.float32) - want).max() / np.abs(want).max() < 0.05
 
 
+def test_float32_asks_for_full_matmul_precision(tiny_checkpoint, tiny_model):
+  """float32 models lower their matmuls at HIGHEST precision (GPUs would otherwise use TF32 and miss
+  PyTorch's logits by ~3e-4); bf16 models keep the backend's default."""
+  import jax.numpy as jnp
+  from clipseg_jax import load_model
+  ids, mask = jnp.array([[49406, 320, 2368, 49407]]), jnp.ones((1, 4), jnp.int32)
+  assert "HIGHEST" in tiny_model._text.lower(tiny_model.params, ids, mask).as_text()
+  low = load_model(tiny_checkpoint[0], dtype=jnp.bfloat16)
+  assert "HIGHEST" not in low._text.lower(low.params, ids, mask).as_text()
+
+
 def test_prompt_counts_share_compilations(tiny_checkpoint):
   """3 and 4 prompts (one bucket) and prompts of different lengths reuse the same compiled code."""
   from clipseg_jax import load_model

@@ -31,3 +31,21 @@ def test_tokenizer_offline():
   assert tok.model_max_length == 77
   long = tok("word " * 200, truncation=True)["input_ids"]
   assert len(long) == 77 and long[-1] == 49407
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fused_attention_matches_torch_eager(dtype):
+  """Reduced precision runs attention through jax.nn.dot_product_attention; with a causal + padding
+  bias (the text tower's) it agrees with torch's float32 softmax attention to the dtype's precision."""
+  import jax.numpy as jnp
+
+  from clipseg_jax.models.layers import fused_attention
+  rng = np.random.RandomState(0)
+  q, k, v = (rng.randn(2, 7, 4, 16).astype(np.float32) for _ in range(3))
+  keep = np.tril(np.ones((7, 7), bool))[None] & (np.arange(7) < np.array([[7], [4]]))[:, None, :]
+  bias = np.where(keep, 0.0, np.finfo(np.float32).min)[:, None].astype(np.float32)
+  tq, tk, tv = (torch.from_numpy(t).transpose(1, 2) for t in (q, k, v))
+  want = torch.softmax(tq @ tk.transpose(-1, -2) / 4 + torch.from_numpy(bias), -1) @ tv
+  got = fused_attention(*(jnp.asarray(t, dtype) for t in (q, k, v)), jnp.asarray(bias))
+  assert got.dtype == jnp.dtype(dtype) and np.isfinite(np.asarray(got, np.float32)).all()
+  np.testing.assert_allclose(np.asarray(got, np.float32), want.transpose(1, 2).numpy(), atol=0.05)

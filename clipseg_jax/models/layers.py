@@ -56,12 +56,33 @@ class Attention(nn.Module):
     q = split(dense(name="q_proj")(x))
     k = split(dense(name="k_proj")(x))
     v = split(dense(name="v_proj")(x))
-    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5
-    if bias is not None:
-      scores = scores + bias
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(x.shape)
-    return dense(name="out_proj")(out)
+    if self.dtype in REDUCED_PRECISION:
+      out = fused_attention(q, k, v, bias)
+    else:
+      scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5
+      if bias is not None:
+        scores = scores + bias
+      probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+      out = jnp.einsum("...hqk,...khd->...qhd", probs, v)
+    return dense(name="out_proj")(out.reshape(x.shape))
+
+
+REDUCED_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def fused_attention(q, k, v, bias=None):
+  """softmax(q.k / sqrt(d) + bias) v through `jax.nn.dot_product_attention`: cuDNN's fused (flash)
+  kernel on GPUs, which never writes the [heads, T, T] scores to memory; XLA's formula elsewhere.
+  Only for reduced precision: float32 keeps the eager formula above, bit-close to PyTorch."""
+  if bias is not None:
+    # float32's minimum overflows to -inf in float16, and a fully masked row would become NaN.
+    bias = jnp.maximum(bias, jnp.finfo(q.dtype).min).astype(q.dtype)
+  if jax.default_backend() == "gpu":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, bias, implementation="cudnn")
+    except Exception:  # a shape or cuDNN version the fused kernel does not take
+      pass
+  return jax.nn.dot_product_attention(q, k, v, bias)
 
 
 class MLP(nn.Module):

@@ -116,8 +116,11 @@ def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False, ac
   return step
 
 
-def count_flops(fn, *args) -> float:
-  """FLOPs XLA's cost analysis assigns to the compiled `fn(*args)`."""
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+def count_flops(fn, *args, compiled: bool = True) -> float:
+  """FLOPs XLA's cost analysis assigns to the compiled `fn(*args)`, or with `compiled=False` to the
+  lowered program (what model FLOP utilisation counts: on GPUs the compiled count misses the matmuls
+  handed to cuBLAS)."""
+  lowered = jax.jit(fn).lower(*args)
+  cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", np.nan))

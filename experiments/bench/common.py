@@ -7,8 +7,9 @@ import tempfile
 import time
 
 
-def models(refined: bool = True, seed: int = 0):
-  """(clipseg_jax ClipSeg, transformers model with its default attention), the same random weights."""
+def models(refined: bool = True, seed: int = 0, attn_implementation: str | None = None):
+  """(clipseg_jax ClipSeg, transformers model with `attn_implementation`, by default its default),
+  the same random weights."""
   import jax
   import torch
   from transformers import CLIPSegForImageSegmentation
@@ -21,7 +22,8 @@ def models(refined: bool = True, seed: int = 0):
   directory = tempfile.mkdtemp(prefix="clipseg_bench_")
   ClipSeg(config, init_params(config, jax.random.PRNGKey(seed))).export_hf(directory)
   torch.set_grad_enabled(False)
-  return load_model(directory), CLIPSegForImageSegmentation.from_pretrained(directory).eval()
+  return load_model(directory), CLIPSegForImageSegmentation.from_pretrained(
+      directory, attn_implementation=attn_implementation).eval()
 
 
 def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:

@@ -45,25 +45,32 @@ def jax_step(model, dtype=None):
   return fn, state, frozen
 
 
-def torch_step(model, batch):
+def torch_step(model, batch, device="cpu", bf16=False):
+  """The PyTorch reference step: CLIP frozen, AdamW on the decoder, BCE; inputs already on `device`."""
+  import contextlib
+
   import torch
+  model.to(device)
   for p in model.clip.parameters():
     p.requires_grad_(False)
   opt = torch.optim.AdamW(model.decoder.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
-  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-  std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-  pixels = (torch.from_numpy(batch["pixels"]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-  ids, mask = torch.from_numpy(batch["input_ids"]).long(), torch.from_numpy(batch["attention_mask"]).long()
-  target = torch.from_numpy(batch["mask"])
+  mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+  std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+  to = lambda a: torch.from_numpy(a).to(device)
+  pixels = (to(batch["pixels"]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+  ids, mask = to(batch["input_ids"]).long(), to(batch["attention_mask"]).long()
+  target = to(batch["mask"])
+  autocast = (torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext)
 
   def step():
     with torch.enable_grad():
       opt.zero_grad()
-      loss = torch.nn.functional.binary_cross_entropy_with_logits(
-          model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits, target)
+      with autocast:
+        logits = model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+      loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
       loss.backward()
       opt.step()
-    return loss.item()
+    return loss.item()  # waits for the device
   return step
 
 
@@ -96,29 +103,30 @@ def main():
 
 
 def gpu(args, rng):
-  from clipseg_jax.api import ClipSeg
-  from clipseg_jax.config import ClipSegConfig
-  from clipseg_jax.models.clipseg import init_params
+  """bf16 on one GPU, batches already on the device: ours against the PyTorch reference (autocast
+  bf16, transformers' default attention), with model FLOP utilisation from XLA's FLOP count."""
   from clipseg_jax.train import step as steps
   n = args.batch or 256
-  config = ClipSegConfig()
-  model = ClipSeg(config, init_params(config))
-  fn, state, frozen = jax_step(model, jnp.bfloat16)
-  batch = jax.device_put(batch_of(n, args.size, rng))
-  flops = steps.count_flops(steps.make_stream_step(model.module, steps.make_optimizer(
-      __import__("ml_collections").ConfigDict(dict(learning_rate=1e-3, end_learning_rate=1e-4, warmup_steps=0,
-                                                   b1=0.9, b2=0.999, weight_decay=0.01, grad_clip_norm=0.0)),
-      20_000), visual_prompts=False), state, frozen, batch)
+  ours, theirs = models(refined=False)
+  batch = batch_of(n, args.size, rng)
+  fn, state, frozen = jax_step(ours, jnp.bfloat16)
+  on_device = jax.device_put(batch)
+  flops = steps.count_flops(fn, state, frozen, on_device, compiled=False)
   holder = {"state": state}
 
-  def run():
-    holder["state"], metrics = fn(holder["state"], frozen, batch)
+  def clipseg_jax():
+    holder["state"], metrics = fn(holder["state"], frozen, on_device)
     return jax.block_until_ready(metrics["loss"])
-  t = timeit(run, args.steps)
+  t_ours = timeit(clipseg_jax, args.steps)
+  import torch
+  t_ref = timeit(torch_step(theirs, batch, "cuda" if torch.cuda.is_available() else "cpu", bf16=True), args.steps)
   kind = jax.devices()[0].device_kind
-  peak = next((v for k, v in PEAK_BF16.items() if k in kind), None)
-  print(f"{kind}: batch {n} at {args.size} px, bf16 compute: {n / t:.0f} images/s, {flops / t / 1e12:.1f} TFLOP/s"
-        + (f", MFU {flops / t / peak:.1%}" if peak else "") + " (target on one H100: 2000 images/s)")
+  peak = next((v for k, v in PEAK_BF16.items() if k in kind), np.nan)
+  print(f"train step on {kind}, batch {n} at {args.size} px, bf16 compute, batch on the device")
+  for name, t in (("clipseg-jax", t_ours), ("PyTorch ref", t_ref)):
+    print(f"  {name:12s} {n / t:7.0f} images/s  {t * 1e3:7.1f} ms/step  {flops / t / 1e12:6.1f} TFLOP/s"
+          f"  MFU {flops / t / peak:6.1%}")
+  print(f"  speed-up     {t_ref / t_ours:7.2f}x   (target on one H100: 2000 images/s)")
 
 
 if __name__ == "__main__":
