@@ -64,9 +64,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
   return np.clip(img, 0, 255)
 
 
-def make_scene(rng: np.random.Generator, size: int = 256):
-  """-> (uint8 image [size, size, 3], objects with visible masks)."""
-  n = int(rng.integers(2, 5))
+def make_scene(rng: np.random.Generator, size: int = 256, n_objects: int | None = None):
+  """-> (uint8 image [size, size, 3], objects with visible masks); 2-4 objects unless `n_objects`."""
+  n = int(rng.integers(2, 5)) if n_objects is None else n_objects
   pairs = [(c, s) for c in COLORS for s in SHAPES]
   chosen = rng.choice(len(pairs), n, replace=False)  # colour/shape pairs are unique in a scene
   img = _background(rng, size)
