@@ -56,7 +56,7 @@ class Attention(nn.Module):
     q = split(dense(name="q_proj")(x))
     k = split(dense(name="k_proj")(x))
     v = split(dense(name="v_proj")(x))
-    if self.dtype in REDUCED_PRECISION:
+    if self.dtype is not None and jnp.dtype(self.dtype) in REDUCED_PRECISION:
       out = fused_attention(q, k, v, bias)
     else:
       scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5

@@ -1,7 +1,12 @@
-"""Contrastive (CLIP) pretraining of a small CLIP on the synthetic scenes: the embedded backbone.
+"""Contrastive (CLIP) pretraining of a small CLIP on synthetic scenes: the embedded backbone.
 
-Each image is paired with a template-wrapped phrase naming one of its objects; the loss is CLIP's
-symmetric cross-entropy over the in-batch image-text similarities with a learned temperature.
+Scenes come straight from the synthetic generator (a seed stream disjoint from the dataset's splits),
+each captioned by naming every visible object ("a picture of a small red circle and a large blue
+star"); a share of them hold a single object. The loss is CLIP's symmetric cross-entropy over the
+in-batch image-text similarities with a learned temperature, where every image whose caption is the
+same text counts as a match (single-object captions repeat within a batch). Single objects are what
+teaches the towers shapes: paired with one phrase per multi-object scene, the first recipe learnt
+colours only (linear probes on its patch features told shapes apart at chance).
 The result is written as an HF `CLIPModel` directory (config.json + model.safetensors), the same
 layout as openai/clip-vit-base-patch16, so everything that takes a CLIP takes it.
 """
@@ -9,7 +14,10 @@ layout as openai/clip-vit-base-patch16, so everything that takes a CLIP takes it
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import jax
@@ -24,6 +32,8 @@ from clipseg_jax.config import ClipSegConfig, TextConfig, VisionConfig
 from clipseg_jax.models.clip import CLIP
 from clipseg_jax.weights import hf, io
 
+POOL_STREAM = 90_000_000  # scene indices of the pretraining pool (the dataset's splits use 0-39,999,999)
+
 
 def clip_config(cfg) -> ClipSegConfig:
   return ClipSegConfig(text_config=TextConfig(**cfg.text), vision_config=VisionConfig(**cfg.vision),
@@ -31,63 +41,62 @@ def clip_config(cfg) -> ClipSegConfig:
                        reduce_dim=16)
 
 
-def clip_loss(image_embeds, text_embeds, logit_scale):
-  """CLIP's symmetric InfoNCE over L2-normalised embeddings."""
+def clip_loss(image_embeds, text_embeds, logit_scale, same=None):
+  """CLIP's symmetric InfoNCE over L2-normalised embeddings. `same` [B, B] (bool) marks pairs whose
+  texts are identical: each row's target spreads over them instead of the diagonal alone."""
   img = image_embeds / jnp.linalg.norm(image_embeds, axis=-1, keepdims=True)
   txt = text_embeds / jnp.linalg.norm(text_embeds, axis=-1, keepdims=True)
   logits = jnp.exp(jnp.minimum(logit_scale, np.log(100.0))) * img @ txt.T
-  labels = jnp.arange(logits.shape[0])
-  return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-          + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+  target = jnp.eye(logits.shape[0]) if same is None else same.astype(logits.dtype)
+  target = target / target.sum(-1, keepdims=True)
+  return (optax.softmax_cross_entropy(logits, target).mean()
+          + optax.softmax_cross_entropy(logits.T, target).mean()) / 2
 
 
-def load_pairs(cfg):
-  """Images resized to the model size and, per image, the phrases naming one of its objects."""
-  from input_pipeline import open_source
-  source = open_source(cfg.data.name, cfg.data.split, data_dir=os.path.expanduser(cfg.data.data_dir))
-  images, phrases = [], []
-  for i in tqdm(range(len(source)), desc="loading scenes", unit="img"):
-    r = source[i]
-    objects = {}  # phrases grouped by the object (mask) they name
-    for p, m in zip(r["phrases"], r["masks"]):
-      if m.any():
-        objects.setdefault(np.packbits(m).tobytes(), []).append(p)
-    if objects:
-      images.append(np.asarray(Image.fromarray(r["image"]).resize((cfg.image_size,) * 2, Image.BILINEAR)))
-      phrases.append(list(objects.values()))
-  return np.stack(images), phrases
+def render(seed: int, index: int, render_size: int, size: int, single_object_prob: float):
+  """One pool scene: (uint8 image [size, size, 3] rendered at `render_size` like the dataset's and
+  resized like the decoder's inputs, its caption)."""
+  from input_pipeline import synthetic
+  rng = np.random.default_rng([seed, POOL_STREAM + index])
+  n = 1 if rng.random() < single_object_prob else None
+  image, objects = synthetic.make_scene(rng, render_size, n_objects=n)
+  image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+  return image, synthetic.caption([o for o in objects if o.mask.any()])
 
 
-def caption(objects: list[list[str]], rng: np.random.Generator) -> str:
-  """One phrase for each object of the scene, in random order: a text unique to the scene, so the
-  contrastive loss must tell scenes apart by every attribute (shapes too, not only colours)."""
-  names = [group[rng.integers(len(group))] for group in objects]
-  return "a picture of " + ", ".join(names[k] for k in rng.permutation(len(names)))
+def scene_pool(cfg, show: bool = True):
+  """`cfg.data.pool` captioned scenes, rendered on all cores."""
+  d = cfg.data
+  args = [(cfg.seed, i, d.render_size, cfg.image_size, d.single_object_prob) for i in range(d.pool)]
+  workers = min(len(os.sched_getaffinity(0)), max(1, d.pool // 256))
+  progress = lambda it: tqdm(it, total=len(args), desc="rendering scenes", unit="img", disable=not show)
+  if workers == 1:
+    out = [render(*a) for a in progress(args)]
+  else:  # spawned, not forked: forking a process that runs JAX's threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+      out = list(progress(ex.map(_render_args, args, chunksize=64)))
+  return np.stack([im for im, _ in out]), [c for _, c in out]
 
 
-def text_for(objects: list[list[str]], rng: np.random.Generator, caption_prob: float, templates) -> str:
-  """A caption of the scene (with probability `caption_prob`), else a templated phrase naming one of
-  its objects: object first, then one of its phrases. With `caption_prob` 0 the phrase is drawn from
-  all of the scene's phrases at once, as for the first shipped weights (same random draws)."""
-  if not caption_prob:
-    flat = [p for group in objects for p in group]
-    return str(rng.choice(templates)).format(flat[rng.integers(len(flat))])
-  if rng.random() < caption_prob:
-    return caption(objects, rng)
-  group = objects[rng.integers(len(objects))]
-  return str(rng.choice(templates)).format(group[rng.integers(len(group))])
+def _render_args(a):
+  return render(*a)
 
 
-def pretrain(cfg, workdir) -> dict:
+def pretrain(cfg, workdir, show: bool = True) -> dict:
+  """Run the recipe; writes WORKDIR/clip (HF CLIPModel) and WORKDIR/summary.json."""
   from clipseg_jax.tokenizer import load_tokenizer
-  from input_pipeline.pcplus import TEMPLATES
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config = clip_config(cfg)
   model = CLIP(config)
-  images, phrases = load_pairs(cfg)
-  tok = load_tokenizer()
-  rng = np.random.default_rng(cfg.seed)
+  start = time.perf_counter()
+  images, captions = scene_pool(cfg, show)
+  t = load_tokenizer()(captions, padding="max_length", truncation=True, max_length=cfg.max_text_length,
+                       return_tensors="np")
+  # The whole pool lives on the device; each step gathers its batch there.
+  pool = jax.device_put({"images": images, "ids": t["input_ids"].astype(np.int32),
+                         "mask": t["attention_mask"].astype(np.int32)})
+  render_seconds = time.perf_counter() - start
   s = cfg.image_size
   params = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, s, s, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
   warmup = min(cfg.optim.warmup_steps, cfg.total_steps // 10)
@@ -97,27 +106,36 @@ def pretrain(cfg, workdir) -> dict:
   opt_state = tx.init(params)
 
   @jax.jit
-  def step(params, opt_state, pixels, ids, mask):
+  def step(params, opt_state, pool, idx, flip):
+    pixels = pool["images"][idx]
+    pixels = jnp.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)  # captions name no sides
+    tokens, mask = pool["ids"][idx], pool["mask"][idx]
+    same = jnp.all(tokens[:, None] == tokens[None], axis=-1)
+
     def loss_fn(p):
-      img, txt = model.apply({"params": p}, preprocess.normalize(pixels), ids, mask)
-      return clip_loss(img, txt, p["logit_scale"])
+      img, txt = model.apply({"params": p}, preprocess.normalize(pixels), tokens, mask)
+      return clip_loss(img, txt, p["logit_scale"], same)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  rng = np.random.default_rng(cfg.seed)
   losses = []
-  bar = tqdm(range(cfg.total_steps), desc="pretrain CLIP")
+  train_start = time.perf_counter()
+  bar = tqdm(range(cfg.total_steps), desc="pretrain CLIP", disable=not show)
   for i in bar:
-    idx = rng.choice(len(images), cfg.batch_size, replace=False)
-    texts = [text_for(phrases[j], rng, cfg.get("caption_prob", 0.0), TEMPLATES) for j in idx]
-    t = tok(texts, padding="max_length", truncation=True, max_length=cfg.max_text_length, return_tensors="np")
-    params, opt_state, loss = step(params, opt_state, images[idx], jnp.asarray(t["input_ids"], jnp.int32),
-                                   jnp.asarray(t["attention_mask"], jnp.int32))
-    losses.append(float(loss))
+    idx = rng.choice(cfg.data.pool, cfg.batch_size, replace=False)
+    params, opt_state, loss = step(params, opt_state, pool, idx, rng.random(cfg.batch_size) < 0.5)
+    losses.append(loss)
     if (i + 1) % cfg.log_every == 0:
-      bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.3f}")
+      bar.set_postfix(loss=f"{np.mean(jax.device_get(losses[-cfg.log_every:])):.3f}")
+    if cfg.get("export_every") and (i + 1) % cfg.export_every == 0 and i + 1 < cfg.total_steps:
+      export_clip(config, params, workdir / "clip", np.dtype(cfg.export_dtype))
+  losses = np.asarray(jax.device_get(losses))
   export_clip(config, params, workdir / "clip", np.dtype(cfg.export_dtype))
-  summary = {"final_loss": float(np.mean(losses[-cfg.log_every:])), "steps": cfg.total_steps}
+  summary = {"final_loss": float(np.mean(losses[-cfg.log_every:])), "steps": cfg.total_steps,
+             "render_seconds": round(render_seconds, 1),
+             "train_seconds": round(time.perf_counter() - train_start, 1), "device": jax.devices()[0].device_kind}
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
