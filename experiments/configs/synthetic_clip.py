@@ -3,7 +3,7 @@
 CLIPSeg needs a pretrained CLIP (the paper's ablation without CLIP pre-training drops from 43.6 to
 13.1 mIoU) and the real one cannot be downloaded here, so this recipe pretrains a small one with the
 CLIP loss on captioned synthetic scenes, half of them single objects (see train/clip_pretrain.py).
-Reproduce the shipped weights (about 40 minutes on a 2-core CPU, most of it the 1800 steps) with:
+Reproduce the shipped weights (44 minutes on a 2-core CPU: 2 to render the pool, 42 for the 1800 steps) with:
 
   clipseg-jax pretrain-clip --config experiments/configs/synthetic_clip.py --workdir out/synthetic_clip --install
 """
