@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,30 @@ def test_clip_loss_counts_identical_texts_as_matches():
   loss = lambda t, s: float(clip_loss(img, t, np.log(20.0), s))
   assert loss(txt, same) == pytest.approx(loss(swapped, same), rel=1e-6)
   assert loss(swapped, None) > loss(txt, None) + 0.1
+
+
+def test_image_embeddings_poolings():
+  """"cls" is CLIP's own image embedding; "mean" averages the last block's patch tokens (not the
+  class token) through the same post-layernorm and projection."""
+  import jax.numpy as jnp
+
+  from clipseg_jax.models.clip import CLIP
+  from clipseg_jax.train.clip_pretrain import clip_config, image_embeddings
+  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py", [
+      "image_size=32", "vision.image_size=32", "vision.hidden_size=32", "vision.intermediate_size=64",
+      "text.hidden_size=32", "text.intermediate_size=64", "projection_dim=16"])
+  model = CLIP(clip_config(cfg))
+  pixels = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+  params = model.init(jax.random.PRNGKey(0), pixels, jnp.zeros((1, 4), jnp.int32))["params"]
+  cls, mean = image_embeddings(model, params, pixels, ("cls", "mean"))
+  np.testing.assert_allclose(cls, model.apply({"params": params}, pixels, method=CLIP.image_embeds), atol=1e-6)
+  states, _ = model.apply({"params": params}, pixels, method=CLIP.image_states)
+  x = np.asarray(states[-1][:, 1:]).mean(1)
+  ln = params["vision_model"]["post_layernorm"]
+  x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * ln["scale"] + ln["bias"]
+  np.testing.assert_allclose(mean, x @ params["visual_projection"]["kernel"], rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="unknown pooling 'max'"):
+    image_embeddings(model, params, pixels, ("max",))
 
 
 def test_pool_scenes_are_captioned():

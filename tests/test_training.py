@@ -163,12 +163,20 @@ def two_processes(setup, workdir, **extra):
 
 
 def test_two_processes_equal_one(setup, tmp_path):
-  """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices."""
-  procs = two_processes(setup, tmp_path / "multi")
+  """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices. The
+  multi-process run also splits CLIP over the model axis (fsdp) and evaluates periodically (process 0
+  reads its host copy of the split CLIP)."""
+  procs = two_processes(setup, tmp_path / "multi", **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp",
+                                                      "eval_every": 3})
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
-  run_cli(setup, tmp_path / "single", devices=8)
+  single = run_cli(setup, tmp_path / "single", devices=8, eval_every=3)
   assert max_rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
+  # Each process scored half the held-out images; the summed metrics are the single process's.
+  final = lambda out: dict(kv.split("=") for kv in out.split("final: ")[-1].splitlines()[0].split(", "))
+  multi, one = final(outs[0]), final(single)
+  for k in ("eval/iou_fg@0.5", "eval/iou_fg_best", "eval/miou_best", "eval/ap"):
+    assert float(multi[k]) == pytest.approx(float(one[k]), abs=1e-3), k
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -226,6 +234,16 @@ def test_bad_input_fails_before_compute(setup, tmp_path, capsys):
   run_cli(setup, tmp_path / "w", **{"total_steps": 2})
   assert main(args + overrides(setup, **{"optim.learning_rate": 0.5})) == 2
   assert "holds a run of another config" in capsys.readouterr().err
+  # The CLIP source's weights changed since the run (e.g. new embedded weights): its decoder no longer fits.
+  base_json = tmp_path / "w" / "model" / "base.json"
+  base = json.loads(base_json.read_text())
+  assert len(base["clip_sha256"]) == 64
+  load_model(tmp_path / "w")
+  base_json.write_text(json.dumps({**base, "clip_sha256": "0" * 64}))
+  with pytest.raises(ValueError, match="trained on other weights of the CLIP"):
+    load_model(tmp_path / "w")
+  assert main(args + overrides(setup, **{"total_steps": 4})) == 2
+  assert "trained on other weights of the CLIP" in capsys.readouterr().err
 
 
 def test_batch_must_divide_data_axis(setup, tmp_path):

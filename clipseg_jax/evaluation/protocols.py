@@ -80,6 +80,13 @@ def _limit(n, opts):
   return n if opts.limit is None else min(n, opts.limit)
 
 
+def _mine(i: int) -> bool:
+  """In a multi-host run each process scores every process_count-th item; the accumulators' allreduce
+  then sums the parts (one process alone would wait forever in that allreduce)."""
+  import jax
+  return i % jax.process_count() == jax.process_index()
+
+
 # ---- referring segmentation (PhraseCut, synthetic) -------------------------------------------------
 
 def referring(model, opts: EvalOptions, default_dataset: str, default_split: str):
@@ -88,13 +95,16 @@ def referring(model, opts: EvalOptions, default_dataset: str, default_split: str
   acc, examples = Accumulator(), []
   n = _limit(len(source), opts)
   for i in _progress(range(n), n, default_dataset, opts):
+    if not _mine(i):
+      continue
     record = source[i]
     probs = model.probabilities(record["image"], model.text(record["phrases"]))
-    for phrase, mask, prob in zip(record["phrases"], record["masks"], probs):
-      acc.add(confusion_counts(prob, mask.astype(np.uint8))[None])  # class = sample
+    for k, (mask, prob) in enumerate(zip(record["masks"], probs)):
+      acc.add(confusion_counts(prob, mask.astype(np.uint8))[None], [("sample", i, k)])  # class = sample
     if len(examples) < N_EXAMPLES:  # one per image, for variety
       examples.append((record["image"], probs[0], record["masks"][0], record["phrases"][0]))
-  numbers = binary_numbers(acc.allreduce(), opts.threshold)
+  acc = acc.allreduce()
+  numbers = binary_numbers(acc, opts.threshold)
   numbers["samples"] = len(acc.per_class)
   return numbers, examples
 
@@ -120,6 +130,8 @@ def pascal_zeroshot(model, opts: EvalOptions):
   cm, examples = ConfusionMatrix(21), []
   n = _limit(len(source), opts)
   for i in _progress(range(n), n, "pascal_zeroshot", opts):
+    if not _mine(i):
+      continue
     r = source[i]
     probs = model.probabilities(r["image"], cond)
     probs[0] *= opts.background_scale
@@ -128,6 +140,7 @@ def pascal_zeroshot(model, opts: EvalOptions):
     cm.add(pred, truth)
     if len(examples) < N_EXAMPLES:
       examples.append((r["image"], pred, truth, "argmax of 21 prompts"))
+  cm.allreduce()
   numbers = {"images": n, "per_class_iou": dict(zip(["background"] + classes, _nan_to_none(cm.iou())))}
   for k in opts.unseen:
     unseen = {classes.index(c) + 1 for c in pascal_zero_shot_unseen(k)}
@@ -161,9 +174,11 @@ def one_shot(model, opts: EvalOptions, dataset: str, split: str, fold_classes, d
       raise ValueError(f"{dataset} {split} has no fold-{fold} class with two images to form an episode")
     acc = Accumulator()
     n = _limit(opts.episodes, opts)
-    for _ in _progress(range(n), n, f"{dataset} fold {fold}", opts):
-      c = int(rng.choice(usable))
+    for e in _progress(range(n), n, f"{dataset} fold {fold}", opts):
+      c = int(rng.choice(usable))  # every process draws every episode: the same sequence everywhere
       q, s = rng.choice(with_class[c], 2, replace=False)
+      if not _mine(e):
+        continue
       query, support = source[int(q)], source[int(s)]
       support_mask = support["segmentation"][..., 0] == c
       cond = model.visual([(support["image"], support_mask)])

@@ -19,6 +19,14 @@ class ConfusionMatrix:
     self.matrix += np.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
     return self
 
+  def allreduce(self):
+    """Sum over all processes of a multi-host run (every process gets the same matrix)."""
+    import jax
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      self.matrix = np.asarray(multihost_utils.process_allgather(self.matrix)).sum(0)
+    return self
+
   def iou(self) -> np.ndarray:
     """Per-class IoU = TP / (TP + FP + FN); NaN for classes absent from truth and prediction."""
     tp = np.diag(self.matrix).astype(np.float64)

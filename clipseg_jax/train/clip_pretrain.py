@@ -30,6 +30,7 @@ from tqdm import tqdm
 from clipseg_jax import preprocess
 from clipseg_jax.config import ClipSegConfig, TextConfig, VisionConfig
 from clipseg_jax.models.clip import CLIP
+from clipseg_jax.models.layers import layer_norm
 from clipseg_jax.weights import hf, io
 
 POOL_STREAM = 90_000_000  # scene indices of the pretraining pool (the dataset's splits use 0-39,999,999)
@@ -51,6 +52,26 @@ def clip_loss(image_embeds, text_embeds, logit_scale, same=None):
   target = target / target.sum(-1, keepdims=True)
   return (optax.softmax_cross_entropy(logits, target).mean()
           + optax.softmax_cross_entropy(logits.T, target).mean()) / 2
+
+
+def image_embeddings(model: CLIP, params, pixels, poolings=("cls",)):
+  """The image embedding of each pooling in `poolings`: "cls", CLIP's own (the class token after
+  post_layernorm, projected), or "mean", the average of the last block's patch tokens through the same
+  layer norm and projection (OpenCLIP's global average pooling). The exported CLIP stays a standard
+  CLIP either way; the "mean" loss is what reaches the patch tokens CLIPSeg's decoder reads, which
+  the class token's loss leaves without a gradient in the last block."""
+  states, cls = model.apply({"params": params}, pixels, method=CLIP.image_states)
+  out = []
+  for pooling in poolings:
+    if pooling == "cls":
+      pooled = cls
+    elif pooling == "mean":
+      ln = layer_norm(model.config.vision_config.layer_norm_eps, None)
+      pooled = ln.apply({"params": params["vision_model"]["post_layernorm"]}, states[-1][:, 1:].mean(1))
+    else:
+      raise ValueError(f"unknown pooling {pooling!r}: expected 'cls' or 'mean'")
+    out.append(pooled @ params["visual_projection"]["kernel"])
+  return out
 
 
 def render(seed: int, index: int, render_size: int, size: int, single_object_prob: float):
@@ -104,6 +125,7 @@ def pretrain(cfg, workdir, show: bool = True) -> dict:
                                                 cfg.optim.end_learning_rate)
   tx = optax.adamw(schedule, weight_decay=cfg.optim.weight_decay)
   opt_state = tx.init(params)
+  poolings = tuple(cfg.get("poolings", ("cls",)))
 
   @jax.jit
   def step(params, opt_state, pool, idx, flip):
@@ -113,8 +135,9 @@ def pretrain(cfg, workdir, show: bool = True) -> dict:
     same = jnp.all(tokens[:, None] == tokens[None], axis=-1)
 
     def loss_fn(p):
-      img, txt = model.apply({"params": p}, preprocess.normalize(pixels), tokens, mask)
-      return clip_loss(img, txt, p["logit_scale"], same)
+      txt = model.apply({"params": p}, tokens, mask, method=CLIP.text_embeds)
+      images = image_embeddings(model, p, preprocess.normalize(pixels), poolings)
+      return sum(clip_loss(img, txt, p["logit_scale"], same) for img in images) / len(images)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

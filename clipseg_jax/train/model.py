@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.models.clipseg import init_params
@@ -67,3 +69,22 @@ def clip_params(config: ClipSegConfig, source: str) -> dict:
 def initial_params(config: ClipSegConfig, clip_source: str, seed: int) -> dict:
   decoder = jax.jit(lambda key: init_params(config, key)["decoder"])(jax.random.PRNGKey(seed))
   return {"clip": clip_params(config, clip_source), "decoder": decoder}
+
+
+def fingerprint(tree) -> str:
+  """sha256 of a param tree's values. A workdir records its CLIP's: a decoder is only meaningful on
+  the exact backbone it was trained on, and a source such as the embedded CLIP can change under it."""
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)), key=lambda x: str(x[0])):
+    a = np.ascontiguousarray(leaf, np.float32)
+    h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def check_fingerprint(workdir: Path, base: dict, clip_tree):
+  """Refuse a workdir whose decoder was trained on other CLIP weights than `base['clip']` gives now."""
+  want = base.get("clip_sha256")  # absent in workdirs written before it was recorded
+  if want and fingerprint(clip_tree) != want:
+    raise ValueError(f"{workdir} was trained on other weights of the CLIP {base['clip']!r} than it holds now "
+                     "(its weights changed since); the decoder does not fit them: retrain in a new workdir")

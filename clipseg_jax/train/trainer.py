@@ -17,7 +17,7 @@ from tqdm import tqdm
 from clipseg_jax.api import ClipSeg
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.train import checkpoints, configs, sharding, step as steps
-from clipseg_jax.train.model import initial_params, model_config
+from clipseg_jax.train.model import check_fingerprint, fingerprint, initial_params, model_config
 
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
@@ -88,16 +88,22 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
   module = ClipSegModel(config, compute)
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
+  base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(frozen["clip"])}
+  if (workdir / "model" / "base.json").exists():
+    check_fingerprint(workdir, json.loads((workdir / "model" / "base.json").read_text()), frozen["clip"])
   tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
   state = steps.init_state(trainable, tx)
 
   rep = sharding.replicated(mesh)
   state_sh = jax.tree.map(lambda _: rep, state)
   frozen_sh = sharding.param_shardings(frozen, mesh, cfg.mesh.clip_sharding)
+  # A host copy for the feature cache and the evaluator: with CLIP split over the processes of a
+  # multi-host run (fsdp), no single process could read the sharded one back.
+  host_frozen = jax.device_get(frozen)
   frozen = jax.device_put(frozen, frozen_sh)
   batch_sh = sharding.batch_sharding(mesh)
 
-  data = Data(cfg, module, frozen, mesh)
+  data = Data(cfg, module, host_frozen, mesh)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   start = ckpt.latest_step() or 0
   if start:
@@ -109,10 +115,11 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     (workdir / "config.json").write_text(configs.to_json(cfg) + "\n")
     (workdir / "model").mkdir(exist_ok=True)
     config.to_json(workdir / "model" / "config.json")
-    (workdir / "model" / "base.json").write_text(json.dumps({"clip": cfg.model.clip}) + "\n")
+    (workdir / "model" / "base.json").write_text(json.dumps(base) + "\n")
 
   step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep)
-  evaluator = Evaluator(cfg, config, frozen, workdir) if lead and cfg.eval_every else None
+  # Every process evaluates its share of the held-out images (the metrics are summed across them).
+  evaluator = Evaluator(cfg, config, host_frozen, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
   preempted = Preempted()
   metrics, t0, seen = {}, time.perf_counter(), 0
@@ -132,7 +139,8 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
           writer.scalars(done, metrics)
       if evaluator and (done % cfg.eval_every == 0 or done == cfg.total_steps):
         result = evaluator(state.params, done)
-        writer.scalars(done, result)
+        if writer:
+          writer.scalars(done, result)
         metrics.update(result)
       stop = preempted.agreed()
       if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop:
@@ -163,7 +171,7 @@ class Data:
     self.local = cfg.batch_size // jax.process_count()
     if self.cached:
       from clipseg_jax.train.features import FeatureCache
-      cache = FeatureCache(module, jax.device_get(frozen), source, PairIndex(source, keep), self.opts,
+      cache = FeatureCache(module, frozen, source, PairIndex(source, keep), self.opts,
                            show=jax.process_index() == 0)
       self.cache = cache
       self.tables = jax.device_put(cache.tables(), sharding.replicated(mesh))
@@ -201,11 +209,12 @@ class Data:
 
 
 class Evaluator:
-  """Periodic IoU on the held-out split, and a picture of predictions in workdir/samples."""
+  """Periodic IoU on the held-out split, and a picture of predictions in workdir/samples (when given
+  a workdir: process 0)."""
 
-  def __init__(self, cfg, config, frozen, workdir: Path):
+  def __init__(self, cfg, config, frozen, workdir: Path | None):
     self.cfg, self.workdir = cfg, workdir
-    self.model = ClipSeg(config, {**jax.device_get(frozen), "decoder": None},
+    self.model = ClipSeg(config, {**frozen, "decoder": None},
                          image_size=cfg.data.pcplus.image_size)
 
   def __call__(self, trainable, step: int) -> dict:
@@ -218,7 +227,7 @@ class Evaluator:
     from clipseg_jax.evaluation.protocols import ModelPredictor, NoPromptPredictor
     predictor = (NoPromptPredictor if self.cfg.model.withhold_prompt else ModelPredictor)(self.model)
     numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
-    if self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps:
+    if self.workdir and (self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps):
       (self.workdir / "samples").mkdir(exist_ok=True)
       report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")
     return {"eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"], "eval/iou_fg_best": numbers["iou_fg"]["value"],

@@ -18,6 +18,9 @@ def get_config():
   c.model.clip = "embedded:synthetic-clip"
   c.model.extract_layers = (1, 2, 3)
   c.model.decoder_intermediate_size = 512
+  # The refined decoder's upsampling (rd64-uni-refined): objects span only 2-4 patches of the 10x10 grid,
+  # and a single 16x16 transposed convolution drew their edges coarsely (IoU@0.5 0.35 -> 0.42 with it).
+  c.model.use_complex_transposed_convolution = True
   c.model.activation_scale = 0.25   # the small CLIP's activations have std ~3-5 (see train/step.py)
   c.data.name = "synthetic"
   c.data.eval_split = "validation"
