@@ -85,7 +85,7 @@ def test_pretrain_exports_a_transformers_clip(tmp_path):
   from clipseg_jax.train.clip_pretrain import clip_config
   from clipseg_jax.train.model import clip_params
   cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py", [
-      "data.pool=16", "data.render_size=96", "total_steps=3", "batch_size=8",
+      "data.pool=16", "data.render_size=96", "total_steps=3", "poolings=('cls','mean')", "batch_size=8",
       "log_every=1", "image_size=64", "vision.image_size=64", "vision.hidden_size=32", "vision.intermediate_size=64",
       "text.hidden_size=32", "text.intermediate_size=64", "projection_dim=16", "export_dtype=float32"])
   summary = pretrain(cfg, tmp_path / "run", show=False)

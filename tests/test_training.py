@@ -250,3 +250,18 @@ def test_batch_must_divide_data_axis(setup, tmp_path):
   proc = run_cli(setup, tmp_path / "b", devices=8, wait=False, **{"batch_size": 12, "mesh.shape": "(8,1)"})
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 2 and "does not divide over the 8 devices" in out
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+  """`clipseg-jax demo` on the tiny synthetic set: builds the data, trains the main run and both
+  ablations on the embedded CLIP, scores them, writes overlays; its model loads and predicts."""
+  assert main(["demo", "--out", str(tmp_path), "--dataset", "synthetic/tiny", "--steps", "3",
+               "--eval-images", "2"]) == 0
+  out = capsys.readouterr().out
+  rows = [line for line in out.splitlines() if line.startswith(("| CLIPSeg", "| ablation"))]
+  assert len(rows) == 3 and "(2 images" in out
+  assert all((tmp_path / f"overlay_{i}.png").exists() for i in range(3))
+  model = load_model(tmp_path / "run")
+  assert json.loads((tmp_path / "run" / "model" / "base.json").read_text())["clip"] == "embedded:synthetic-clip"
+  probs = model.predict(np.zeros((40, 50, 3), np.uint8), ["red circle"])
+  assert probs.shape == (1, 1, 40, 50)

@@ -23,6 +23,8 @@ def add_arguments(p):
   p.add_argument("--steps", type=int, default=None, help="override the config's total_steps")
   p.add_argument("--no-ablations", action="store_true", help="train only the main run")
   p.add_argument("--eval-images", type=int, default=200, help="held-out test scenes to score")
+  p.add_argument("--dataset", default="synthetic", choices=["synthetic", "synthetic/tiny"],
+                 help="the built-in dataset's config (tiny: a 24-scene smoke test)")
 
 
 def run(args):
@@ -41,30 +43,34 @@ def run(args):
   out = Path(args.out)
   data_dir = Path(args.data_dir or out / "tfds").expanduser()
   t0 = time.perf_counter()
-  if not tfds_builder("synthetic", data_dir).is_prepared():
-    print(f"building the synthetic dataset in {data_dir} ...")
-    build("synthetic", data_dir=data_dir)
+  if not tfds_builder(args.dataset, data_dir).is_prepared():
+    print(f"building the {args.dataset} dataset in {data_dir} ...")
+    build(args.dataset, data_dir=data_dir)
   print(f"data ready ({time.perf_counter() - t0:.0f} s)")
   rows = []
   runs = list(ABLATIONS.items())[:1 if args.no_ablations else None]
   for name, extra in runs:
     workdir = out / ("run" if not extra else extra[0].split("=")[0].split(".")[-1])
-    overrides = [f"--config.data.data_dir={data_dir}", *extra]
+    overrides = [f"--config.data.data_dir={data_dir}", f"--config.data.name={args.dataset}", *extra]
     if args.steps:
       overrides.append(f"--config.total_steps={args.steps}")
     cfg = load_config(CONFIG, overrides)
     start = time.perf_counter()
     print(f"\n== {name}: {cfg.total_steps} steps, workdir {workdir}")
-    train(cfg, workdir)
+    if train(cfg, workdir)["step"] < cfg.total_steps:  # SIGTERM: the run saved its state
+      print(f"stopped at a SIGTERM; rerun the same command to resume {workdir}")
+      return 0
     model = load_model(workdir)
     predictor = (NoPromptPredictor if cfg.model.withhold_prompt else ModelPredictor)(model)
     numbers, _ = referring(predictor, EvalOptions(data_dir=str(data_dir), limit=args.eval_images),
-                           "synthetic", "test")
+                           args.dataset, "test")
     seconds = time.perf_counter() - start
     rows.append((name, numbers, seconds))
     if not extra:
-      overlays(model, data_dir, out)
-  print(f"\nHeld-out synthetic test scenes ({args.eval_images} images, every phrase; IoU in %):\n")
+      overlays(model, args.dataset, data_dir, out)
+  from input_pipeline import open_source
+  n_test = min(args.eval_images, len(open_source(args.dataset, "test", data_dir=str(data_dir))))
+  print(f"\nHeld-out synthetic test scenes ({n_test} images, every phrase; IoU in %):\n")
   print("| run | IoU_FG @0.5 | IoU_FG best (t) | mIoU best | AP | train+eval time |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for name, n, seconds in rows:
@@ -74,12 +80,12 @@ def run(args):
         f"the trained model loads with clipseg_jax.load_model('{out / 'run'}')")
 
 
-def overlays(model, data_dir, out: Path, n: int = 3):
+def overlays(model, dataset, data_dir, out: Path, n: int = 3):
   """A few held-out scenes, each with its phrases drawn over it."""
   from clipseg_jax import visualize
   from input_pipeline import open_source
-  source = open_source("synthetic", "test", data_dir=str(data_dir))
-  for i in range(n):
+  source = open_source(dataset, "test", data_dir=str(data_dir))
+  for i in range(min(n, len(source))):
     r = source[i]
     phrases = list(dict.fromkeys(r["phrases"]))[:4]
     probs = model.predict(r["image"], phrases)[0]

@@ -76,7 +76,8 @@ class Preempted:
 
 
 def train(cfg, workdir, *, show_progress: bool = True) -> dict:
-  """Train (or resume) the run in `workdir`; returns the last metrics."""
+  """Train (or resume) the run in `workdir`; returns the last metrics and the step reached (below
+  `total_steps` when a SIGTERM stopped the run)."""
   workdir = Path(os.path.expanduser(str(workdir)))
   check_workdir(cfg, workdir)
   mesh = sharding.make_mesh(cfg.mesh.shape, cfg.mesh.axes)
@@ -90,7 +91,7 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
   base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(frozen["clip"])}
   if (workdir / "model" / "base.json").exists():
-    check_fingerprint(workdir, json.loads((workdir / "model" / "base.json").read_text()), frozen["clip"])
+    check_fingerprint(workdir, json.loads((workdir / "model" / "base.json").read_text()), base["clip_sha256"])
   tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
   state = steps.init_state(trainable, tx)
 
@@ -122,7 +123,7 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   evaluator = Evaluator(cfg, config, host_frozen, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
   preempted = Preempted()
-  metrics, t0, seen = {}, time.perf_counter(), 0
+  metrics, t0, seen, done = {}, time.perf_counter(), 0, start
   bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="train",
              disable=not (lead and show_progress))
   try:
@@ -152,7 +153,7 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     ckpt.wait()
     ckpt.close()
     preempted.restore()
-  return metrics
+  return {"step": done, **metrics}
 
 
 class Data:

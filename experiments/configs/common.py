@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from input_pipeline.pcplus import TEMPLATES
+
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -37,7 +39,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.heldout_classes = ()                    # PASCAL classes removed for zero-/one-shot training
   c.data.pcplus = ml_collections.ConfigDict(dict(
       image_size=352, q_neg=0.2, visual_prompts=True, mix_max=0.5, prompt_mode="crop_blur_highlight",
-      crop_tries=50, min_mask_fraction=0.05, augment=True))
+      crop_tries=50, min_mask_fraction=0.05, augment=True,
+      templates=TEMPLATES))                      # prompt engineering: one drawn per sample
   c.data.cache_features = "auto"                 # "auto": on when query images are not augmented
 
   c.optim = ml_collections.ConfigDict()
