@@ -36,7 +36,10 @@ def setup(tmp_path_factory):
 def overrides(setup, **extra):
   values = {"model.clip": str(setup / "clip"), "data.name": "synthetic/tiny", "data.data_dir": str(setup / "tfds"),
             "data.pcplus.image_size": 64, "batch_size": 8, "total_steps": 6, "checkpoint_every": 2,
-            "log_every": 2, "eval_every": 0, "model.decoder_intermediate_size": 64, **extra}
+            "log_every": 2, "eval_every": 0, "model.decoder_intermediate_size": 64,
+            # PC+ negatives and prompt templates on (the synthetic recipe turns both off): the sampler's
+            # full path runs under every mesh and process count.
+            "data.pcplus.q_neg": 0.1, "data.pcplus.templates": "('{}','a photo of a {}.')", **extra}
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
