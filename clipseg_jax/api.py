@@ -377,7 +377,8 @@ def _load_workdir(path: Path, dtype) -> ClipSeg:
   run = json.loads((path / "config.json").read_text())
   decoder = fold_activation_scale(decoder, run["model"].get("activation_scale", 1.0))
   clip = clip_params(config, base["clip"])
-  check_fingerprint(path, base, fingerprint(clip))
+  if "clip_sha256" in base:  # workdirs written before it was recorded have none
+    check_fingerprint(path, base, fingerprint(clip))
   params = {"clip": clip, **decoder}
   image_size = run["data"]["pcplus"]["image_size"]
   return ClipSeg(config, params, load_tokenizer(), dtype, image_size=image_size)
