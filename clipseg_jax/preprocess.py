@@ -115,9 +115,12 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize_map(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-  """A [h, w] map resized to [height, width] as the paper's evaluation does it (torch bilinear,
-  align_corners=False, no antialias); `predict` and the metrics share it."""
-  if prob.shape == (height, width):
-    return np.asarray(prob, np.float32)
-  rows, cols = bilinear_matrix(prob.shape[0], height), bilinear_matrix(prob.shape[1], width)
-  return (rows @ np.asarray(prob, np.float64) @ cols.T).astype(np.float32)
+  """[..., h, w] maps resized to [..., height, width] as the paper's evaluation does it (torch
+  bilinear, align_corners=False, no antialias); `predict` and the metrics share it. Two float32
+  matmuls (within 2e-7 of float64), all maps of a stack at once."""
+  prob = np.asarray(prob, np.float32)
+  if prob.shape[-2:] == (height, width):
+    return prob
+  rows = bilinear_matrix(prob.shape[-2], height).astype(np.float32)
+  cols = bilinear_matrix(prob.shape[-1], width).astype(np.float32)
+  return rows @ prob @ cols.T

@@ -24,12 +24,13 @@ def test_predict_shapes_and_one_vision_pass(tiny_model):
 
 
 def test_predict_matches_low_level_call(tiny_model):
-  """predict's shared image work equals running the full model per (image, prompt)."""
+  """predict's shared image work equals running the full model per (image, prompt); 3 prompts fill a
+  bucket of 4, whose padding slot the decode loop skips."""
   from clipseg_jax import preprocess
   im = image(64, 64)
-  texts = ["a cat", "a photo of a dog"]
+  texts = ["a cat", "a photo of a dog", "the sky"]
   probs = tiny_model.predict(Image.fromarray(im), texts)[0]
-  pixels = np.repeat(preprocess.batch_pixels([im], tiny_model.image_size), 2, axis=0)
+  pixels = np.repeat(preprocess.batch_pixels([im], tiny_model.image_size), len(texts), axis=0)
   tok = tiny_model.tokenizer(texts, padding=True, return_tensors="np")
   logits = np.asarray(tiny_model(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
   want = np.stack([preprocess.resize_map(np.asarray(jax.nn.sigmoid(l)), 64, 64) for l in logits])
@@ -192,6 +193,15 @@ def test_float32_asks_for_full_matmul_precision(tiny_checkpoint, tiny_model):
   assert "HIGHEST" in tiny_model._text.lower(tiny_model.params, ids, mask).as_text()
   low = load_model(tiny_checkpoint[0], dtype=jnp.bfloat16)
   assert "HIGHEST" not in low._text.lower(low.params, ids, mask).as_text()
+
+
+def test_params_live_on_the_device(tiny_model):
+  """Host (numpy) params would be copied into every jitted call: loaded and reassigned params are
+  device arrays."""
+  leaves = jax.tree.leaves(tiny_model.params)
+  assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+  tiny_model.params = jax.device_get(tiny_model.params)
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tiny_model.params))
 
 
 def test_prompt_counts_share_compilations(tiny_checkpoint):

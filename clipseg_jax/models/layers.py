@@ -46,6 +46,9 @@ class Attention(nn.Module):
 
   num_heads: int
   dtype: jnp.dtype | None = None
+  # On CPU, one head at a time (see `_by_head`). Worth it for CLIP's wide blocks; the small decoder
+  # trains faster with all heads at once (the loop's backward costs more than the cache saves).
+  by_head_on_cpu: bool = False
 
   @nn.compact
   def __call__(self, x, bias=None):
@@ -58,13 +61,34 @@ class Attention(nn.Module):
     v = split(dense(name="v_proj")(x))
     if self.dtype is not None and jnp.dtype(self.dtype) in REDUCED_PRECISION:
       out = fused_attention(q, k, v, bias)
+    elif self.by_head_on_cpu and jax.default_backend() == "cpu":
+      out = jax.lax.map(lambda a: eager_attention(*a), _by_head(q, k, v, bias))  # [H, ..., T, 1, d]
+      out = jnp.moveaxis(out[..., 0, :], 0, -2)
     else:
-      scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * head_dim**-0.5
-      if bias is not None:
-        scores = scores + bias
-      probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-      out = jnp.einsum("...hqk,...khd->...qhd", probs, v)
+      out = eager_attention(q, k, v, bias)
     return dense(name="out_proj")(out.reshape(x.shape))
+
+
+def eager_attention(q, k, v, bias=None):
+  """[..., T, H, d] -> [..., T, H, d] as HF's eager path: scale after q.k, softmax in float32."""
+  scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1]**-0.5
+  if bias is not None:
+    scores = scores + bias
+  probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+  # Heads-major product, then one transpose: XLA:CPU runs "...hqk,...khd->...qhd" as a dot with a
+  # strided output, ~4x slower than this (8.6 against 2.3 ms per ViT-B/16 block at 352).
+  return jnp.swapaxes(jnp.einsum("...hqk,...khd->...hqd", probs, v), -3, -2)
+
+
+def _by_head(q, k, v, bias):
+  """Operands of `eager_attention` split into one slice per head along a new leading axis. On CPU,
+  one head at a time keeps its [T, T] scores in cache: ViT-B/16 blocks at 352 run ~20% faster."""
+  split = lambda t: jnp.moveaxis(t, -2, 0)[..., None, :]  # [..., T, H, d] -> [H, ..., T, 1, d]
+  heads = q.shape[-2]
+  if bias is not None:  # [..., H or 1, T, T] -> [H, ..., 1, T, T]
+    bias = jnp.moveaxis(jnp.broadcast_to(bias, (*bias.shape[:-3], heads, *bias.shape[-2:])), -3, 0)
+    bias = bias[..., None, :, :]
+  return split(q), split(k), split(v), bias
 
 
 REDUCED_PRECISION = (jnp.bfloat16, jnp.float16)
@@ -106,7 +130,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, bias=None):
     cfg = self.config
-    x = x + Attention(cfg.num_attention_heads, self.dtype, name="self_attn")(
+    x = x + Attention(cfg.num_attention_heads, self.dtype, by_head_on_cpu=True, name="self_attn")(
         layer_norm(cfg.layer_norm_eps, "layer_norm1", self.dtype)(x), bias)
     h = layer_norm(cfg.layer_norm_eps, "layer_norm2", self.dtype)(x)
     return x + MLP(cfg.intermediate_size, cfg.hidden_act, self.dtype, name="mlp")(h)

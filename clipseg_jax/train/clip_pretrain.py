@@ -125,7 +125,7 @@ def pretrain(cfg, workdir, show: bool = True) -> dict:
                                                 cfg.optim.end_learning_rate)
   tx = optax.adamw(schedule, weight_decay=cfg.optim.weight_decay)
   opt_state = tx.init(params)
-  poolings = tuple(cfg.get("poolings", ("cls",)))
+  poolings = tuple(cfg.poolings)
 
   @jax.jit
   def step(params, opt_state, pool, idx, flip):

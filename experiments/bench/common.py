@@ -26,6 +26,22 @@ def models(refined: bool = True, seed: int = 0, attn_implementation: str | None 
       directory, attn_implementation=attn_implementation).eval()
 
 
+def interleaved(fns: dict, repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+  """Fastest wall time in seconds of each `fn()`, calls taking turns (a, b, a, b, ...) after `warmup`
+  calls each. On a shared machine, load comes and goes: taking turns exposes every contender to the
+  same spells, and noise only ever adds time, so the fastest run is the fair estimate of each."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: min(t) for name, t in times.items()}
+
+
 def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
   """Median wall time of `fn()` in seconds after `warmup` calls."""
   for _ in range(warmup):

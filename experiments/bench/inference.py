@@ -6,7 +6,7 @@ float32, 640x480 images, measured side by side in one run.
   1 image x 1 prompt:   latency            (target: clipseg-jax at least 1.25x faster)
   8 images x 5 prompts: throughput         (target: at least 5x)
 
-  python -m experiments.bench.inference [--repeats 5]
+  python -m experiments.bench.inference [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from experiments.bench.common import models, timeit
+from experiments.bench.common import interleaved, models
 
 PROMPTS = ["a person", "a dog", "a bicycle", "the sky", "something to sit on"]
 
@@ -50,7 +50,7 @@ def reference_pipeline(model, tokenizer, size: int):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--repeats", type=int, default=5, help="timed runs of the 1x1 case (8x5: a third)")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs of each case, taking turns")
   args = p.parse_args()
   import torch
   ours, theirs = models()
@@ -64,14 +64,14 @@ def main():
   err = np.abs(cold(one, PROMPTS[:2]) - reference(one, PROMPTS[:2])).max()
   rows = []
   for name, images, prompts, repeats in (("1 image x 1 prompt", one, PROMPTS[:1], args.repeats),
-                                         ("8 images x 5 prompts", eight, PROMPTS, max(1, args.repeats // 3))):
-    t_ours = timeit(lambda: cold(images, prompts), repeats)
-    t_cached = timeit(lambda: ours.predict(images, prompts), repeats)
-    t_ref = timeit(lambda: reference(images, prompts), repeats, warmup=1 if len(images) == 1 else 0)
-    rows.append((name, len(images), t_ours, t_cached, t_ref))
+                                         ("8 images x 5 prompts", eight, PROMPTS, args.repeats)):
+    t = interleaved({"ours": lambda: cold(images, prompts), "cached": lambda: ours.predict(images, prompts),
+                     "ref": lambda: reference(images, prompts)}, repeats)
+    rows.append((name, len(images), t["ours"], t["cached"], t["ref"]))
   print(f"640x480 images at 352 px, float32, this CPU ({jax.devices()[0].device_kind}, "
         f"torch {torch.get_num_threads()} threads); probabilities agree to {err:.1e}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print("fastest of the runs, the contenders taking turns")
   print(f"{'':22s} {'clipseg-jax':>12s} {'(cached text)':>14s} {'transformers':>13s} {'speed-up':>9s}")
   for name, n, t_ours, t_cached, t_ref in rows:
     print(f"{name:22s} {t_ours * 1e3:9.0f} ms {t_cached * 1e3:11.0f} ms {t_ref * 1e3:10.0f} ms "

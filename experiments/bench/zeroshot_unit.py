@@ -12,7 +12,7 @@ import argparse
 import jax
 import numpy as np
 
-from experiments.bench.common import models, timeit
+from experiments.bench.common import interleaved, models
 
 PROMPTS = ["background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
            "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
@@ -41,8 +41,8 @@ def main():
   ours_logits = np.asarray(clipseg_jax())[0]
   ref_logits = transformers().numpy()
   err = np.abs(ours_logits - ref_logits).max() / np.abs(ref_logits).max()
-  t_ours = timeit(clipseg_jax, args.repeats)
-  t_ref = timeit(transformers, max(1, args.repeats // 2), warmup=0)
+  t = interleaved({"ours": clipseg_jax, "ref": transformers}, max(1, args.repeats // 2), warmup=0)
+  t_ours, t_ref = t["ours"], t["ref"]
   print(f"1 image x {len(PROMPTS)} prompts at {args.size} px, float32, this CPU "
         f"({jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads)")
   print(f"  clipseg-jax   {t_ours * 1e3:8.0f} ms")
