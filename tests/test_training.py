@@ -22,7 +22,9 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   """A tiny random CLIP (HF CLIPModel layout) and the tiny synthetic dataset."""
+  import torch
   from transformers import CLIPConfig, CLIPModel
+  torch.manual_seed(0)
   root = tmp_path_factory.mktemp("train")
   config = CLIPConfig(
       text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
@@ -61,11 +63,17 @@ def decoder(workdir):
   return jax.tree.map(np.asarray, load_model(workdir).params["decoder"])
 
 
-def max_rel_err(a, b):
-  """max |a - b| / max |b| over all parameters. (Per tensor it would be meaningless for the key
-  biases: their true gradient is exactly zero, so Adam turns rounding noise into ~1e-7 drifts.)"""
-  diff = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  return diff / max(float(np.abs(y).max()) for y in jax.tree.leaves(b))
+def rel_err(a, b):
+  """||a - b|| / ||b|| over all parameters together (the norm-wise relative error).
+
+  Not the largest elementwise difference: Adam divides each coordinate's momentum by its own gradient
+  scale, so where a gradient nearly cancels across steps (or is exactly zero, like a key bias's), a
+  1e-7 change of reduction order (another mesh, FSDP-split CLIP matmuls) becomes a ~1e-5 difference
+  of that one coordinate. Measured here over four random CLIPs: elementwise up to 1.1e-5 on one,
+  ~1e-7 on the rest; norm-wise at most 2.7e-6. Wrong updates show at another scale: leaving out the
+  last three of the six steps is 3.4e-3 norm-wise."""
+  sq = lambda t: sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in jax.tree.leaves(t))
+  return (sq(jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b)) / sq(b)) ** 0.5
 
 
 def test_freezing_no_clip_state_update_or_gradient(setup):
@@ -95,7 +103,7 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   stream = steps.make_stream_step(module, tx, visual_prompts=True)
   new_state, metrics = jax.jit(stream)(state, frozen, batch)
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen_before)))
-  assert max_rel_err(new_state.params, trainable) > 0  # the decoder did move
+  assert rel_err(new_state.params, trainable) > 0  # the decoder did move
 
   from clipseg_jax import preprocess
   def clip_forward(frozen, batch):
@@ -151,8 +159,8 @@ def test_sharding_equivalence(setup, tmp_path):
   run_cli(setup, tmp_path / "m42", devices=8, **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp"})
   run_cli(setup, tmp_path / "m11", **{"mesh.shape": "(1,1)"})
   ref = decoder(tmp_path / "m11")
-  assert max_rel_err(decoder(tmp_path / "m81"), ref) <= 1e-5
-  assert max_rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
+  assert rel_err(decoder(tmp_path / "m81"), ref) <= 1e-5
+  assert rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
 
 
 def two_processes(setup, workdir, **extra):
@@ -174,7 +182,7 @@ def test_two_processes_equal_one(setup, tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   single = run_cli(setup, tmp_path / "single", devices=8, eval_every=3)
-  assert max_rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
+  assert rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
   # Each process scored half the held-out images; the summed metrics are the single process's.
   final = lambda out: dict(kv.split("=") for kv in out.split("final: ")[-1].splitlines()[0].split(", "))
   multi, one = final(outs[0]), final(single)
@@ -198,7 +206,7 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
   steps_done = [int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps_done and max(steps_done) < 40, "the run finished before it could be killed"
   out = run_cli(setup, tmp_path / "killed", **extra)
-  assert max_rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
+  assert rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
 
 
 def test_sigterm_saves_and_exits(setup, tmp_path):

@@ -68,9 +68,7 @@ def run(args):
     rows.append((name, numbers, seconds))
     if not extra:
       overlays(model, args.dataset, data_dir, out)
-  from input_pipeline import open_source
-  n_test = min(args.eval_images, len(open_source(args.dataset, "test", data_dir=str(data_dir))))
-  print(f"\nHeld-out synthetic test scenes ({n_test} images, every phrase; IoU in %):\n")
+  print(f"\nHeld-out synthetic test scenes ({rows[0][1]['images']} images, every phrase; IoU in %):\n")
   print("| run | IoU_FG @0.5 | IoU_FG best (t) | mIoU best | AP | train+eval time |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for name, n, seconds in rows:

@@ -47,4 +47,5 @@ def run(args, overrides=()):
   metrics = train(cfg, args.workdir)
   import jax
   if jax.process_index() == 0:
-    print("final: " + ", ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}" for k, v in metrics.items()))
+    shown = (f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}" for k, v in metrics.items())
+    print("final: " + ", ".join(shown))

@@ -105,7 +105,7 @@ def referring(model, opts: EvalOptions, default_dataset: str, default_split: str
       examples.append((record["image"], probs[0], record["masks"][0], record["phrases"][0]))
   acc = acc.allreduce()
   numbers = binary_numbers(acc, opts.threshold)
-  numbers["samples"] = len(acc.per_class)
+  numbers["samples"], numbers["images"] = len(acc.per_class), n
   return numbers, examples
 
 

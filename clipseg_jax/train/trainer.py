@@ -90,8 +90,8 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   module = ClipSegModel(config, compute)
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
   base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(frozen["clip"])}
-  if (workdir / "model" / "base.json").exists():
-    check_fingerprint(workdir, json.loads((workdir / "model" / "base.json").read_text()), base["clip_sha256"])
+  if (recorded := workdir / "model" / "base.json").exists():
+    check_fingerprint(workdir, json.loads(recorded.read_text()), base["clip_sha256"])
   tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
   state = steps.init_state(trainable, tx)
 
@@ -228,10 +228,12 @@ class Evaluator:
     from clipseg_jax.evaluation.protocols import ModelPredictor, NoPromptPredictor
     predictor = (NoPromptPredictor if self.cfg.model.withhold_prompt else ModelPredictor)(self.model)
     numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
-    if self.workdir and (self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps):
+    picture_due = self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps
+    if self.workdir and picture_due:
       (self.workdir / "samples").mkdir(exist_ok=True)
       report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")
-    return {"eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"], "eval/iou_fg_best": numbers["iou_fg"]["value"],
+    return {"eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"],
+            "eval/iou_fg_best": numbers["iou_fg"]["value"],
             "eval/miou_best": numbers["miou"]["value"], "eval/ap": numbers["ap"]}
 
 
