@@ -212,5 +212,7 @@ class Unpatchify(nn.Module):
                         (p, p, self.features, c))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     dtype = self.dtype or x.dtype
-    y = jnp.einsum("bhwc,ijoc->bhiwjo", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
-    return y.reshape(b, h * p, w * p, self.features)
+    # A plain matmul, then the interleave: asked for "bhiwjo" directly, XLA:CPU's dot writes a strided
+    # output (and its transpose in the backward pass), several times slower.
+    y = jnp.einsum("bhwc,ijoc->bhwijo", x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, self.features)

@@ -26,10 +26,10 @@ def models(refined: bool = True, seed: int = 0, attn_implementation: str | None 
       directory, attn_implementation=attn_implementation).eval()
 
 
-def interleaved(fns: dict, repeats: int = 3, warmup: int = 1) -> dict[str, float]:
-  """Fastest wall time in seconds of each `fn()`, calls taking turns (a, b, a, b, ...) after `warmup`
-  calls each. On a shared machine, load comes and goes: taking turns exposes every contender to the
-  same spells, and noise only ever adds time, so the fastest run is the fair estimate of each."""
+def interleaved(fns: dict, repeats: int = 3, warmup: int = 1) -> dict[str, list[float]]:
+  """Wall times in seconds of each `fn()` per round, the calls taking turns (a, b, a, b, ...) after
+  `warmup` calls each. This machine's speed drifts by 2x within a minute (other tenants), so
+  contenders are compared round by round (`speedups`), never across separate spells."""
   for fn in fns.values():
     for _ in range(warmup):
       fn()
@@ -39,7 +39,17 @@ def interleaved(fns: dict, repeats: int = 3, warmup: int = 1) -> dict[str, float
       start = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - start)
-  return {name: min(t) for name, t in times.items()}
+  return times
+
+
+def speedups(times: dict[str, list[float]], ours: str = "ours", ref: str = "ref") -> list[float]:
+  """ref's time / ours's time, round by round (sorted)."""
+  return sorted(r / o for o, r in zip(times[ours], times[ref]))
+
+
+def describe(speedup: list[float]) -> str:
+  """'1.29x (1.10-1.41 over 5 rounds)': the median speed-up and its range."""
+  return f"{statistics.median(speedup):.2f}x ({speedup[0]:.2f}-{speedup[-1]:.2f} over {len(speedup)} rounds)"
 
 
 def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
