@@ -209,12 +209,17 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
   assert rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
 
 
+def wait_until_training(workdir: Path):
+  """Until a run has written workdir/config.json and taken some steps."""
+  deadline = time.time() + 300
+  while not (workdir / "config.json").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  time.sleep(8)
+
+
 def test_sigterm_saves_and_exits(setup, tmp_path):
   proc = run_cli(setup, tmp_path / "term", wait=False, **{"total_steps": 100000, "checkpoint_every": 100000})
-  deadline = time.time() + 300
-  while not (tmp_path / "term" / "config.json").exists() and time.time() < deadline:
-    time.sleep(0.2)
-  time.sleep(8)  # let it take some steps
+  wait_until_training(tmp_path / "term")
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-2000:]
@@ -225,10 +230,7 @@ def test_sigterm_saves_and_exits(setup, tmp_path):
 def test_sigterm_to_one_process_stops_all(setup, tmp_path):
   """Preemption that reaches only process 1: both processes save the same step and exit cleanly."""
   procs = two_processes(setup, tmp_path / "term2", **{"total_steps": 100000, "checkpoint_every": 100000})
-  deadline = time.time() + 300
-  while not (tmp_path / "term2" / "config.json").exists() and time.time() < deadline:
-    time.sleep(0.2)
-  time.sleep(8)  # let them take some steps
+  wait_until_training(tmp_path / "term2")
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=180)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
@@ -276,3 +278,17 @@ def test_demo_end_to_end(tmp_path, capsys):
   assert json.loads((tmp_path / "run" / "model" / "base.json").read_text())["clip"] == "embedded:synthetic-clip"
   probs = model.predict(np.zeros((40, 50, 3), np.uint8), ["red circle"])
   assert probs.shape == (1, 1, 40, 50)
+
+
+def test_demo_stops_cleanly_at_sigterm(tmp_path):
+  """A preempted demo saves its run, says how to resume, scores nothing and exits 0."""
+  proc = subprocess.Popen([sys.executable, "-m", "clipseg_jax.cli.main", "demo", "--out", str(tmp_path),
+                           "--dataset", "synthetic/tiny", "--steps", "100000", "--eval-images", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  wait_until_training(tmp_path / "run")
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-2000:]
+  assert "stopped at a SIGTERM" in out and "| CLIPSeg" not in out, out[-2000:]
+  saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved and 0 < max(saved) < 100000
