@@ -121,6 +121,7 @@ class ClipSeg:
                                          method=ClipSegModel.decode)
     if chunk is None or cond.shape[0] <= chunk:
       return decode(cond)
+
     def body(i, out):
       logits = decode(jax.lax.dynamic_slice_in_dim(cond, i * chunk, chunk))  # [N, chunk, S, S]
       return jax.lax.dynamic_update_slice_in_dim(out, logits, i * chunk, axis=1)
