@@ -378,7 +378,7 @@ def _load_flax(path: Path, dtype) -> ClipSeg:
 def _load_workdir(path: Path, dtype) -> ClipSeg:
   """The latest checkpoint of a training run: its CLIP source plus the trained decoder."""
   from clipseg_jax.train.checkpoints import Checkpointer
-  from clipseg_jax.train.model import check_fingerprint, clip_params, fingerprint
+  from clipseg_jax.train.model import check_fingerprint, clip_params
   config = ClipSegConfig.from_json(path / "model" / "config.json")
   base = json.loads((path / "model" / "base.json").read_text())
   ckpt = Checkpointer(path / "checkpoints")
@@ -392,8 +392,7 @@ def _load_workdir(path: Path, dtype) -> ClipSeg:
   run = json.loads((path / "config.json").read_text())
   decoder = fold_activation_scale(decoder, run["model"].get("activation_scale", 1.0))
   clip = clip_params(config, base["clip"])
-  if "clip_sha256" in base:  # workdirs written before it was recorded have none
-    check_fingerprint(path, base, fingerprint(clip))
+  check_fingerprint(path, base, clip)
   params = {"clip": clip, **decoder}
   image_size = run["data"]["pcplus"]["image_size"]
   return ClipSeg(config, params, load_tokenizer(), dtype, image_size=image_size)

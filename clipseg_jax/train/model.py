@@ -82,10 +82,10 @@ def fingerprint(tree) -> str:
   return h.hexdigest()
 
 
-def check_fingerprint(workdir: Path, base: dict, digest: str):
-  """Refuse a workdir whose decoder was trained on other CLIP weights than `base['clip']` gives now
-  (`digest`: their `fingerprint`)."""
+def check_fingerprint(workdir: Path, base: dict, clip_tree, digest: str | None = None):
+  """Refuse a workdir whose decoder was trained on other CLIP weights than `base['clip']` gives now.
+  The tree is hashed only when the workdir recorded a digest (or pass `digest`, already computed)."""
   want = base.get("clip_sha256")  # absent in workdirs written before it was recorded
-  if want and digest != want:
+  if want and (digest or fingerprint(clip_tree)) != want:
     raise ValueError(f"{workdir} was trained on other weights of the CLIP {base['clip']!r} than it holds now "
                      "(its weights changed since); the decoder does not fit them: retrain in a new workdir")

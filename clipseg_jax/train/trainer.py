@@ -91,7 +91,7 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
   base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(frozen["clip"])}
   if (recorded := workdir / "model" / "base.json").exists():
-    check_fingerprint(workdir, json.loads(recorded.read_text()), base["clip_sha256"])
+    check_fingerprint(workdir, json.loads(recorded.read_text()), frozen["clip"], base["clip_sha256"])
   tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
   state = steps.init_state(trainable, tx)
 
