@@ -121,6 +121,17 @@ def count_flops(fn, *args, compiled: bool = True) -> float:
   lowered program (what model FLOP utilisation counts: on GPUs the compiled count misses the matmuls
   handed to cuBLAS)."""
   lowered = jax.jit(fn).lower(*args)
-  cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
+  if compiled:
+    return _flops(lowered.compile().cost_analysis())
+  flops = _flops(lowered.cost_analysis())
+  if np.isnan(flops):  # some GPU plugins give no analysis before compiling; the count is the CPU's
+    try:
+      flops = _flops(jax.jit(fn).trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
+    except NotImplementedError:  # a GPU-only kernel (cuDNN attention) has no CPU lowering
+      pass
+  return flops
+
+
+def _flops(cost) -> float:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", np.nan))
+  return float((cost or {}).get("flops", np.nan))
