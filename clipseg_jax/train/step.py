@@ -119,19 +119,8 @@ def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False, ac
 def count_flops(fn, *args, compiled: bool = True) -> float:
   """FLOPs XLA's cost analysis assigns to the compiled `fn(*args)`, or with `compiled=False` to the
   lowered program (what model FLOP utilisation counts: on GPUs the compiled count misses the matmuls
-  handed to cuBLAS)."""
+  handed to cuBLAS). NaN where the backend gives no analysis (jax 0.11's CUDA plugin, uncompiled)."""
   lowered = jax.jit(fn).lower(*args)
-  if compiled:
-    return _flops(lowered.compile().cost_analysis())
-  flops = _flops(lowered.cost_analysis())
-  if np.isnan(flops):  # some GPU plugins give no analysis before compiling; the count is the CPU's
-    try:
-      flops = _flops(jax.jit(fn).trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
-    except NotImplementedError:  # a GPU-only kernel (cuDNN attention) has no CPU lowering
-      pass
-  return flops
-
-
-def _flops(cost) -> float:
+  cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", np.nan))

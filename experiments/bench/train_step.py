@@ -85,6 +85,30 @@ def torch_step(model, batch, device="cpu", bf16=False):
   return step
 
 
+def step_flops(n: int, size: int) -> float:
+  """FLOPs of the bf16 training step on `n` images, from the lowered program, on abstract shapes."""
+  from clipseg_jax.api import ClipSeg
+  from clipseg_jax.config import ClipSegConfig
+  from clipseg_jax.models.clipseg import init_params
+  from clipseg_jax.train import step as steps
+  config = ClipSegConfig(use_complex_transposed_convolution=False)
+  abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+  fn, state, frozen = jax_step(ClipSeg(config, init_params(config)), jnp.bfloat16)
+  return steps.count_flops(fn, abstract(state), abstract(frozen), abstract(batch_of(n, size, np.random)),
+                           compiled=False)
+
+
+def cpu_step_flops(n: int, size: int) -> float:
+  """`step_flops` counted by XLA:CPU in a child process (the count does not depend on the device)."""
+  import os
+  import subprocess
+  import sys
+  code = f"from experiments.bench.train_step import step_flops; print(step_flops({n}, {size}))"
+  out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, check=True)
+  return float(out.stdout.split()[-1])
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=None)
@@ -120,10 +144,8 @@ def gpu(args, rng):
   fn, state, frozen = jax_step(ours, jnp.bfloat16)
   on_device = jax.device_put(batch)
   flops = steps.count_flops(fn, state, frozen, on_device, compiled=False)
-  if np.isnan(flops):  # no count of the cuDNN kernel before compiling: count the same math in float32
-    abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
-    f32_fn, f32_state, _ = jax_step(ours)
-    flops = steps.count_flops(f32_fn, abstract(f32_state), abstract(frozen), abstract(batch), compiled=False)
+  if np.isnan(flops):  # this GPU plugin gives no count before compiling: XLA:CPU counts the same step
+    flops = cpu_step_flops(n, args.size)
   t_ours = timeit(jax_runner(fn, state, frozen, on_device), args.steps)
   t_ref = timeit(torch_step(theirs, batch, "cuda" if torch.cuda.is_available() else "cpu", bf16=True), args.steps)
   kind = jax.devices()[0].device_kind
