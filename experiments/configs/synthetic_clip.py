@@ -11,7 +11,8 @@ same run would take about 5 hours there. Reproduce them with:
 
 Longer pretraining on a larger pool is what lifted the demo past its target. With 1800 steps on a
 pool of 10k scenes (final loss 0.54), the demo's IoU_FG@0.5 was 49.9%. With 12000 steps on 30k
-scenes it is 65.4%: the decoder's features tell shapes apart far better.
+scenes it is 65.4%. The features the decoder reads tell shapes apart far better: linear shape probes
+on the patch tokens score 0.54-0.71 against 0.46-0.50 (experiments/scripts/probe_clip.py).
 """
 
 import ml_collections
