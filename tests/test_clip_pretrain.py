@@ -111,3 +111,39 @@ def test_shipped_backbone():
   config = model_config(cfg.model)
   assert config.vision_config.image_size == cfg.data.pcplus.image_size
   assert max(config.extract_layers) < config.vision_config.num_hidden_layers
+
+
+def zero_shot_accuracy(source: str, n: int = 48) -> tuple[float, float]:
+  """(colour, shape) accuracy of a small CLIP naming single objects zero-shot: each scene's image
+  embedding against the pretraining captions of every (size, colour, shape)."""
+  from clipseg_jax import preprocess
+  from clipseg_jax.models.clip import CLIP
+  from clipseg_jax.tokenizer import load_tokenizer
+  from clipseg_jax.train.clip_pretrain import clip_config
+  from clipseg_jax.train.model import clip_params
+  from input_pipeline import synthetic
+  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py")
+  config = clip_config(cfg)
+  params = clip_params(config, source)
+  size = cfg.image_size
+  scenes = [synthetic.make_scene(np.random.default_rng([7, 90_000_000 + i]), cfg.data.render_size, n_objects=1)
+            for i in range(n)]
+  pixels = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im, _ in scenes])
+  names = [(z, c, s) for z in synthetic.SIZES for c in synthetic.COLORS for s in synthetic.SHAPES]
+  captions = [synthetic.caption([synthetic.SceneObject(c, s, z, (0.0, 0.0), 1.0, None)]) for z, c, s in names]
+  ids = load_tokenizer()(captions, padding="max_length", max_length=cfg.max_text_length, return_tensors="np")
+  module = CLIP(config)
+  img = np.asarray(module.apply({"params": params}, preprocess.normalize(pixels), method=CLIP.image_embeds))
+  txt = np.asarray(module.apply({"params": params}, ids["input_ids"], ids["attention_mask"], method=CLIP.text_embeds))
+  best = [names[i] for i in np.argmax(img @ txt.T / np.linalg.norm(txt, axis=1), axis=1)]
+  truth = [objects[0] for _, objects in scenes]
+  return (float(np.mean([b[1] == o.color for b, o in zip(best, truth)])),
+          float(np.mean([b[2] == o.shape for b, o in zip(best, truth)])))
+
+
+def test_shipped_backbone_is_pretrained():
+  """The shipped CLIP names an object's colour and shape zero-shot (measured: 1.0 and 1.0 on these
+  48 scenes). A random CLIP of the same shape scores 0.17 and 0.38, about chance (1/6, 1/4); the
+  earlier 1800-step backbone 1.0 and 0.81."""
+  colour, shape = zero_shot_accuracy("embedded:synthetic-clip")
+  assert colour >= 0.9 and shape >= 0.9, (colour, shape)
