@@ -273,6 +273,8 @@ def test_demo_end_to_end(tmp_path, capsys):
   out = capsys.readouterr().out
   rows = [line for line in out.splitlines() if line.startswith(("| CLIPSeg", "| ablation"))]
   assert len(rows) == 3 and "(2 images" in out
+  # The main result is printed as soon as its run is scored, before the ablations train.
+  assert -1 < out.find("-> CLIPSeg (pretrained") < out.find("== ablation: randomly"), out
   assert all((tmp_path / f"overlay_{i}.png").exists() for i in range(3))
   model = load_model(tmp_path / "run")
   assert json.loads((tmp_path / "run" / "model" / "base.json").read_text())["clip"] == "embedded:synthetic-clip"

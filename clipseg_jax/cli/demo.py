@@ -66,6 +66,9 @@ def run(args):
                            args.dataset, "test")
     seconds = time.perf_counter() - start
     rows.append((name, numbers, seconds))
+    iou, since = numbers["iou_fg"], time.perf_counter() - t0
+    print(f"-> {name}: IoU_FG {100 * iou['fixed']['0.5']:.1f}% at 0.5, {100 * iou['value']:.1f}% at the "
+          f"best threshold ({iou['threshold']:.2f}); {seconds:.0f} s, {since:.0f} s since the start")
     if not extra:
       overlays(model, args.dataset, data_dir, out)
   print(f"\nHeld-out synthetic test scenes ({rows[0][1]['images']} images, every phrase; IoU in %):\n")
