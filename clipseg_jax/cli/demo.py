@@ -66,19 +66,26 @@ def run(args):
                            args.dataset, "test")
     seconds = time.perf_counter() - start
     rows.append((name, numbers, seconds))
-    iou, since = numbers["iou_fg"], time.perf_counter() - t0
-    print(f"-> {name}: IoU_FG {100 * iou['fixed']['0.5']:.1f}% at 0.5, {100 * iou['value']:.1f}% at the "
-          f"best threshold ({iou['threshold']:.2f}); {seconds:.0f} s, {since:.0f} s since the start")
+    at_half, best, t = iou_fg(numbers)
+    print(f"-> {name}: IoU_FG {at_half}% at 0.5, {best}% at the best threshold ({t}); {seconds:.0f} s, "
+          f"{time.perf_counter() - t0:.0f} s since the start")
     if not extra:
       overlays(model, args.dataset, data_dir, out)
   print(f"\nHeld-out synthetic test scenes ({rows[0][1]['images']} images, every phrase; IoU in %):\n")
   print("| run | IoU_FG @0.5 | IoU_FG best (t) | mIoU best | AP | train+eval time |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for name, n, seconds in rows:
-    print(f"| {name} | {100 * n['iou_fg']['fixed']['0.5']:.1f} | {100 * n['iou_fg']['value']:.1f} "
-          f"({n['iou_fg']['threshold']:.2f}) | {100 * n['miou']['value']:.1f} | {100 * n['ap']:.1f} | {seconds:.0f} s |")
+    at_half, best, t = iou_fg(n)
+    print(f"| {name} | {at_half} | {best} ({t}) | {100 * n['miou']['value']:.1f} | {100 * n['ap']:.1f} "
+          f"| {seconds:.0f} s |")
   print(f"\ntotal {time.perf_counter() - t0:.0f} s; overlays in {out}/overlay_*.png; "
         f"the trained model loads with clipseg_jax.load_model('{out / 'run'}')")
+
+
+def iou_fg(numbers: dict) -> tuple[str, str, str]:
+  """Foreground IoU of an evaluation as printed: (% at 0.5, % at the best threshold, that threshold)."""
+  iou = numbers["iou_fg"]
+  return f"{100 * iou['fixed']['0.5']:.1f}", f"{100 * iou['value']:.1f}", f"{iou['threshold']:.2f}"
 
 
 def overlays(model, dataset, data_dir, out: Path, n: int = 3):
