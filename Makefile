@@ -5,16 +5,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test demo clean
+.PHONY: setup browser test test-fast lint format smoke demo clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,data,train,test]' '$(TORCH_SPEC)'
-	# CLIP's BPE vocabulary file ships in this wheel; --no-deps keeps its torchvision pin out.
-	$(PY) -m pip install -q --no-deps clip-anytorch==2.6.0
+	$(PY) -m pip install -q -e '.[torch,data,train,test,dev]' '$(TORCH_SPEC)'
 	touch $@
 
 # Debian's chromium + chromedriver for the web demo's browser test (skipped where they are missing).
@@ -25,8 +23,25 @@ browser:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
 	  echo "could not install chromium: the browser test will be skipped"; fi
 
+# The full suite (CI).
 test: setup browser
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The inner loop: everything not marked slow (no training runs, no full-size models, no browser).
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The built wheel, installed into a fresh venv, runs the demo and segment from an empty directory.
+smoke: setup
+	.ci/wheel_smoke
 
 demo: setup
 	$(VENV)/bin/clipseg-jax demo --out out/demo

@@ -1,4 +1,6 @@
-"""`load_model` and `ClipSeg`: the user-facing model (config + params + tokenizer + jitted stages)."""
+"""`ClipSeg`: the inference object (config + params + tokenizer, jitted stages, caches, `predict`).
+
+Loading lives in `clipseg_jax.pretrained` (and `clipseg_jax.load_model`), writing in `clipseg_jax.export`."""
 
 from __future__ import annotations
 
@@ -6,22 +8,20 @@ import collections
 import dataclasses
 import functools
 import itertools
-import json
 import os
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipseg_jax import preprocess, prompts as prompt_lib
+from clipseg_jax import export, preprocess
+from clipseg_jax import prompts as prompt_lib
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.models.clipseg import ClipSegModel
-from clipseg_jax.tokenizer import load_tokenizer
-from clipseg_jax.weights import hf, io, original
+from clipseg_jax.tokenizer import load_tokenizer, tokenize
 
-FLAX_MARKER = "clipseg_jax.json"  # written beside config.json + params/ by `save`
 PREDICT_BATCH = 4  # query images per vision-tower call in `predict`
 TOKEN_BUCKET = 8  # prompt lengths are padded to a multiple of this
 # Prompts decoded together per step on CPU: the decoder's [prompts, tokens, 2048] MLP activations
@@ -38,10 +38,14 @@ def bucket(n: int) -> int:
 
 class _JitAt:
   """`jax.jit(fn)` traced and run under `jax.default_matmul_precision(precision)`, which is part of
-  jit's cache key."""
+  jit's cache key. `name` names the stage in JAX's logs (`jax.log_compiles()`: "clipseg_decode")."""
 
-  def __init__(self, precision: str, fn):
-    self.precision, self.jitted = precision, jax.jit(fn)
+  def __init__(self, precision: str, name: str, fn):
+    def stage(*args):
+      return fn(*args)
+
+    stage.__name__ = stage.__qualname__ = f"clipseg_{name}"
+    self.precision, self.jitted = precision, jax.jit(stage)
 
   def __call__(self, *args):
     with jax.default_matmul_precision(self.precision):
@@ -50,9 +54,6 @@ class _JitAt:
   def lower(self, *args):
     with jax.default_matmul_precision(self.precision):
       return self.jitted.lower(*args)
-
-  def _cache_size(self) -> int:
-    return self.jitted._cache_size()
 
 
 @dataclasses.dataclass(eq=False)
@@ -66,10 +67,6 @@ class ClipSeg:
   image_size: int = preprocess.IMAGE_SIZE
   # Tensors of an original decoder file that the model does not use, written back by export_original.
   original_extras: dict = dataclasses.field(default_factory=dict, repr=False)
-  # How many query images went through the vision tower (shows the per-image sharing in predict),
-  # and how many prompts through the text tower (shows the text-embedding cache).
-  vision_images: int = dataclasses.field(default=0, repr=False)
-  text_prompts: int = dataclasses.field(default=0, repr=False)
 
   def __setattr__(self, name, value):
     if name == "params":
@@ -86,39 +83,52 @@ class ClipSeg:
     # float32 promises PyTorch's numbers, but JAX's default on GPUs runs float32 matmuls in TF32
     # (logits off by ~3e-4 on an H200, experiments/bench/parity.py): ask for full precision.
     jit = functools.partial(_JitAt, "highest" if compute is None else "default")
-    apply = lambda method: jit(lambda params, *a: self.module.apply({"params": params}, *a, method=method))
-    self._forward = jit(lambda params, *a: self.module.apply({"params": params}, *a))
-    self._logits = jit(lambda params, *a: self.module.apply({"params": params}, *a)["logits"])
-    self._encode_image = apply(ClipSegModel.encode_image)
-    self._text = apply(ClipSegModel.text_embeddings)
-    self._visual = apply(ClipSegModel.visual_embeddings)
+    apply = lambda name, method: jit(name, lambda params, *a: self.module.apply({"params": params}, *a, method=method))
+    self._forward = jit("forward", lambda params, *a: self.module.apply({"params": params}, *a))
+    self._logits = jit("logits", lambda params, *a: self.module.apply({"params": params}, *a)["logits"])
+    self._encode_image = apply("encode_image", ClipSegModel.encode_image)
+    self._text = apply("text", ClipSegModel.text_embeddings)
+    self._visual = apply("visual", ClipSegModel.visual_embeddings)
     chunk = CPU_DECODE_CHUNK if jax.default_backend() == "cpu" else None
-    self._decode = jit(functools.partial(self._decode_impl, chunk=chunk))
+    self._decode = jit("decode", functools.partial(self._decode_impl, chunk=chunk))
     self._text_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
     self._text_cache_params = None  # the params the cached embeddings were computed with
 
   # ---- the low-level call (HF semantics) --------------------------------------------------------
 
-  def __call__(self, pixel_values, *, input_ids=None, attention_mask=None, conditional_pixel_values=None,
-               conditional_embeddings=None) -> jax.Array:
+  def __call__(
+    self,
+    pixel_values,
+    *,
+    input_ids=None,
+    attention_mask=None,
+    conditional_pixel_values=None,
+    conditional_embeddings=None,
+  ) -> jax.Array:
     """Logits [B, H, W] for NHWC normalized `pixel_values` and one kind of condition per image."""
-    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values,
-                              conditional_embeddings)
+    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values, conditional_embeddings)
     return self._logits(self.params, *args)
 
-  def forward(self, pixel_values, *, input_ids=None, attention_mask=None, conditional_pixel_values=None,
-              conditional_embeddings=None) -> dict:
+  def forward(
+    self,
+    pixel_values,
+    *,
+    input_ids=None,
+    attention_mask=None,
+    conditional_pixel_values=None,
+    conditional_embeddings=None,
+  ) -> dict:
     """Like `__call__` but returns HF's outputs: logits, conditional_embeddings, pooled_output."""
-    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values,
-                              conditional_embeddings)
+    args = self._check_inputs(pixel_values, input_ids, attention_mask, conditional_pixel_values, conditional_embeddings)
     return self._forward(self.params, *args)
 
   def _decode_impl(self, params, reduced, cond, count, *, chunk=None):
     """reduced: per layer [N, T, D]; cond [P, E], of which the first `count` are real, the rest bucket
     padding -> logits [N, P, S, S]. With `chunk`, a loop decodes `chunk` prompts at a time and stops
     after the real ones (their logits are left zero): padding 5 prompts to 8 costs nothing."""
-    decode = lambda c: self.module.apply({"params": params}, [r[:, None] for r in reduced], c[None],
-                                         method=ClipSegModel.decode)
+    decode = lambda c: self.module.apply(
+      {"params": params}, [r[:, None] for r in reduced], c[None], method=ClipSegModel.decode
+    )
     if chunk is None or cond.shape[0] <= chunk:
       return decode(cond)
 
@@ -133,11 +143,20 @@ class ClipSeg:
   def _check_inputs(self, pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings):
     pixel_values = self._check_pixels(pixel_values, "pixel_values")
     b = pixel_values.shape[0]
-    given = [name for name, x in (("input_ids", input_ids), ("conditional_pixel_values", cond_pixels),
-                                  ("conditional_embeddings", cond_embeddings)) if x is not None]
+    given = [
+      name
+      for name, x in (
+        ("input_ids", input_ids),
+        ("conditional_pixel_values", cond_pixels),
+        ("conditional_embeddings", cond_embeddings),
+      )
+      if x is not None
+    ]
     if len(given) != 1:
-      raise ValueError("pass exactly one of input_ids, conditional_pixel_values, conditional_embeddings"
-                       + (f" (got {', '.join(given)})" if given else ""))
+      raise ValueError(
+        "pass exactly one of input_ids, conditional_pixel_values, conditional_embeddings"
+        + (f" (got {', '.join(given)})" if given else "")
+      )
     if input_ids is not None:
       input_ids = jnp.asarray(input_ids, jnp.int32)
       if input_ids.ndim != 2 or input_ids.shape[0] != b:
@@ -153,8 +172,9 @@ class ClipSeg:
     if cond_embeddings is not None:
       cond_embeddings = jnp.asarray(cond_embeddings, jnp.float32)
       if cond_embeddings.shape != (b, self.config.projection_dim):
-        raise ValueError(f"conditional_embeddings must be [{b}, {self.config.projection_dim}], got "
-                         f"{cond_embeddings.shape}")
+        raise ValueError(
+          f"conditional_embeddings must be [{b}, {self.config.projection_dim}], got {cond_embeddings.shape}"
+        )
     return pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings
 
   def _check_pixels(self, x, name):
@@ -164,9 +184,11 @@ class ClipSeg:
       raise ValueError(f"{name} must be NHWC with {v.num_channels} channels, got shape {x.shape}")
     h, w = x.shape[1:3]
     if h != w or h % v.patch_size:
-      raise ValueError(f"{name} must be square with a side divisible by the patch size {v.patch_size} "
-                       f"(the decoder reshapes tokens to a square grid), got {h}x{w}; resize first "
-                       f"(e.g. clipseg_jax.preprocess.pixels)")
+      raise ValueError(
+        f"{name} must be square with a side divisible by the patch size {v.patch_size} "
+        f"(the decoder reshapes tokens to a square grid), got {h}x{w}; resize first "
+        f"(e.g. clipseg_jax.preprocess.pixels)"
+      )
     return x
 
   # ---- stages (functional building blocks for predict, evaluation, training) --------------------
@@ -190,16 +212,10 @@ class ClipSeg:
     return jnp.asarray(np.stack([cache[t] for t in texts]))
 
   def _encode_text_uncached(self, texts: list[str]) -> jax.Array:
-    self.text_prompts += len(texts)
-    limit = self.config.text_config.max_position_embeddings
-    tok = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="np")
-    ids, mask = tok["input_ids"], tok["attention_mask"]
-    length = min(limit, -(-ids.shape[1] // TOKEN_BUCKET) * TOKEN_BUCKET)
-    pad = lambda x, value: np.pad(x, ((0, bucket(len(x)) - len(x)), (0, length - x.shape[1])),
-                                  constant_values=value)
-    # Padding tokens sit after the end-of-text token: causal attention keeps them out of the result.
-    ids, mask = pad(ids, self.tokenizer.pad_token_id or 0), pad(mask, 0)
-    return self._text(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))[:len(texts)]
+    ids, mask = tokenize(self.tokenizer, texts, self.config.text_config.max_position_embeddings, multiple=TOKEN_BUCKET)
+    rows = ((0, bucket(len(texts)) - len(texts)), (0, 0))  # bucket padding: copies of the last prompt
+    ids, mask = np.pad(ids, rows, mode="edge"), np.pad(mask, rows, mode="edge")
+    return self._text(self.params, jnp.asarray(ids), jnp.asarray(mask))[: len(texts)]
 
   def encode_visual(self, pairs: Sequence[tuple[Any, Any]]) -> jax.Array:
     """[P, E] embeddings of (support image, support mask) pairs after `crop_blur_highlight`."""
@@ -220,8 +236,10 @@ class ClipSeg:
       elif isinstance(p, (tuple, list)) and len(p) == 2:
         texts.append(None), pairs.append(tuple(p)), weights.append(0.0)
       else:
-        raise ValueError(f"prompt {i} must be a string, a (support_image, support_mask) pair or a "
-                         f"prompts.Mixed, got {type(p).__name__}")
+        raise ValueError(
+          f"prompt {i} must be a string, a (support_image, support_mask) pair or a "
+          f"prompts.Mixed, got {type(p).__name__}"
+        )
     e = self.config.projection_dim
     text, visual = np.zeros((len(prompts), e), np.float32), np.zeros((len(prompts), e), np.float32)
     if t_idx := [i for i, t in enumerate(texts) if t is not None]:
@@ -234,7 +252,6 @@ class ClipSeg:
     """Query pixels [N, S, S, 3] -> reduced decoder inputs; the only place predict runs the vision tower."""
     pixel_values = self._check_pixels(pixel_values, "pixel_values")
     n = pixel_values.shape[0]
-    self.vision_images += n
     padded = jnp.pad(pixel_values, ((0, bucket(n) - n), (0, 0), (0, 0), (0, 0)))
     return [r[:n] for r in self._encode_image(self.params, padded)]
 
@@ -247,36 +264,35 @@ class ClipSeg:
 
   # ---- for people -------------------------------------------------------------------------------
 
-  def predict(self, images, prompts, *, threshold: float | None = None,
-              batch_size: int = PREDICT_BATCH) -> np.ndarray:
+  def predict(self, images, prompts, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """[n_images, n_prompts, H, W] probabilities (bool masks with `threshold`) at each image's own
     size; all images must then share a size, else a list of [n_prompts, H_i, W_i] is returned.
     Each image goes through the vision tower once, whatever the number of prompts."""
     images = list(images) if isinstance(images, (list, tuple)) else [images]
-    if isinstance(prompts, str) or (isinstance(prompts, tuple) and len(prompts) == 2
-                                    and not isinstance(prompts[0], str)):
+    if isinstance(prompts, str) or (
+      isinstance(prompts, tuple) and len(prompts) == 2 and not isinstance(prompts[0], str)
+    ):
       prompts = [prompts]
-    return self.predict_conditions(images, self.encode_prompts(prompts), threshold=threshold,
-                                   batch_size=batch_size)
+    return self.predict_conditions(images, self.encode_prompts(prompts), threshold=threshold, batch_size=batch_size)
 
-  def predict_conditions(self, images, cond, *, threshold: float | None = None,
-                         batch_size: int = PREDICT_BATCH):
+  def predict_conditions(self, images, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH):
     """`predict` with precomputed [P, E] conditions (e.g. interpolated text/visual embeddings)."""
-    outputs = [out["masks"] for out in self.predict_iter(images, cond, threshold=threshold,
-                                                          batch_size=batch_size)]
+    outputs = [out["masks"] for out in self.predict_iter(images, cond, threshold=threshold, batch_size=batch_size)]
     if not outputs:
       raise ValueError("no images given")
     if len({o.shape for o in outputs}) == 1:
       return np.stack(outputs)
     return outputs
 
-  def predict_iter(self, images: Iterable, cond, *, threshold: float | None = None,
-                   batch_size: int = PREDICT_BATCH) -> Iterator[dict]:
+  def predict_iter(
+    self, images: Iterable, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH
+  ) -> Iterator[dict]:
     """Per image, in order: {"masks": [P, H, W] probabilities (bools with `threshold`) at the image's
     size, "logits": [P, S, S] raw logits at the model's resolution}. Images are read `batch_size` at a
     time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled."""
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 <= threshold <= 1.0):
+    if threshold is not None and (
+      isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+    ):
       raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
     return self._predict_chunks(iter(images), cond, threshold, batch_size)  # checked before any work
 
@@ -292,123 +308,20 @@ class ClipSeg:
         probs = preprocess.resize_map(_sigmoid(lg), im.height, im.width)
         yield {"masks": probs > threshold if threshold is not None else probs, "logits": lg}
 
-  # ---- export -----------------------------------------------------------------------------------
-
-  def hf_state_dict(self) -> dict[str, np.ndarray]:
-    return hf.to_hf(self.params)
+  # ---- writing (clipseg_jax.export) --------------------------------------------------------------
 
   def export_hf(self, out_dir: str | os.PathLike):
-    """`config.json` + `model.safetensors` (+ tokenizer) loadable by
-    `transformers.CLIPSegForImageSegmentation.from_pretrained(out_dir)`; weights bit-identical."""
-    if not self.config.use_decoder_blocks:
-      raise ValueError("transformers' CLIPSeg has no decoder without blocks (CLIP-Deconv); use save()")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_safetensors(self.hf_state_dict(), out / "model.safetensors")
-    self.config.to_json(out / "config.json")
-    if self.tokenizer is not None:
-      self.tokenizer.save_pretrained(str(out))
-    return out
+    """An HF directory `transformers.CLIPSegForImageSegmentation.from_pretrained` loads."""
+    return export.export_hf(self, out_dir)
 
   def export_original(self, path: str | os.PathLike):
     """The decoder as a state dict in the original `.pth` layout (q/k/v fused)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_torch(original.hf_to_original(self.hf_state_dict(), self.original_extras), path)
-    return path
+    return export.export_original(self, path)
 
   def save(self, out_dir: str | os.PathLike):
     """This project's Flax checkpoint: `config.json` + Orbax `params/` (+ tokenizer)."""
-    import orbax.checkpoint as ocp
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckpt:
-      ckpt.save(out / "params", jax.device_get(self.params), force=True)
-      ckpt.wait_until_finished()
-    self.config.to_json(out / "config.json")
-    if self.tokenizer is not None:
-      self.tokenizer.save_pretrained(str(out))
-    (out / FLAX_MARKER).write_text(json.dumps({"format": "clipseg-jax params", "version": 1}) + "\n")
-    return out
+    return export.save(self, out_dir)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
   return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free for large |x|
-
-
-# ---- loading --------------------------------------------------------------------------------------
-
-def load_model(source, *, clip=None, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
-  """A ClipSeg from a hub id, an HF-format directory, a checkpoint saved by this project, or an
-  original decoder file (`rd64-uni.pth`, ...) together with `clip=` (an HF CLIP hub id or directory)."""
-  path = io.resolve(source)
-  if path.is_file():
-    if clip is None:
-      raise ValueError(f"{path.name} looks like an original CLIPSeg decoder file; pass clip= with an HF "
-                       "CLIP checkpoint (e.g. clip='openai/clip-vit-base-patch16')")
-    return _load_original(path, clip, dtype, extract_layers)
-  if (path / FLAX_MARKER).exists():
-    return _load_flax(path, dtype)
-  if (path / "checkpoints").is_dir() and (path / "model" / "base.json").exists():
-    return _load_workdir(path, dtype)
-  config_path = path / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{path} has no config.json: not an HF model directory or a clipseg-jax "
-                            "checkpoint")
-  raw = json.loads(config_path.read_text())
-  if raw.get("model_type") != "clipseg":
-    raise ValueError(f"{config_path} describes a {raw.get('model_type')!r} model, not 'clipseg'"
-                     + ("; pass it as clip= with a decoder file" if raw.get("model_type") == "clip" else ""))
-  config = ClipSegConfig.from_dict(raw)
-  if extract_layers is not None:
-    config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
-  params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
-  return ClipSeg(config, params, load_tokenizer(path), dtype)
-
-
-def _load_flax(path: Path, dtype) -> ClipSeg:
-  import orbax.checkpoint as ocp
-  config = ClipSegConfig.from_json(path / "config.json")
-  template = hf.param_template(config)
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(path.absolute() / "params", template)
-  return ClipSeg(config, params, load_tokenizer(path), dtype)
-
-
-def _load_workdir(path: Path, dtype) -> ClipSeg:
-  """The latest checkpoint of a training run: its CLIP source plus the trained decoder."""
-  from clipseg_jax.train.checkpoints import Checkpointer
-  from clipseg_jax.train.model import check_fingerprint, clip_params
-  config = ClipSegConfig.from_json(path / "model" / "config.json")
-  base = json.loads((path / "model" / "base.json").read_text())
-  ckpt = Checkpointer(path / "checkpoints")
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{path} holds no checkpoint yet")
-    decoder = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})
-  finally:
-    ckpt.close()
-  from clipseg_jax.train.step import fold_activation_scale
-  run = json.loads((path / "config.json").read_text())
-  decoder = fold_activation_scale(decoder, run["model"].get("activation_scale", 1.0))
-  clip = clip_params(config, base["clip"])
-  check_fingerprint(path, base, clip)
-  params = {"clip": clip, **decoder}
-  image_size = run["data"]["pcplus"]["image_size"]
-  return ClipSeg(config, params, load_tokenizer(), dtype, image_size=image_size)
-
-
-def _load_original(path: Path, clip, dtype, extract_layers) -> ClipSeg:
-  clip_dir = io.resolve(clip)
-  clip_config = json.loads((clip_dir / "config.json").read_text())
-  if clip_config.get("model_type") != "clip":
-    raise ValueError(f"clip={clip!r} is a {clip_config.get('model_type')!r} checkpoint, expected an HF CLIP "
-                     "one (model_type 'clip')")
-  decoder_state = io.read_state(path)
-  overrides = {} if extract_layers is None else {"extract_layers": tuple(extract_layers)}
-  config = original.decoder_config(clip_config, decoder_state, **overrides)
-  decoder, extras = original.original_to_hf(decoder_state, source=str(path))
-  state = {f"clip.{k}": v for k, v in io.read_state(clip_dir).items()}
-  state.update(decoder)
-  params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
-  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, original_extras=extras)

@@ -97,17 +97,20 @@ class ClipSegConfig:
     bad = [i for i in self.extract_layers if not 0 <= i < v.num_hidden_layers]
     if bad:
       raise ValueError(
-          f"extract_layers {list(self.extract_layers)} name blocks {bad} outside the vision tower's "
-          f"{v.num_hidden_layers} blocks (0-based)")
+        f"extract_layers {list(self.extract_layers)} name blocks {bad} outside the vision tower's "
+        f"{v.num_hidden_layers} blocks (0-based)"
+      )
     if not 0 <= self.conditional_layer < len(self.extract_layers):
       raise ValueError(
-          f"conditional_layer={self.conditional_layer} must index one of the "
-          f"{len(self.extract_layers)} decoder blocks")
+        f"conditional_layer={self.conditional_layer} must index one of the {len(self.extract_layers)} decoder blocks"
+      )
     if self.use_complex_transposed_convolution and v.patch_size % 4:
       raise ValueError(f"the refined head needs a patch size divisible by 4, got {v.patch_size}")
-    for name, hidden, heads in (("text", self.text_config.hidden_size, self.text_config.num_attention_heads),
-                                ("vision", v.hidden_size, v.num_attention_heads),
-                                ("decoder", self.reduce_dim, self.decoder_num_attention_heads)):
+    for name, hidden, heads in (
+      ("text", self.text_config.hidden_size, self.text_config.num_attention_heads),
+      ("vision", v.hidden_size, v.num_attention_heads),
+      ("decoder", self.reduce_dim, self.decoder_num_attention_heads),
+    ):
       if hidden % heads:
         raise ValueError(f"{name} width {hidden} is not divisible by its {heads} attention heads")
 
@@ -123,7 +126,7 @@ class ClipSegConfig:
   # ---- (de)serialisation ---------------------------------------------------------------------
 
   @classmethod
-  def from_dict(cls, d: dict) -> "ClipSegConfig":
+  def from_dict(cls, d: dict) -> ClipSegConfig:
     d = dict(d)
     text = TextConfig.from_dict(d.pop("text_config", None) or {})
     vision = VisionConfig.from_dict(d.pop("vision_config", None) or {})
@@ -131,17 +134,24 @@ class ClipSegConfig:
     return cls(text_config=text, vision_config=vision, **known, extra=extra)
 
   @classmethod
-  def from_json(cls, path: str | os.PathLike) -> "ClipSegConfig":
+  def from_json(cls, path: str | os.PathLike) -> ClipSegConfig:
     with open(path) as f:
       return cls.from_dict(json.load(f))
 
   def to_dict(self) -> dict[str, Any]:
     """A dict in HF `CLIPSegConfig` layout (what `config.json` holds)."""
+
     def plain(obj):
       out = dict(obj.extra)
-      out.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-                  if f.name not in ("extra", "text_config", "vision_config")})
+      out.update(
+        {
+          f.name: getattr(obj, f.name)
+          for f in dataclasses.fields(obj)
+          if f.name not in ("extra", "text_config", "vision_config")
+        }
+      )
       return out
+
     text = plain(self.text_config)
     text.setdefault("model_type", "clipseg_text_model")
     vision = plain(self.vision_config)
@@ -165,23 +175,35 @@ class ClipSegConfig:
       f.write("\n")
 
   @classmethod
-  def from_clip_dict(cls, clip: dict, **decoder_fields) -> "ClipSegConfig":
+  def from_clip_dict(cls, clip: dict, **decoder_fields) -> ClipSegConfig:
     """Towers from an HF `CLIPConfig` dict (e.g. openai/clip-vit-base-patch16), decoder from kwargs."""
     text = TextConfig.from_dict({**(clip.get("text_config") or {}), "model_type": "clipseg_text_model"})
-    vision = VisionConfig.from_dict({**(clip.get("vision_config") or {}),
-                                     "model_type": "clipseg_vision_model"})
-    return cls(text_config=text, vision_config=vision,
-               projection_dim=clip.get("projection_dim", 512),
-               logit_scale_init_value=clip.get("logit_scale_init_value", 2.6592), **decoder_fields)
+    vision = VisionConfig.from_dict({**(clip.get("vision_config") or {}), "model_type": "clipseg_vision_model"})
+    return cls(
+      text_config=text,
+      vision_config=vision,
+      projection_dim=clip.get("projection_dim", 512),
+      logit_scale_init_value=clip.get("logit_scale_init_value", 2.6592),
+      **decoder_fields,
+    )
 
 
 def tiny_config(**overrides) -> ClipSegConfig:
   """A few-thousand-parameter config for tests and examples (patch 16, 64 px native size)."""
-  text = TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    max_position_embeddings=77)
-  vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        image_size=64, patch_size=16)
-  fields = dict(text_config=text, vision_config=vision, projection_dim=24, extract_layers=(1, 2, 3),
-                reduce_dim=16, decoder_num_attention_heads=4, decoder_intermediate_size=32)
+  text = TextConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77
+  )
+  vision = VisionConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=16
+  )
+  fields = dict(
+    text_config=text,
+    vision_config=vision,
+    projection_dim=24,
+    extract_layers=(1, 2, 3),
+    reduce_dim=16,
+    decoder_num_attention_heads=4,
+    decoder_intermediate_size=32,
+  )
   fields.update(overrides)
   return ClipSegConfig(**fields)

@@ -54,8 +54,11 @@ def limit_size(image: Image.Image, max_side: int | None = None, what: str = "ima
     return image
   scale = max_side / max(image.size)
   size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-  warnings.warn(f"{what} is {image.width}x{image.height}; downscaled to {size[0]}x{size[1]} (max side "
-                f"{max_side}): its masks come at that size", stacklevel=2)
+  warnings.warn(
+    f"{what} is {image.width}x{image.height}; downscaled to {size[0]}x{size[1]} (max side "
+    f"{max_side}): its masks come at that size",
+    stacklevel=2,
+  )
   return image.resize(size, Image.BILINEAR)
 
 
@@ -90,12 +93,24 @@ def normalize(pixels_uint8):
   return (pixels_uint8.astype(np.float32) / 255.0 - MEAN) / STD
 
 
+def resize_square(image, size: int, *, nearest: bool = False) -> np.ndarray:
+  """A PIL image or an HxW(x3) array -> [size, size(, 3)], aspect not kept: bilinear for images (as
+  `CLIPSegProcessor`), nearest for masks (as the original's data code). Bool masks stay bool."""
+  is_bool = isinstance(image, np.ndarray) and image.dtype == bool
+  im = (
+    image
+    if isinstance(image, Image.Image)
+    else Image.fromarray(np.asarray(image, np.uint8) if is_bool else np.asarray(image))
+  )
+  out = np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+  return out.astype(bool) if is_bool else out
+
+
 def pixels(image, size: int = IMAGE_SIZE) -> np.ndarray:
   """One image -> [size, size, 3] normalized float32."""
   image = to_rgb(image)
   check_size(image)
-  resized = image.resize((size, size), Image.BILINEAR)
-  return normalize(np.asarray(resized))
+  return normalize(resize_square(image, size))
 
 
 def batch_pixels(images, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageFilter
 
+from clipseg_jax import preprocess
 from clipseg_jax.preprocess import IMAGE_SIZE, to_rgb
 
 BLUR_SIGMA = 3.0
@@ -34,8 +35,9 @@ def as_mask(mask, shape: tuple[int, int]) -> np.ndarray:
   return m > (127 if m.dtype == np.uint8 and m.max() > 1 else 0)
 
 
-def background(image: np.ndarray, mask: np.ndarray, sigma: float = BLUR_SIGMA,
-               factor: float = BACKGROUND_FACTOR) -> np.ndarray:
+def background(
+  image: np.ndarray, mask: np.ndarray, sigma: float = BLUR_SIGMA, factor: float = BACKGROUND_FACTOR
+) -> np.ndarray:
   """Background (outside `mask`) blurred with a Gaussian of `sigma` and scaled by `factor`; the
   object untouched (uint8 HxWx3)."""
   bg = image
@@ -52,8 +54,7 @@ def mask_box(mask: np.ndarray, context: float = CONTEXT) -> tuple[int, int, int,
     return 0, 0, mask.shape[0], mask.shape[1]
   top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
   dh, dw = int(round((bottom - top) * context)), int(round((right - left) * context))
-  return (max(0, top - dh), max(0, left - dw), min(mask.shape[0], bottom + dh),
-          min(mask.shape[1], right + dw))
+  return (max(0, top - dh), max(0, left - dw), min(mask.shape[0], bottom + dh), min(mask.shape[1], right + dw))
 
 
 def pad_square(image: np.ndarray) -> np.ndarray:
@@ -61,20 +62,20 @@ def pad_square(image: np.ndarray) -> np.ndarray:
   s = max(h, w)
   out = np.zeros((s, s) + image.shape[2:], image.dtype)
   top, left = (s - h) // 2, (s - w) // 2
-  out[top:top + h, left:left + w] = image
+  out[top : top + h, left : left + w] = image
   return out
 
 
 # name -> (crop to the mask with context, blur the background, darken the background)
 MODES = {
-    "plain": (False, False, False),
-    "highlight": (False, False, True),
-    "blur": (False, True, False),
-    "blur_highlight": (False, True, True),
-    "crop": (True, False, False),
-    "crop_highlight": (True, False, True),
-    "crop_blur": (True, True, False),
-    "crop_blur_highlight": (True, True, True),
+  "plain": (False, False, False),
+  "highlight": (False, False, True),
+  "blur": (False, True, False),
+  "blur_highlight": (False, True, True),
+  "crop": (True, False, False),
+  "crop_highlight": (True, False, True),
+  "crop_blur": (True, True, False),
+  "crop_blur_highlight": (True, True, True),
 }
 
 
@@ -82,9 +83,11 @@ def parse_mode(mode: str, size: int | None = None) -> tuple[tuple[bool, bool, bo
   """'crop_blur_highlight352' -> ((True, True, True), 352); a mode without digits uses `size`."""
   name = mode.rstrip("0123456789")
   if name not in MODES:
-    raise ValueError(f"unknown visual prompt mode {mode!r}; known: {', '.join(MODES)} (optionally "
-                     "followed by an output size, e.g. crop_blur_highlight352)")
-  digits = mode[len(name):]
+    raise ValueError(
+      f"unknown visual prompt mode {mode!r}; known: {', '.join(MODES)} (optionally "
+      "followed by an output size, e.g. crop_blur_highlight352)"
+    )
+  digits = mode[len(name) :]
   return MODES[name], int(digits) if digits else (size or IMAGE_SIZE)
 
 
@@ -103,8 +106,8 @@ def visual_prompt(image, mask, mode: str = "crop_blur_highlight352", size: int |
   if blur or darken:
     rgb = background(rgb, m, sigma=BLUR_SIGMA if blur else 0.0, factor=BACKGROUND_FACTOR if darken else 1.0)
   if crop:
-    rgb = pad_square(rgb[inner[0]:inner[2], inner[1]:inner[3]])
-  return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    rgb = pad_square(rgb[inner[0] : inner[2], inner[1] : inner[3]])
+  return preprocess.resize_square(rgb, size)
 
 
 def crop_blur_highlight(image, mask, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -123,6 +126,7 @@ def interpolate(text_embeddings, visual_embeddings, weight):
 @dataclasses.dataclass(frozen=True)
 class Mixed:
   """A text prompt and a visual one in one condition: `text_weight * text + (1 - text_weight) * visual`."""
+
   text: str
   image: Any
   mask: Any

@@ -1,80 +1,68 @@
-"""CLIP's BPE tokenizer through transformers' `CLIPTokenizer`, offline.
+"""CLIP's BPE tokenizer through transformers, offline, and the one function that turns texts into ids.
 
-Checkpoints that ship tokenizer files use them. Otherwise the tokenizer is built from OpenAI's
-`bpe_simple_vocab_16e6.txt.gz`, which the `clip-anytorch` wheel carries (installed with `--no-deps`
-by `make setup`; its torch code is never imported). Vocabulary: the 256 byte symbols, the same with
-'</w>', one token per merge, then the two specials: 49,408 entries.
-
-Trap: in transformers 5.x `CLIPTokenizer(vocab_file=..., merges_file=...)` silently yields wrong ids;
-we pass `vocab=` and `merges=` objects.
+Checkpoints that carry tokenizer files (`tokenizer.json`, or `vocab.json` + `merges.txt`) use them.
+Otherwise the tokenizer is OpenAI CLIP's (MIT): its byte-level BPE vocabulary of 49,408 entries ships
+with the embedded CLIP (`assets/synthetic_clip/tokenizer.json`), so nothing outside the package is
+needed to tokenize. Pad = end-of-text, as `openai/clip-vit-base-patch16`.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import importlib.util
 import os
 from pathlib import Path
 
-BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-NUM_MERGES = 49152 - 256 - 2  # lines 1..48894 of the file
-MAX_LENGTH = 77
+import numpy as np
+
+MAX_LENGTH = 77  # CLIP's text context (its position embeddings)
+DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "synthetic_clip"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # either makes a directory a tokenizer's
 
 
-def bytes_to_unicode() -> dict[int, str]:
-  """GPT-2/CLIP's reversible byte -> printable character table."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-               + list(range(ord("®"), ord("ÿ") + 1)))
-  chars = printable[:]
-  extra = 0
-  for b in range(256):
-    if b not in printable:
-      printable.append(b)
-      chars.append(256 + extra)
-      extra += 1
-  return dict(zip(printable, map(chr, chars)))
+def has_tokenizer(directory: str | os.PathLike) -> bool:
+  d = Path(directory)
+  return d.is_dir() and any((d / name).exists() for name in TOKENIZER_FILES)
 
 
-def find_bpe_file() -> Path:
-  env = os.environ.get("CLIPSEG_JAX_BPE")
-  if env:
-    return Path(env)
-  spec = importlib.util.find_spec("clip")  # locates the package without importing it (it imports torch)
-  for root in (spec.submodule_search_locations or []) if spec else []:
-    path = Path(root) / BPE_FILE
-    if path.exists():
-      return path
-  raise FileNotFoundError(
-      f"CLIP's BPE vocabulary ({BPE_FILE}) was not found. Install it offline-ready with "
-      "`pip install --no-deps clip-anytorch` (make setup does), or set CLIPSEG_JAX_BPE to the file.")
+@functools.lru_cache(maxsize=8)
+def _from_dir(directory: str):
+  from transformers import AutoTokenizer
 
-
-@functools.lru_cache(maxsize=1)
-def _default_vocab():
-  lines = gzip.open(find_bpe_file()).read().decode("utf-8").split("\n")
-  merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
-  symbols = list(bytes_to_unicode().values())
-  tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-  tokens += ["<|startoftext|>", "<|endoftext|>"]
-  return {t: i for i, t in enumerate(tokens)}, merges
+  tok = AutoTokenizer.from_pretrained(directory)
+  if tok.model_max_length > 10_000:  # unset in some saved configs
+    tok.model_max_length = MAX_LENGTH
+  return tok
 
 
 def default_tokenizer():
-  """The OpenAI CLIP tokenizer (pad = end-of-text, as `openai/clip-vit-base-patch16`)."""
-  from transformers import CLIPTokenizer
-  vocab, merges = _default_vocab()
-  return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_LENGTH)
+  """OpenAI CLIP's tokenizer, from the files inside the package."""
+  return _from_dir(str(DEFAULT_DIR))
 
 
 def load_tokenizer(directory: str | os.PathLike | None = None):
-  """The tokenizer saved in `directory` if it has one, else the default CLIP tokenizer."""
-  if directory is not None:
-    d = Path(directory)
-    if d.is_dir() and ((d / "tokenizer.json").exists() or (d / "vocab.json").exists()):
-      from transformers import AutoTokenizer
-      tok = AutoTokenizer.from_pretrained(str(d))
-      if tok.model_max_length > 10_000:  # unset in some saved configs
-        tok.model_max_length = MAX_LENGTH
-      return tok
+  """The tokenizer saved in `directory` if it has one, else OpenAI CLIP's."""
+  if directory is not None and has_tokenizer(directory):
+    return _from_dir(str(Path(directory).resolve()))
   return default_tokenizer()
+
+
+def tokenize(tokenizer, texts, max_length: int = MAX_LENGTH, *, multiple: int | None = None):
+  """int32 (ids, attention mask) [N, L] for `texts`, each truncated to `max_length` tokens.
+
+  L is `max_length` (fixed shapes for training), or with `multiple` the longest text's length rounded up
+  to that multiple (capped at `max_length`): jit then sees a few lengths, not one per prompt. Padding
+  sits after the end-of-text token, where causal attention keeps it out of the pooled embedding."""
+  out = tokenizer(
+    list(texts),
+    padding="longest" if multiple else "max_length",
+    truncation=True,
+    max_length=max_length,
+    return_tensors="np",
+  )
+  ids, mask = out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+  if multiple:
+    length = min(max_length, -(-ids.shape[1] // multiple) * multiple)
+    pad = ((0, 0), (0, length - ids.shape[1]))
+    ids = np.pad(ids, pad, constant_values=tokenizer.pad_token_id or 0)
+    mask = np.pad(mask, pad)
+  return ids, mask

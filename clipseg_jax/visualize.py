@@ -7,9 +7,21 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
-PALETTE = np.array([(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)],
-                   np.float32)
+PALETTE = np.array(
+  [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+  ],
+  np.float32,
+)
 ALPHA = 0.6
 
 
@@ -48,8 +60,9 @@ def mask_grid(image, probs: np.ndarray, labels, height: int = 200) -> Image.Imag
   """The image, then each prompt's map in its own colour over it, side by side, captioned."""
   image = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
   probs = np.asarray(probs, np.float32)
-  tiles = [("image", image)] + [(label, overlay(image, p, first_color=i))
-                                for i, (label, p) in enumerate(zip(labels, probs))]
+  tiles = [("image", image)] + [
+    (label, overlay(image, p, first_color=i)) for i, (label, p) in enumerate(zip(labels, probs))
+  ]
   width = max(1, round(image.width * height / image.height))
   grid = Image.new("RGB", (len(tiles) * (width + 4), height + 18), (255, 255, 255))
   draw = ImageDraw.Draw(grid)
@@ -57,4 +70,3 @@ def mask_grid(image, probs: np.ndarray, labels, height: int = 200) -> Image.Imag
     grid.paste(tile.resize((width, height), Image.BILINEAR), (k * (width + 4), 0))
     draw.text((k * (width + 4) + 2, height + 3), str(label)[:40], fill=(0, 0, 0))
   return grid
-

@@ -1,13 +1,17 @@
-"""Shared fixtures: random-weight transformers checkpoints saved to disk (tests never reach the network)."""
+"""Shared fixtures: random-weight checkpoints saved to disk (tests never reach the network).
+
+`tiny_checkpoint` is made by transformers (torch): the reference for parity and conversion tests.
+`tiny_dir` / `tiny_model` are written by clipseg-jax itself (no torch): for tests of behaviour only.
+"""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import jax
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clipseg_jax.config import ClipSegConfig, tiny_config
@@ -22,7 +26,9 @@ def rel_err(ours, ref) -> float:
 def make_hf_model(config: ClipSegConfig, seed: int = 0):
   """transformers' CLIPSegForImageSegmentation with random weights, biases and LayerNorm scales too
   (so that a swapped or dropped tensor in conversion cannot go unnoticed)."""
+  import torch
   from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
   torch.manual_seed(seed)
   model = CLIPSegForImageSegmentation(CLIPSegConfig(**config.to_dict()))
   with torch.no_grad():
@@ -37,11 +43,14 @@ def make_hf_model(config: ClipSegConfig, seed: int = 0):
 def save_hf(model, directory) -> str:
   """Save, then reload with eager attention (the parity reference)."""
   from transformers import CLIPSegForImageSegmentation
+
   model.save_pretrained(directory)
   return CLIPSegForImageSegmentation.from_pretrained(directory, attn_implementation="eager").eval()
 
 
 def torch_nchw(x):
+  import torch
+
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
 
 
@@ -54,9 +63,28 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_checkpoint):
+def tiny_dir(tmp_path_factory) -> str:
+  """An HF-format directory of the tiny refined config with random weights, written without torch."""
+  from clipseg_jax import ClipSeg
+  from clipseg_jax.models.clipseg import init_params
+
+  config = tiny_config(use_complex_transposed_convolution=True)
+  d = tmp_path_factory.mktemp("tiny_jax")
+  ClipSeg(config, init_params(config, jax.random.PRNGKey(0))).export_hf(d)
+  return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
   from clipseg_jax import load_model
-  return load_model(tiny_checkpoint[0])
+
+  return load_model(tiny_dir)
+
+
+@pytest.fixture
+def torch():
+  """PyTorch for the tests that compare against it; they skip where it is not installed."""
+  return pytest.importorskip("torch")
 
 
 def write_jpeg(path, h, w, seed=0):
@@ -69,9 +97,9 @@ def write_voc(manual_dir, specs=None) -> dict:
   borders. specs: {image_id: (split, [(class, (y0, y1, x0, x1)), ...])}. Returns the label maps."""
   root = manual_dir / "VOCdevkit" / "VOC2012"
   specs = specs or {
-      "2007_000001": ("train", [(5, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
-      "2007_000002": ("train", [(6, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
-      "2007_000003": ("val", [(7, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+    "2007_000001": ("train", [(5, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+    "2007_000002": ("train", [(6, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
+    "2007_000003": ("val", [(7, (2, 8, 3, 9)), (15, (15, 20, 20, 30))]),
   }
   labels, lists = {}, {"train": [], "val": []}
   (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)

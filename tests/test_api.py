@@ -1,5 +1,8 @@
 """The user-facing API: predict, prompt kinds, shared image work, and clear errors for bad input."""
 
+import logging
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -12,21 +15,47 @@ def image(h=70, w=90, seed=0):
   return np.random.RandomState(seed).randint(0, 256, (h, w, 3), np.uint8)
 
 
-def test_predict_shapes_and_one_vision_pass(tiny_model):
-  before = tiny_model.vision_images
+def count_calls(monkeypatch, model, stage: str, size=lambda *args: 1) -> list:
+  """Wraps one of the model's stages; the returned list grows by `size(*args)` per call."""
+  calls, fn = [], getattr(model, stage)
+
+  def counted(*args):
+    calls.append(size(*args))
+    return fn(*args)
+
+  monkeypatch.setattr(model, stage, counted)
+  return calls
+
+
+class Compilations(logging.Handler):
+  """Counts JAX's "Compiling jit(NAME)" log lines (`jax.log_compiles()`) per stage name."""
+
+  def __init__(self):
+    super().__init__()
+    self.names = []
+
+  def emit(self, record):
+    match = re.match(r"Compiling jit\((clipseg_\w+)\)", record.getMessage())
+    if match:
+      self.names.append(match.group(1))
+
+
+def test_predict_shapes_and_one_vision_pass(tiny_model, monkeypatch):
+  vision = count_calls(monkeypatch, tiny_model, "_encode_image")
   probs = tiny_model.predict(image(), ["a cat", "a dog", "the sky on the left"])
   assert probs.shape == (1, 3, 70, 90) and probs.dtype == np.float32
   assert 0 <= probs.min() and probs.max() <= 1
-  assert tiny_model.vision_images - before == 1  # one image, three prompts: one vision-tower pass
-  masks = tiny_model.predict([image(seed=1), image(seed=2)], ["a cat"], threshold=0.5)
-  assert masks.shape == (2, 1, 70, 90) and masks.dtype == bool
-  assert tiny_model.vision_images - before == 3
+  assert len(vision) == 1  # one image, three prompts: one vision-tower pass
+  masks = tiny_model.predict([image(seed=i) for i in range(6)], ["a cat"], threshold=0.5, batch_size=4)
+  assert masks.shape == (6, 1, 70, 90) and masks.dtype == bool
+  assert len(vision) == 3  # six images four at a time: two more passes
 
 
 def test_predict_matches_low_level_call(tiny_model):
   """predict's shared image work equals running the full model per (image, prompt); 3 prompts fill a
   bucket of 4, whose padding slot the decode loop skips."""
   from clipseg_jax import preprocess
+
   im = image(64, 64)
   texts = ["a cat", "a photo of a dog", "the sky"]
   probs = tiny_model.predict(Image.fromarray(im), texts)[0]
@@ -49,8 +78,7 @@ def test_predict_visual_and_mixed_prompts(tiny_model):
 def test_mixed_prompt_interpolates_text_and_visual(tiny_model):
   support, mask = image(50, 60, 3), np.ones((50, 60), bool)
   t, v = np.asarray(tiny_model.encode_text(["a cat"])), np.asarray(tiny_model.encode_visual([(support, mask)]))
-  got = np.asarray(tiny_model.encode_prompts([prompts.Mixed("a cat", support, mask, 0.3), "a cat",
-                                              (support, mask)]))
+  got = np.asarray(tiny_model.encode_prompts([prompts.Mixed("a cat", support, mask, 0.3), "a cat", (support, mask)]))
   # (the visual tower ran on 2 supports here, 1 above: batch-dependent float rounding only)
   np.testing.assert_allclose(got[0], 0.3 * t[0] + 0.7 * v[0], atol=1e-5)
   np.testing.assert_array_equal(got[1], t[0])  # a pure text prompt is passed through unchanged
@@ -61,13 +89,15 @@ def test_mixed_prompt_interpolates_text_and_visual(tiny_model):
     tiny_model.encode_prompts([42])
 
 
-def test_text_embeddings_are_cached(tiny_checkpoint):
+def test_text_embeddings_are_cached(tiny_dir, monkeypatch):
   from clipseg_jax import load_model
-  model = load_model(tiny_checkpoint[0])
+
+  model = load_model(tiny_dir)
+  encoded = count_calls(monkeypatch, model, "_encode_text_uncached", size=len)
   first = np.asarray(model.encode_text(["a cat", "a dog", "a cat"]))
-  assert model.text_prompts == 2  # the repeated prompt is encoded once
+  assert sum(encoded) == 2  # the repeated prompt is encoded once
   again = model.predict(image(), ["a dog", "a bird", "a cat"])
-  assert model.text_prompts == 3  # only "a bird" is new
+  assert sum(encoded) == 3  # only "a bird" is new
   np.testing.assert_array_equal(np.asarray(model.encode_text(["a dog"]))[0], first[1])
   np.testing.assert_array_equal(first[0], first[2])
   # Uncached, the same strings give the same embeddings (batch composition does not matter).
@@ -75,20 +105,23 @@ def test_text_embeddings_are_cached(tiny_checkpoint):
   np.testing.assert_allclose(np.asarray(model.encode_text(["a bird", "a cat"])), fresh, atol=1e-6)
   # New weights invalidate the cache.
   import jax
+
   model.params = jax.tree.map(lambda x: x * 1.0, model.params)
   model.encode_text(["a cat"])
-  assert model.text_prompts == 6
+  assert sum(encoded) == 6  # 3 + the 2 encoded directly above + "a cat" again under new weights
   assert again.shape == (1, 3, 70, 90)
 
 
 def test_predict_iter_streams_logits_and_downscales_huge_images(tiny_model, monkeypatch):
   from clipseg_jax import preprocess
+
   gen = (image(seed=s) for s in range(3))  # any iterable, read a batch at a time
   outs = list(tiny_model.predict_iter(gen, tiny_model.encode_text(["a cat", "a dog"]), batch_size=2))
   s = tiny_model.image_size
   assert [o["logits"].shape for o in outs] == [(2, s, s)] * 3 and outs[0]["masks"].shape == (2, 70, 90)
-  np.testing.assert_allclose(preprocess.resize_map(np.asarray(jax.nn.sigmoid(outs[0]["logits"][1])), 70, 90),
-                             outs[0]["masks"][1], atol=1e-6)
+  np.testing.assert_allclose(
+    preprocess.resize_map(np.asarray(jax.nn.sigmoid(outs[0]["logits"][1])), 70, 90), outs[0]["masks"][1], atol=1e-6
+  )
   monkeypatch.setattr(preprocess, "MAX_SIDE", 45)
   with pytest.warns(UserWarning, match="downscaled to 45x35"):
     assert tiny_model.predict(image(), ["a cat"]).shape == (1, 1, 35, 45)
@@ -114,25 +147,34 @@ def test_crop_blur_highlight():
   assert prompts.mask_box(mask) == (9, 28, 21, 52)  # 10% context on each side
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(pixel_values=np.zeros((1, 64, 48, 3))), "must be square"),
     (dict(pixel_values=np.zeros((1, 72, 72, 3))), "divisible by the patch size 16"),
     (dict(pixel_values=np.zeros((1, 3, 64, 64))), "NHWC with 3 channels"),
     (dict(pixel_values=np.zeros((2, 64, 64, 3)), input_ids=np.ones((3, 4), int)), r"one prompt per image"),
-    (dict(pixel_values=np.zeros((2, 64, 64, 3)), conditional_pixel_values=np.zeros((1, 64, 64, 3))),
-     "1 prompt images for 2 query images"),
+    (
+      dict(pixel_values=np.zeros((2, 64, 64, 3)), conditional_pixel_values=np.zeros((1, 64, 64, 3))),
+      "1 prompt images for 2 query images",
+    ),
     (dict(pixel_values=np.zeros((1, 64, 64, 3))), "exactly one of"),
-    (dict(pixel_values=np.zeros((1, 64, 64, 3)), input_ids=np.ones((1, 4), int),
-          conditional_embeddings=np.zeros((1, 24))), "exactly one of"),
+    (
+      dict(
+        pixel_values=np.zeros((1, 64, 64, 3)), input_ids=np.ones((1, 4), int), conditional_embeddings=np.zeros((1, 24))
+      ),
+      "exactly one of",
+    ),
     (dict(pixel_values=np.zeros((1, 64, 64, 3)), conditional_embeddings=np.zeros((1, 7))), r"\[1, 24\]"),
-])
+  ],
+)
 def test_low_level_call_errors(tiny_model, kwargs, match):
   pixels = kwargs.pop("pixel_values")
   with pytest.raises(ValueError, match=match):
     tiny_model(pixels, **kwargs)
 
 
-def test_predict_errors(tiny_model):
+def test_predict_errors(tiny_model, monkeypatch):
   with pytest.raises(ValueError, match="no prompts"):
     tiny_model.predict(image(), [])
   with pytest.raises(ValueError, match="non-empty strings"):
@@ -143,11 +185,11 @@ def test_predict_errors(tiny_model):
     tiny_model.predict(Image.new("RGB", (0, 5)), ["a cat"])
   with pytest.raises(ValueError, match="uint8"):
     tiny_model.predict(np.zeros((8, 8, 3), np.float32), ["a cat"])
-  before = tiny_model.vision_images
+  vision = count_calls(monkeypatch, tiny_model, "_encode_image")
   for bad in (1.5, -0.1, "0.5", True):
     with pytest.raises(ValueError, match="threshold must be a probability"):
       tiny_model.predict(image(), ["a cat"], threshold=bad)
-  assert tiny_model.vision_images == before  # refused before any image work
+  assert not vision  # refused before any image work
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
@@ -159,6 +201,7 @@ def test_image_modes(tiny_model, mode):
 def test_exif_rotated_image_is_upright(tiny_model, tmp_path):
   """A photo stored sideways with EXIF orientation 6 is segmented (and sized) as it is shown."""
   from clipseg_jax.preprocess import load_image
+
   stored = Image.fromarray(image(30, 40))
   exif = Image.Exif()
   exif[0x0112] = 6  # rotate 90 degrees clockwise to display
@@ -170,11 +213,13 @@ def test_exif_rotated_image_is_upright(tiny_model, tmp_path):
     assert tiny_model.predict(raw, ["a cat"]).shape == (1, 1, 40, 30)
 
 
-def test_bfloat16_compute(tiny_checkpoint, tiny_model):
+def test_bfloat16_compute(tiny_dir, tiny_model):
   """dtype=bfloat16 computes in bf16 with float32 params and stays close to the float32 model."""
   import jax.numpy as jnp
+
   from clipseg_jax import load_model
-  model = load_model(tiny_checkpoint[0], dtype=jnp.bfloat16)
+
+  model = load_model(tiny_dir, dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(model.params))
   pixels = np.random.RandomState(0).randn(2, 64, 64, 3).astype(np.float32)
   ids = np.array([[49406, 320, 2368, 49407], [49406, 320, 1125, 49407]])
@@ -184,14 +229,16 @@ def test_bfloat16_compute(tiny_checkpoint, tiny_model):
   assert np.abs(np.asarray(low, np.float32) - want).max() / np.abs(want).max() < 0.05
 
 
-def test_float32_asks_for_full_matmul_precision(tiny_checkpoint, tiny_model):
+def test_float32_asks_for_full_matmul_precision(tiny_dir, tiny_model):
   """float32 models lower their matmuls at HIGHEST precision (GPUs would otherwise use TF32 and miss
   PyTorch's logits by ~3e-4); bf16 models keep the backend's default."""
   import jax.numpy as jnp
+
   from clipseg_jax import load_model
+
   ids, mask = jnp.array([[49406, 320, 2368, 49407]]), jnp.ones((1, 4), jnp.int32)
   assert "HIGHEST" in tiny_model._text.lower(tiny_model.params, ids, mask).as_text()
-  low = load_model(tiny_checkpoint[0], dtype=jnp.bfloat16)
+  low = load_model(tiny_dir, dtype=jnp.bfloat16)
   assert "HIGHEST" not in low._text.lower(low.params, ids, mask).as_text()
 
 
@@ -204,20 +251,28 @@ def test_params_live_on_the_device(tiny_model):
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tiny_model.params))
 
 
-def test_prompt_counts_share_compilations(tiny_checkpoint):
+def test_prompt_counts_share_compilations(tiny_dir):
   """3 and 4 prompts (one bucket) and prompts of different lengths reuse the same compiled code."""
   from clipseg_jax import load_model
-  model = load_model(tiny_checkpoint[0])
-  model.predict(image(), ["a cat", "a dog", "a red car"])
-  sizes = (model._decode._cache_size(), model._text._cache_size(), model._encode_image._cache_size())
-  model.predict(image(), ["one", "two", "a somewhat longer prompt", "four"])  # all within 8 tokens
-  assert (model._decode._cache_size(), model._text._cache_size(), model._encode_image._cache_size()) == sizes
-  model.predict(image(), ["a"] * 5)  # a new bucket compiles once more
-  assert model._decode._cache_size() == sizes[0] + 1
+
+  model = load_model(tiny_dir)
+  compiled = Compilations()
+  logging.getLogger("jax").addHandler(compiled)
+  try:
+    with jax.log_compiles():
+      model.predict(image(), ["a cat", "a dog", "a red car"])
+      first = sorted(compiled.names)
+      model.predict(image(), ["one", "two", "a somewhat longer prompt", "four"])  # all within 8 tokens
+      assert sorted(compiled.names) == first == ["clipseg_decode", "clipseg_encode_image", "clipseg_text"]
+      model.predict(image(), ["a"] * 5)  # a new bucket compiles once more (text and decode)
+      assert sorted(compiled.names[3:]) == ["clipseg_decode", "clipseg_text"]
+  finally:
+    logging.getLogger("jax").removeHandler(compiled)
 
 
 def test_mask_grid_gives_each_prompt_its_colour():
   from clipseg_jax import visualize
+
   im = np.zeros((20, 20, 3), np.uint8)
   probs = np.zeros((2, 20, 20), np.float32)
   probs[:, 5:15, 5:15] = 1.0

@@ -4,20 +4,33 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
+import pytest
+from conftest import rel_err
 from PIL import Image
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
-from conftest import rel_err
 
 
-def test_segment_writes_masks_and_overlays(tiny_checkpoint, tmp_path):
+def test_segment_writes_masks_and_overlays(tiny_dir, tmp_path):
   Image.fromarray(np.random.RandomState(0).randint(0, 256, (75, 120, 3), np.uint8)).save(tmp_path / "a.jpg")
   Image.fromarray(np.random.RandomState(1).randint(0, 256, (50, 40, 3), np.uint8)).save(tmp_path / "b.png")
   out = tmp_path / "out"
-  rc = main(["segment", str(tmp_path / "a.jpg"), str(tmp_path / "*.png"), "--prompt", "a red circle",
-             "--prompt", "the sky", "--checkpoint", tiny_checkpoint[0], "--out", str(out)])
+  rc = main(
+    [
+      "segment",
+      str(tmp_path / "a.jpg"),
+      str(tmp_path / "*.png"),
+      "--prompt",
+      "a red circle",
+      "--prompt",
+      "the sky",
+      "--checkpoint",
+      tiny_dir,
+      "--out",
+      str(out),
+    ]
+  )
   assert rc == 0
   for stem, size in (("a", (120, 75)), ("b", (40, 50))):
     for i, slug in enumerate(["a-red-circle", "the-sky"]):
@@ -28,29 +41,43 @@ def test_segment_writes_masks_and_overlays(tiny_checkpoint, tmp_path):
     assert Image.open(out / f"{stem}_overlay.png").size == size
 
 
-def test_segment_threshold_gives_binary_masks(tiny_checkpoint, tmp_path):
+def test_segment_threshold_gives_binary_masks(tiny_dir, tmp_path):
   Image.fromarray(np.random.RandomState(0).randint(0, 256, (64, 64, 3), np.uint8)).save(tmp_path / "a.png")
-  assert main(["segment", str(tmp_path / "a.png"), "--prompt", "x", "--threshold", "0.5",
-               "--checkpoint", tiny_checkpoint[0], "--out", str(tmp_path / "o")]) == 0
+  assert (
+    main(
+      [
+        "segment",
+        str(tmp_path / "a.png"),
+        "--prompt",
+        "x",
+        "--threshold",
+        "0.5",
+        "--checkpoint",
+        tiny_dir,
+        "--out",
+        str(tmp_path / "o"),
+      ]
+    )
+    == 0
+  )
   assert set(np.unique(np.asarray(Image.open(tmp_path / "o" / "a_0_x_mask.png")))) <= {0, 255}
 
 
-def test_segment_bad_inputs(tiny_checkpoint, tmp_path, capsys):
+def test_segment_bad_inputs(tiny_dir, tmp_path, capsys):
   (tmp_path / "broken.jpg").write_bytes(b"not an image")
-  args = ["--prompt", "a cat", "--checkpoint", tiny_checkpoint[0], "--out", str(tmp_path / "o")]
+  args = ["--prompt", "a cat", "--checkpoint", tiny_dir, "--out", str(tmp_path / "o")]
   assert main(["segment", str(tmp_path / "broken.jpg"), *args]) == 2
   assert "cannot read" in capsys.readouterr().err
   assert main(["segment", str(tmp_path / "missing.jpg"), *args]) == 2
   assert "image not found" in capsys.readouterr().err
-  assert main(["segment", str(tmp_path / "broken.jpg"), "--checkpoint", tiny_checkpoint[0],
-               "--out", str(tmp_path / "o")]) == 2
+  assert main(["segment", str(tmp_path / "broken.jpg"), "--checkpoint", tiny_dir, "--out", str(tmp_path / "o")]) == 2
   assert "at least one --prompt" in capsys.readouterr().err
   Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
   assert main(["segment", str(tmp_path / "ok.png"), *args, "--threshold", "2"]) == 2
   assert "threshold must be a probability" in capsys.readouterr().err
 
 
-def test_segment_directory_logits_and_skipped_images(tiny_checkpoint, tiny_model, tmp_path, capsys):
+def test_segment_directory_logits_and_skipped_images(tiny_dir, tiny_model, tmp_path, capsys):
   """A directory of images, one unreadable: the rest are written, the bad one named, exit status 2."""
   images = tmp_path / "imgs"
   images.mkdir()
@@ -59,8 +86,23 @@ def test_segment_directory_logits_and_skipped_images(tiny_checkpoint, tiny_model
     Image.fromarray(a).save(images / f"im{s}.png")
   (images / "zz_broken.jpg").write_bytes(b"")
   out = tmp_path / "o"
-  rc = main(["segment", str(images), "--prompt", "a cat", "--prompt", "a dog", "--logits", "--batch-size", "2",
-             "--checkpoint", tiny_checkpoint[0], "--out", str(out)])
+  rc = main(
+    [
+      "segment",
+      str(images),
+      "--prompt",
+      "a cat",
+      "--prompt",
+      "a dog",
+      "--logits",
+      "--batch-size",
+      "2",
+      "--checkpoint",
+      tiny_dir,
+      "--out",
+      str(out),
+    ]
+  )
   assert rc == 2 and "1 of 4 image(s) could not be read" in capsys.readouterr().err
   for s, a in enumerate(arrays):
     saved = np.load(out / f"im{s}_logits.npz")
@@ -70,8 +112,9 @@ def test_segment_directory_logits_and_skipped_images(tiny_checkpoint, tiny_model
     assert Image.open(out / f"im{s}_1_a-dog_mask.png").size == (50, 40 + s)
 
 
-def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path):
+def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path, torch):
   from transformers import CLIPSegForImageSegmentation
+
   src = tiny_checkpoint[0]
   assert main(["convert", src, str(tmp_path / "hf"), "--to", "hf"]) == 0
   assert main(["convert", src, str(tmp_path / "flax"), "--to", "flax"]) == 0
@@ -87,3 +130,26 @@ def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path):
 def test_console_script():
   out = subprocess.run([sys.executable, "-m", "clipseg_jax.cli.main", "--help"], capture_output=True, text=True)
   assert out.returncode == 0 and "segment" in out.stdout and "convert" in out.stdout
+
+
+def test_errors_are_one_line_unless_debug(tiny_dir, tmp_path, capsys, monkeypatch):
+  """A user error is one line naming --debug; --debug shows the traceback; a missing optional
+  dependency names the extra that installs it."""
+  from clipseg_jax.cli import main as cli
+
+  Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+  args = ["segment", str(tmp_path / "ok.png"), "--prompt", "x", "--checkpoint", tiny_dir, "--threshold", "2"]
+  assert main(args + ["--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err
+  assert "threshold must be a probability" in err and "--debug" in err and "Traceback" not in err
+  with pytest.raises(ValueError, match="threshold must be a probability"):
+    main(["--debug", *args, "--out", str(tmp_path / "o2")])
+
+  def needs_grain(args):
+    raise ModuleNotFoundError("No module named 'grain'", name="grain")
+
+  monkeypatch.setattr(cli.COMMANDS["data"], "run", needs_grain)
+  assert main(["data", "build", "synthetic"]) == 2
+  assert "pip install 'clipseg-jax[data]'" in capsys.readouterr().err
+  with pytest.raises(ModuleNotFoundError):
+    main(["data", "build", "synthetic", "--debug"])

@@ -5,7 +5,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clipseg_jax.train.clip_pretrain import clip_loss, pretrain
@@ -37,16 +36,27 @@ def test_clip_loss_counts_identical_texts_as_matches():
   assert loss(swapped, None) > loss(txt, None) + 0.1
 
 
+@pytest.mark.slow  # a pretraining run (16 s)
 def test_image_embeddings_poolings():
-  """"cls" is CLIP's own image embedding; "mean" averages the last block's patch tokens (not the
+  """ "cls" is CLIP's own image embedding; "mean" averages the last block's patch tokens (not the
   class token) through the same post-layernorm and projection."""
   import jax.numpy as jnp
 
   from clipseg_jax.models.clip import CLIP
   from clipseg_jax.train.clip_pretrain import clip_config, image_embeddings
-  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py", [
-      "image_size=32", "vision.image_size=32", "vision.hidden_size=32", "vision.intermediate_size=64",
-      "text.hidden_size=32", "text.intermediate_size=64", "projection_dim=16"])
+
+  cfg = load_config(
+    "synthetic_clip",
+    [
+      "image_size=32",
+      "vision.image_size=32",
+      "vision.hidden_size=32",
+      "vision.intermediate_size=64",
+      "text.hidden_size=32",
+      "text.intermediate_size=64",
+      "projection_dim=16",
+    ],
+  )
   model = CLIP(clip_config(cfg))
   pixels = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
   params = model.init(jax.random.PRNGKey(0), pixels, jnp.zeros((1, 4), jnp.int32))["params"]
@@ -64,19 +74,20 @@ def test_image_embeddings_poolings():
 def test_pool_scenes_are_captioned():
   """Pool scenes come from their own seed stream, are deterministic, and their caption names each
   visible object (a single one for single-object scenes)."""
+  from clipseg_jax.input_pipeline import synthetic
   from clipseg_jax.train.clip_pretrain import render
-  from input_pipeline import synthetic
+
   scenes = [render(0, i, 96, 64, 0.5) for i in range(12)]
   assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im, _ in scenes)
   counts = [c.count(", ") + c.count(" and ") + 1 for _, c in scenes]
   assert all(c.startswith("a picture of a ") for _, c in scenes) and 1 in counts and max(counts) > 1
   np.testing.assert_array_equal(render(0, 3, 96, 64, 0.5)[0], scenes[3][0])
   dataset_scene = synthetic.scene_examples(0, 3, 96)[0][0]["image"]
-  assert not np.array_equal(np.asarray(Image.fromarray(dataset_scene).resize((64, 64), Image.BILINEAR)),
-                            scenes[3][0])
+  assert not np.array_equal(np.asarray(Image.fromarray(dataset_scene).resize((64, 64), Image.BILINEAR)), scenes[3][0])
 
 
-def test_pretrain_exports_a_transformers_clip(tmp_path):
+@pytest.mark.slow  # a pretraining run (30 s)
+def test_pretrain_exports_a_transformers_clip(tmp_path, torch):
   """A few steps of the recipe on tiny towers; transformers' CLIPModel loads the export and computes
   the same embeddings as our towers."""
   from transformers import CLIPModel
@@ -84,10 +95,26 @@ def test_pretrain_exports_a_transformers_clip(tmp_path):
   from clipseg_jax.models.clip import CLIP
   from clipseg_jax.train.clip_pretrain import clip_config
   from clipseg_jax.train.model import clip_params
-  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py", [
-      "data.pool=16", "data.render_size=96", "total_steps=3", "poolings=('cls','mean')", "batch_size=8",
-      "log_every=1", "image_size=64", "vision.image_size=64", "vision.hidden_size=32", "vision.intermediate_size=64",
-      "text.hidden_size=32", "text.intermediate_size=64", "projection_dim=16", "export_dtype=float32"])
+
+  cfg = load_config(
+    "synthetic_clip",
+    [
+      "data.pool=16",
+      "data.render_size=96",
+      "total_steps=3",
+      "poolings=('cls','mean')",
+      "batch_size=8",
+      "log_every=1",
+      "image_size=64",
+      "vision.image_size=64",
+      "vision.hidden_size=32",
+      "vision.intermediate_size=64",
+      "text.hidden_size=32",
+      "text.intermediate_size=64",
+      "projection_dim=16",
+      "export_dtype=float32",
+    ],
+  )
   summary = pretrain(cfg, tmp_path / "run", show=False)
   assert np.isfinite(summary["final_loss"])
   ref = CLIPModel.from_pretrained(tmp_path / "run" / "clip", attn_implementation="eager").eval()
@@ -107,7 +134,7 @@ def test_shipped_backbone():
   """The embedded CLIP ships in the package (< 10 MB) and the synthetic config builds on it."""
   path = EMBEDDED["embedded:synthetic-clip"]
   assert (path / "model.safetensors").stat().st_size <= 10 * 2**20
-  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic.py")
+  cfg = load_config("synthetic")
   config = model_config(cfg.model)
   assert config.vision_config.image_size == cfg.data.pcplus.image_size
   assert max(config.extract_layers) < config.vision_config.num_hidden_layers
@@ -122,18 +149,21 @@ def zero_shot_accuracy(source: str, n: int = 48) -> tuple[float, float]:
   """(colour, shape) accuracy of a small CLIP naming single objects zero-shot: each scene's image
   embedding against the pretraining captions of every (size, colour, shape)."""
   from clipseg_jax import preprocess
+  from clipseg_jax.input_pipeline import synthetic
   from clipseg_jax.models.clip import CLIP
   from clipseg_jax.tokenizer import load_tokenizer
   from clipseg_jax.train.clip_pretrain import clip_config
   from clipseg_jax.train.model import clip_params
-  from input_pipeline import synthetic
-  cfg = load_config(ROOT / "experiments" / "configs" / "synthetic_clip.py")
+
+  cfg = load_config("synthetic_clip")
   config = clip_config(cfg)
   params = clip_params(config, source)
   size = cfg.image_size
-  scenes = [synthetic.make_scene(np.random.default_rng([cfg.seed, ZERO_SHOT_STREAM + i]), cfg.data.render_size,
-                                 n_objects=1) for i in range(n)]
-  pixels = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im, _ in scenes])
+  scenes = [
+    synthetic.make_scene(np.random.default_rng([cfg.seed, ZERO_SHOT_STREAM + i]), cfg.data.render_size, n_objects=1)
+    for i in range(n)
+  ]
+  pixels = np.stack([preprocess.resize_square(im, size) for im, _ in scenes])
   names = [(z, c, s) for z in synthetic.SIZES for c in synthetic.COLORS for s in synthetic.SHAPES]
   captions = [synthetic.caption([synthetic.SceneObject(c, s, z, (0.0, 0.0), 1.0, None)]) for z, c, s in names]
   ids = load_tokenizer()(captions, padding="max_length", max_length=cfg.max_text_length, return_tensors="np")
@@ -142,8 +172,10 @@ def zero_shot_accuracy(source: str, n: int = 48) -> tuple[float, float]:
   txt = np.asarray(module.apply({"params": params}, ids["input_ids"], ids["attention_mask"], method=CLIP.text_embeds))
   best = [names[i] for i in np.argmax(img @ txt.T / np.linalg.norm(txt, axis=1), axis=1)]
   truth = [objects[0] for _, objects in scenes]
-  return (float(np.mean([b[1] == o.color for b, o in zip(best, truth)])),
-          float(np.mean([b[2] == o.shape for b, o in zip(best, truth)])))
+  return (
+    float(np.mean([b[1] == o.color for b, o in zip(best, truth)])),
+    float(np.mean([b[2] == o.shape for b, o in zip(best, truth)])),
+  )
 
 
 def test_shipped_backbone_is_pretrained():

@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from clipseg_jax.models.posemb import bicubic_matrix, resize_position_embedding
-from clipseg_jax.tokenizer import default_tokenizer
+from clipseg_jax.tokenizer import default_tokenizer, tokenize
 
 
 @pytest.mark.parametrize("n_in,n_out", [(14, 22), (14, 30), (14, 14), (7, 3), (14, 5), (2, 9)])
-def test_bicubic_matches_torch(n_in, n_out):
+def test_bicubic_matches_torch(n_in, n_out, torch):
   rng = np.random.RandomState(n_in * 100 + n_out)
   pos = rng.randn(1 + n_in * n_in, 8).astype(np.float32)
   grid = torch.from_numpy(pos[1:].reshape(1, n_in, n_in, 8)).permute(0, 3, 1, 2)
@@ -25,21 +24,27 @@ def test_bicubic_rows_sum_to_one():
 
 
 def test_tokenizer_offline():
+  """OpenAI CLIP's tokenizer from the files inside the package (ids as openai/clip-vit-base-patch16)."""
   tok = default_tokenizer()
   assert len(tok) == 49408
   assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
   assert tok.model_max_length == 77
-  long = tok("word " * 200, truncation=True)["input_ids"]
-  assert len(long) == 77 and long[-1] == 49407
+  ids, mask = tokenize(tok, ["a photo of a cat", "word " * 200])
+  assert ids.shape == mask.shape == (2, 77) and ids.dtype == np.int32
+  assert ids[1, -1] == 49407 and mask[1].all()  # truncated, still ending with end-of-text
+  assert ids[0, 7:].tolist() == [tok.pad_token_id] * 70 and mask[0].sum() == 7
+  ids, mask = tokenize(tok, ["a photo of a cat"], multiple=8)
+  assert ids.shape == (1, 8) and mask.sum() == 7
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fused_attention_matches_torch_eager(dtype):
+def test_fused_attention_matches_torch_eager(dtype, torch):
   """Reduced precision runs attention through jax.nn.dot_product_attention; with a causal + padding
   bias (the text tower's) it agrees with torch's float32 softmax attention to the dtype's precision."""
   import jax.numpy as jnp
 
   from clipseg_jax.models.layers import fused_attention
+
   rng = np.random.RandomState(0)
   q, k, v = (rng.randn(2, 7, 4, 16).astype(np.float32) for _ in range(3))
   keep = np.tril(np.ones((7, 7), bool))[None] & (np.arange(7) < np.array([[7], [4]]))[:, None, :]

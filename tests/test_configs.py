@@ -3,28 +3,28 @@ names and shapes of transformers' model for the same config."""
 
 import jax
 import pytest
-import torch
 
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.weights import hf
 
 RELEASED = {  # the CIDAS hub models / original decoder files
-    "rd64-uni": ClipSegConfig(reduce_dim=64),
-    "rd16-uni": ClipSegConfig(reduce_dim=16),
-    "rd64-uni-refined": ClipSegConfig(reduce_dim=64, use_complex_transposed_convolution=True),
+  "rd64-uni": ClipSegConfig(reduce_dim=64),
+  "rd16-uni": ClipSegConfig(reduce_dim=16),
+  "rd64-uni-refined": ClipSegConfig(reduce_dim=64, use_complex_transposed_convolution=True),
 }
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
-def test_released_config_builds_like_transformers(name):
+def test_released_config_builds_like_transformers(name, torch):
   from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
   config = RELEASED[name]
   template = hf.param_template(config)
   with torch.device("meta"):
     ref = CLIPSegForImageSegmentation(CLIPSegConfig(**config.to_dict()))
   want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
   assert hf.hf_shapes(template) == want
-  if name == "rd64-uni-refined":  # DESIGN.md section 4
+  if name == "rd64-uni-refined":  # parameter counts of the released refined model
     assert sum(x.size for x in jax.tree.leaves(template)) == 150_747_746
     assert sum(x.size for x in jax.tree.leaves(template["decoder"])) == 1_127_009
 
@@ -35,11 +35,14 @@ def test_config_json_round_trip(tmp_path):
   assert ClipSegConfig.from_json(tmp_path / "config.json") == config
 
 
-@pytest.mark.parametrize("fields,match", [
+@pytest.mark.parametrize(
+  "fields,match",
+  [
     (dict(extract_layers=(3, 6, 12)), "outside the vision tower"),
     (dict(conditional_layer=3), "conditional_layer=3"),
     (dict(reduce_dim=30), "not divisible by its 4 attention heads"),
-])
+  ],
+)
 def test_invalid_configs(fields, match):
   with pytest.raises(ValueError, match=match):
     ClipSegConfig(**fields)
@@ -52,18 +55,29 @@ RECIPES = ["rd64_uni", "rd16_uni", "rd64_uni_refined", "rd64_uni_pc", "clip_deco
 def test_training_recipe_builds(name, tmp_path):
   """Each recipe's model builds (`jax.eval_shape`: no weights) on a ViT-B/16 CLIP config (config.json
   only, as openai/clip-vit-base-patch16 has it), and the contract's fields are there."""
-  from pathlib import Path
-
   from transformers import CLIPConfig
 
   from clipseg_jax.models.clipseg import init_params
   from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.model import model_config
+
   CLIPConfig(vision_config=dict(patch_size=16), projection_dim=512).save_pretrained(tmp_path)
-  path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.py"
-  cfg = load_config(path)
-  for key in ("total_steps", "batch_size", "checkpoint_every", "seed"):
-    assert key in cfg
+  cfg = load_config(name)
+  contract = (
+    "total_steps",
+    "batch_size",
+    "checkpoint_every",
+    "seed",
+    "data.name",
+    "data.data_dir",
+    "optim.learning_rate",
+  )
+  for key in contract:  # each is overridable from the command line, with its type checked
+    node = cfg
+    for part in key.split("."):
+      node = node[part]
+    value = "7" if isinstance(node, int) else "0.5" if isinstance(node, float) else "x"
+    assert load_config(name, [f"--config.{key}={value}"]).to_dict() != cfg.to_dict()
   if name == "synthetic":
     assert cfg.batch_size % 8 == 0  # shards over 8 devices
     return
@@ -75,3 +89,28 @@ def test_training_recipe_builds(name, tmp_path):
     assert decoder == 1_127_009
   if name == "clip_deconv":
     assert "layers_0" not in shapes["decoder"] and config.use_decoder_blocks is False
+
+
+def test_configs_take_overrides_as_config_flags_does(tmp_path):
+  """Recipe names and file paths; `--config.KEY=VALUE` and `--config.KEY VALUE`; typos list the keys."""
+  from clipseg_jax.train.configs import load_config, recipe_names
+
+  assert {"synthetic", "synthetic_clip", "rd64_uni", "clip_deconv"} <= set(recipe_names())
+  cfg = load_config(
+    "synthetic", ["--config.total_steps=7", "--config.model.extract_layers", "(1, 3)", "--config.data.pcplus.augment"]
+  )  # absl booleans: bare or =True
+  assert (cfg.total_steps, cfg.model.extract_layers, cfg.data.pcplus.augment) == (7, (1, 3), True)
+  with pytest.raises(
+    ValueError, match=r"unknown config key 'model.extract_layer'; valid keys at model: .*extract_layers"
+  ):
+    load_config("synthetic", ["--config.model.extract_layer=(1,)"])
+  with pytest.raises(ValueError, match="total_steps"):
+    load_config("synthetic", ["--config.total_steps=many"])
+  with pytest.raises(FileNotFoundError, match="neither a file nor a shipped recipe.*synthetic"):
+    load_config("synthetc")
+  own = tmp_path / "mine.py"
+  own.write_text(
+    "from clipseg_jax.configs import synthetic\n\n\ndef get_config():\n"
+    "  c = synthetic.get_config()\n  c.total_steps = 3\n  return c\n"
+  )
+  assert load_config(str(own)).total_steps == 3

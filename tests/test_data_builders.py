@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from input_pipeline import build, raw_examples
-from input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_to_mask
-from input_pipeline.sources import prepared_source
 from conftest import write_jpeg, write_voc
+
+from clipseg_jax.input_pipeline import build, raw_examples
+from clipseg_jax.input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_to_mask
+from clipseg_jax.input_pipeline.sources import prepared_source
 
 
 def test_rasterizer_known_areas():
@@ -59,14 +58,16 @@ def phrasecut_dir(tmp_path):
   sizes = {1: (40, 60), 2: (50, 30), 3: (32, 32)}
   for image_id, (h, w) in sizes.items():
     write_jpeg(root / "images" / f"{image_id}.jpg", h, w, image_id)
-  (root / "image_data_split.json").write_text(json.dumps(
-      [{"image_id": i, "height": h, "width": w, "split": "train" if i < 3 else "test"}
-       for i, (h, w) in sizes.items()]))
+  (root / "image_data_split.json").write_text(
+    json.dumps(
+      [{"image_id": i, "height": h, "width": w, "split": "train" if i < 3 else "test"} for i, (h, w) in sizes.items()]
+    )
+  )
   rect = lambda x0, y0, x1, y1: [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
   train = [
-      {"task_id": "1__a", "image_id": 1, "phrase": "red car", "Polygons": [[rect(0, 0, 9, 9)], [rect(20, 10, 29, 19)]]},
-      {"task_id": "1__b", "image_id": 1, "phrase": "tree", "Polygons": [[rect(40, 0, 59, 39)]]},
-      {"task_id": "2__a", "image_id": 2, "phrase": "red car", "Polygons": [[rect(5, 5, 14, 24)]]},
+    {"task_id": "1__a", "image_id": 1, "phrase": "red car", "Polygons": [[rect(0, 0, 9, 9)], [rect(20, 10, 29, 19)]]},
+    {"task_id": "1__b", "image_id": 1, "phrase": "tree", "Polygons": [[rect(40, 0, 59, 39)]]},
+    {"task_id": "2__a", "image_id": 2, "phrase": "red car", "Polygons": [[rect(5, 5, 14, 24)]]},
   ]
   test = [{"task_id": "3__a", "image_id": 3, "phrase": "sky", "Polygons": [[rect(0, 0, 31, 3)]]}]
   (root / "refer_train.json").write_text(json.dumps(train))
@@ -78,8 +79,11 @@ def test_phrasecut_builder(phrasecut_dir, tmp_path):
   build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=phrasecut_dir)
   examples = list(raw_examples("phrasecut", "train", data_dir=tmp_path / "tfds"))
   got = sorted((e["image_id"], e["phrase"], int(e["mask"].sum()), e["image"].shape) for e in examples)
-  assert got == [("1", "red car", 200, (40, 60, 3)), ("1", "tree", 800, (40, 60, 3)),
-                 ("2", "red car", 200, (50, 30, 3))]
+  assert got == [
+    ("1", "red car", 200, (40, 60, 3)),
+    ("1", "tree", 800, (40, 60, 3)),
+    ("2", "red car", 200, (50, 30, 3)),
+  ]
   for e in examples:
     assert e["mask"].dtype == bool and e["mask"].shape == e["image"].shape[:2]
   assert [e["phrase"] for e in raw_examples("phrasecut", "test", data_dir=tmp_path / "tfds")] == ["sky"]
@@ -126,18 +130,24 @@ def test_coco_builder(tmp_path):
   crowd = np.zeros((16, 20), bool)
   crowd[0:2, 15:20] = True
   val = {
-      "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
-      "images": [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 16, "width": 20},
-                 {"id": 43, "file_name": "COCO_val2014_000000000043.jpg", "height": 16, "width": 20}],
-      "annotations": [
-          {"id": 1, "image_id": 42, "category_id": 18, "iscrowd": 0, "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]},
-          {"id": 2, "image_id": 42, "category_id": 90, "iscrowd": 0, "segmentation": encode_rle(blob)},
-          {"id": 3, "image_id": 42, "category_id": 1, "iscrowd": 1, "segmentation": encode_rle(crowd)},
-      ]}
-  train = {"categories": val["categories"],
-           "images": [{"id": 7, "file_name": "COCO_train2014_000000000007.jpg", "height": 10, "width": 10}],
-           "annotations": [{"id": 9, "image_id": 7, "category_id": 1, "iscrowd": 0,
-                            "segmentation": [[0, 0, 3, 0, 3, 3, 0, 3]]}]}
+    "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
+    "images": [
+      {"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 16, "width": 20},
+      {"id": 43, "file_name": "COCO_val2014_000000000043.jpg", "height": 16, "width": 20},
+    ],
+    "annotations": [
+      {"id": 1, "image_id": 42, "category_id": 18, "iscrowd": 0, "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]},
+      {"id": 2, "image_id": 42, "category_id": 90, "iscrowd": 0, "segmentation": encode_rle(blob)},
+      {"id": 3, "image_id": 42, "category_id": 1, "iscrowd": 1, "segmentation": encode_rle(crowd)},
+    ],
+  }
+  train = {
+    "categories": val["categories"],
+    "images": [{"id": 7, "file_name": "COCO_train2014_000000000007.jpg", "height": 10, "width": 10}],
+    "annotations": [
+      {"id": 9, "image_id": 7, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 0, 3, 0, 3, 3, 0, 3]]}
+    ],
+  }
   (root / "annotations").mkdir(parents=True)
   (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
   (root / "annotations" / "instances_train2014.json").write_text(json.dumps(train))
@@ -146,8 +156,8 @@ def test_coco_builder(tmp_path):
   assert len(source) == 1  # image 43 has no annotations: skipped (and counted in the log)
   seg = source[0]["segmentation"][..., 0]
   want = np.zeros((16, 20), np.uint8)
-  want[2:7, 2:7] = 2     # dog -> 2nd category
-  want[blob] = 3         # toothbrush (id 90) -> 3
-  want[crowd] = 255      # crowd -> ignore
+  want[2:7, 2:7] = 2  # dog -> 2nd category
+  want[blob] = 3  # toothbrush (id 90) -> 3
+  want[crowd] = 255  # crowd -> ignore
   assert np.array_equal(seg, want)
   assert list(source[0]["classes"]) == [2, 3]

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_voc
 
 from clipseg_jax.cli.main import main
 from clipseg_jax.evaluation.protocols import EvalOptions, run_protocol
-from input_pipeline import build
-from input_pipeline.sources import open_source, prepared_source
-from conftest import write_voc
+from clipseg_jax.input_pipeline import build
+from clipseg_jax.input_pipeline.sources import open_source, prepared_source
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +19,15 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds")
   build("synthetic/tiny", data_dir=d)
   voc = tmp_path_factory.mktemp("voc")
-  write_voc(voc, {  # classes 1 (fold 0) and 7 (fold 1) on several val images; 12 (fold 2) unseen
+  write_voc(
+    voc,
+    {  # classes 1 (fold 0) and 7 (fold 1) on several val images; 12 (fold 2) unseen
       "a": ("val", [(1, (0, 6, 0, 10)), (7, (14, 20, 10, 20))]),
       "b": ("val", [(1, (4, 9, 5, 25))]),
       "c": ("val", [(7, (0, 8, 20, 30)), (1, (13, 20, 0, 5))]),
       "d": ("train", [(12, (0, 5, 0, 5))]),
-  })
+    },
+  )
   build("pascal_voc", data_dir=d, manual_dir=voc)
   return d
 
@@ -34,7 +37,7 @@ def top_half(mask):
   m = mask.astype(np.float32)
   rows = np.nonzero(m.any(1))[0]
   if rows.size:
-    m[rows[0] + (rows[-1] - rows[0] + 1) // 2:] = 0
+    m[rows[0] + (rows[-1] - rows[0] + 1) // 2 :] = 0
   return m
 
 
@@ -55,8 +58,13 @@ class ReferringOracle:
     out = []
     for phrase in cond:
       m = self.masks[(image.tobytes(), phrase)]
-      out.append(np.zeros(m.shape, np.float32) if self.mode == "empty" else
-                 top_half(m) if self.mode == "half" else m.astype(np.float32))
+      out.append(
+        np.zeros(m.shape, np.float32)
+        if self.mode == "empty"
+        else top_half(m)
+        if self.mode == "half"
+        else m.astype(np.float32)
+      )
     return np.stack(out)
 
 
@@ -102,7 +110,7 @@ class SemanticOracle:
     return list(range(len(prompts)))  # prompt k names class k (background first)
 
   def visual(self, pairs):
-    (image, mask), = pairs
+    ((image, mask),) = pairs
     values = self.seg[image.tobytes()][mask]
     return [int(np.bincount(values).argmax())]
 
@@ -135,10 +143,28 @@ def test_one_shot_protocol(data_dir):
     run_protocol(SemanticOracle(source), "pascal5i", dataclasses.replace(opts, fold=2))
 
 
-def test_eval_command(tiny_checkpoint, data_dir, tmp_path, capsys):
+def test_eval_command(tiny_dir, data_dir, tmp_path, capsys):
   out = tmp_path / "eval"
-  assert main(["eval", "--checkpoint", tiny_checkpoint[0], "--task", "synthetic", "--dataset", "synthetic/tiny",
-               "--data-dir", str(data_dir), "--limit", "2", "--out", str(out)]) == 0
+  assert (
+    main(
+      [
+        "eval",
+        "--checkpoint",
+        tiny_dir,
+        "--task",
+        "synthetic",
+        "--dataset",
+        "synthetic/tiny",
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+      ]
+    )
+    == 0
+  )
   printed = capsys.readouterr().out
   assert "| mIoU" in printed and "IoU_FG" in printed
   result = json.loads((out / "synthetic.json").read_text())
@@ -146,10 +172,11 @@ def test_eval_command(tiny_checkpoint, data_dir, tmp_path, capsys):
   assert (out / "synthetic_predictions.png").stat().st_size > 0 and (out / "synthetic.md").exists()
 
 
-def test_visual_task_on_text_only_checkpoint(tiny_checkpoint, tmp_path, capsys):
+def test_visual_task_on_text_only_checkpoint(tiny_dir, tmp_path, capsys):
   import shutil
+
   d = tmp_path / "text_only"
-  shutil.copytree(tiny_checkpoint[0], d)
+  shutil.copytree(tiny_dir, d)
   config = json.loads((d / "config.json").read_text())
   config["trained_prompts"] = ["text"]
   (d / "config.json").write_text(json.dumps(config))

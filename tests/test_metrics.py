@@ -6,7 +6,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from scipy.integrate import simpson
 
 from clipseg_jax.metrics import ConfusionMatrix, fixed_threshold_metrics
@@ -14,16 +13,23 @@ from clipseg_jax.metrics import ConfusionMatrix, fixed_threshold_metrics
 
 def brute_force(probs, targets, classes, ignore=255):
   """Loops over thresholds and samples; torch's bilinear interpolate for the resize."""
+  torch = pytest.importorskip("torch")
+
   ts = np.linspace(0, 1, 51)[1:-1].astype(np.float32)
   sums = np.zeros((49, 4))
   per_class = {}
   for p, t, c in zip(probs, targets, classes):
-    p = torch.nn.functional.interpolate(torch.from_numpy(p)[None, None], size=t.shape, mode="bilinear",
-                                        align_corners=False)[0, 0].numpy()
+    p = torch.nn.functional.interpolate(
+      torch.from_numpy(p)[None, None], size=t.shape, mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     for k, thr in enumerate(ts):
       pred, valid, fg = p > thr, t != ignore, t == 1
-      row = [(pred & fg & valid).sum(), (pred & ~fg & valid).sum(), (~pred & fg & valid).sum(),
-             (~pred & ~fg & valid).sum()]
+      row = [
+        (pred & fg & valid).sum(),
+        (pred & ~fg & valid).sum(),
+        (~pred & fg & valid).sum(),
+        (~pred & ~fg & valid).sum(),
+      ]
       sums[k] += row
       per_class.setdefault(c, np.zeros((49, 4)))[k] += row
   tp, fp, fn, tn = sums.T

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from clipseg_jax import prompts
-from input_pipeline.heldout import make_filter
-from input_pipeline.loader import make_loader
-from input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform, object_aware_crop
-from input_pipeline.sources import FolderSource
+from clipseg_jax.input_pipeline.heldout import make_filter
+from clipseg_jax.input_pipeline.loader import make_loader
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform, object_aware_crop
+from clipseg_jax.input_pipeline.sources import FolderSource
 
 
 class MemorySource:
@@ -21,13 +21,19 @@ class MemorySource:
     self.records = []
     for i in range(n):
       masks = []
-      for k in range(2):
+      for _ in range(2):
         m = np.zeros(size, bool)
         y, x = rng.randint(0, size[0] - 10), rng.randint(0, size[1] - 10)
-        m[y:y + 10, x:x + 10] = True
+        m[y : y + 10, x : x + 10] = True
         masks.append(m)
-      self.records.append({"image": rng.randint(0, 256, size + (3,), np.uint8), "image_id": str(i),
-                           "phrases": [f"thing {i % 7}", f"other {i}"], "masks": masks})
+      self.records.append(
+        {
+          "image": rng.randint(0, 256, size + (3,), np.uint8),
+          "image_id": str(i),
+          "phrases": [f"thing {i % 7}", f"other {i}"],
+          "masks": masks,
+        }
+      )
 
   def __len__(self):
     return len(self.records)
@@ -62,8 +68,9 @@ def test_negative_rate_and_mixing_weights():
 
 
 def test_text_only_and_no_augmentation():
-  out, _ = samples(PCPlusOptions(image_size=32, visual_prompts=False, augment=False, q_neg=0.0,
-                                 templates=("{}",)), n=80)
+  out, _ = samples(
+    PCPlusOptions(image_size=32, visual_prompts=False, augment=False, q_neg=0.0, templates=("{}",)), n=80
+  )
   assert all(s["text_weight"] == 1.0 and not s["support"].any() for s in out)
   assert all(s["mask"].sum() > 0 for s in out)  # no negatives with q_neg = 0
   assert {s["text"] for s in out} <= {p for r in MemorySource().records for p in r["phrases"]}
@@ -76,7 +83,7 @@ def test_object_aware_crop_keeps_the_object():
   rng = np.random.default_rng(0)
   for _ in range(20):
     top, left, side = object_aware_crop(mask, rng, tries=50, min_fraction=0.05)
-    assert side == 100 and mask[top:top + side, left:left + side].sum() / mask.sum() > 0.05
+    assert side == 100 and mask[top : top + side, left : left + side].sum() / mask.sum() > 0.05
 
 
 def test_options_reject_unknown_keys():
@@ -101,8 +108,7 @@ def test_prompt_modes(scene, mode):
   full = prompts.visual_prompt(image, mask, mode + "80")  # size from the name
   assert full.shape == (80, 80, 3)
   if not crop:
-    ref = prompts.background(image, mask, prompts.BLUR_SIGMA if blur else 0,
-                             prompts.BACKGROUND_FACTOR if darken else 1)
+    ref = prompts.background(image, mask, prompts.BLUR_SIGMA if blur else 0, prompts.BACKGROUND_FACTOR if darken else 1)
     np.testing.assert_array_equal(full, np.asarray(Image.fromarray(ref).resize((80, 80), Image.BILINEAR)))
 
 
@@ -149,15 +155,17 @@ def write_folder(root, fmt):
   for i in range(4):
     Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(root / f"img{i}.jpg")
     m = np.zeros((20, 30), np.uint8)
-    m[5:10, 5:5 + i + 1] = 255
+    m[5:10, 5 : 5 + i + 1] = 255
     Image.fromarray(m).save(root / f"mask{i}.png")
-    rows.append({"image": f"img{i}.jpg", "mask": f"mask{i}.png", "phrase": f"bar {i}",
-                 "split": "train" if i < 3 else "test"})
+    rows.append(
+      {"image": f"img{i}.jpg", "mask": f"mask{i}.png", "phrase": f"bar {i}", "split": "train" if i < 3 else "test"}
+    )
   if fmt == "json":
     (root / "annotations.json").write_text(json.dumps(rows))
   else:
-    (root / "annotations.csv").write_text("image,mask,phrase,split\n" + "".join(
-        f"{r['image']},{r['mask']},{r['phrase']},{r['split']}\n" for r in rows))
+    (root / "annotations.csv").write_text(
+      "image,mask,phrase,split\n" + "".join(f"{r['image']},{r['mask']},{r['phrase']},{r['split']}\n" for r in rows)
+    )
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
@@ -221,6 +229,7 @@ def test_loader_shards_are_disjoint():
   assert len(seen[0] | seen[1]) == 40 and not seen[0] & seen[1]
 
 
+@pytest.mark.slow  # spawns grain worker processes (35 s)
 def test_loader_workers_match_in_process():
   source = MemorySource(n=12)
   opts = PCPlusOptions(image_size=16)

@@ -27,7 +27,8 @@ def server(tiny_model):
   srv = make_server(tiny_model, "tiny random-weight model", port=0, quiet=True)
   thread = threading.Thread(target=srv.serve_forever, daemon=True)
   thread.start()
-  yield "http://%s:%d" % srv.server_address[:2]
+  host, port = srv.server_address[:2]
+  yield f"http://{host}:{port}"
   srv.shutdown()
   srv.server_close()
 
@@ -53,8 +54,9 @@ def decode_png(data_url: str) -> Image.Image:
 
 def test_segment_api(server, tiny_model):
   image = np.random.RandomState(0).randint(0, 256, (48, 80, 3), np.uint8)
-  status, out = post(server, json.dumps({"image": png_b64(image), "prompts": ["a cat", " ", "a dog"],
-                                         "threshold": None}).encode())
+  status, out = post(
+    server, json.dumps({"image": png_b64(image), "prompts": ["a cat", " ", "a dog"], "threshold": None}).encode()
+  )
   assert status == 200, out
   assert [m["prompt"] for m in out["masks"]] == ["a cat", "a dog"]  # blank lines dropped
   assert decode_png(out["overlay"]).size == (80, 48)
@@ -63,18 +65,26 @@ def test_segment_api(server, tiny_model):
   assert np.abs(mask - want).max() <= 0.5 / 255 + 1e-6  # the page shows what predict computes
 
 
-@pytest.mark.parametrize("body,status,match", [
+@pytest.mark.parametrize(
+  "body,status,match",
+  [
     (b"{not json", 400, "not JSON"),
     (json.dumps({"image": "data:image/png;base64,@@@", "prompts": ["a"]}).encode(), 400, "base64"),
-    (json.dumps({"image": base64.b64encode(b"not an image").decode(), "prompts": ["a"]}).encode(), 400,
-     "cannot read"),
+    (json.dumps({"image": base64.b64encode(b"not an image").decode(), "prompts": ["a"]}).encode(), 400, "cannot read"),
     (json.dumps({"prompts": ["a"]}).encode(), 400, "no image"),
-    (json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), "prompts": ["", "  "]}).encode(), 400,
-     "at least one prompt"),
-    (json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), "prompts": ["a"], "threshold": 7}).encode(),
-     400, "threshold"),
+    (
+      json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), "prompts": ["", "  "]}).encode(),
+      400,
+      "at least one prompt",
+    ),
+    (
+      json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), "prompts": ["a"], "threshold": 7}).encode(),
+      400,
+      "threshold",
+    ),
     (json.dumps([1, 2]).encode(), 400, "JSON object"),
-])
+  ],
+)
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, body, status, match):
   got, out = post(server, body)
   assert got == status and match in out["error"], out
@@ -84,15 +94,18 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, body
 
 def test_large_upload_is_downscaled_with_a_note(server, monkeypatch):
   from clipseg_jax import preprocess
+
   monkeypatch.setattr(preprocess, "MAX_SIDE", 64)
-  status, out = post(server, json.dumps({"image": png_b64(np.zeros((100, 200, 3), np.uint8)),
-                                         "prompts": ["a"]}).encode())
+  status, out = post(
+    server, json.dumps({"image": png_b64(np.zeros((100, 200, 3), np.uint8)), "prompts": ["a"]}).encode()
+  )
   assert status == 200 and out["size"] == [64, 32] and "downscaled to 64x32" in out["notes"][0]
 
 
-@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER))
-                    and os.environ.get("CLIPSEG_REQUIRE_BROWSER") != "1",
-                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+@pytest.mark.skipif(
+  not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and os.environ.get("CLIPSEG_REQUIRE_BROWSER") != "1",
+  reason="Debian's chromium and chromium-driver are not installed (make test installs them)",
+)
 def test_page_in_headless_chromium(server, tmp_path):
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
@@ -108,9 +121,19 @@ def test_page_in_headless_chromium(server, tmp_path):
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
   profile = tempfile.mkdtemp()
-  for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1100,700"):
+  for flag in (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    f"--user-data-dir={profile}",
+    "--window-size=1100,700",
+  ):
     options.add_argument(flag)
   driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
   try:

@@ -14,9 +14,11 @@ import pytest
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
-from input_pipeline import build
+from clipseg_jax.input_pipeline import build
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "synthetic.py")
+pytestmark = pytest.mark.slow  # training runs in subprocesses (10 s to 3 min each)
+
+CONFIG = "synthetic"  # the shipped recipe, by name
 
 
 @pytest.fixture(scope="module")
@@ -24,34 +26,60 @@ def setup(tmp_path_factory):
   """A tiny random CLIP (HF CLIPModel layout) and the tiny synthetic dataset."""
   import torch
   from transformers import CLIPConfig, CLIPModel
+
   torch.manual_seed(0)
   root = tmp_path_factory.mktemp("train")
   config = CLIPConfig(
-      text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                         image_size=64, patch_size=16), projection_dim=24)
+    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    vision_config=dict(
+      hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=16
+    ),
+    projection_dim=24,
+  )
   CLIPModel(config).save_pretrained(root / "clip")
   build("synthetic/tiny", data_dir=root / "tfds")
   return root
 
 
 def overrides(setup, **extra):
-  values = {"model.clip": str(setup / "clip"), "data.name": "synthetic/tiny", "data.data_dir": str(setup / "tfds"),
-            "data.pcplus.image_size": 64, "batch_size": 8, "total_steps": 6, "checkpoint_every": 2,
-            "log_every": 2, "eval_every": 0, "model.decoder_intermediate_size": 64,
-            # PC+ negatives and prompt templates on (the synthetic recipe turns both off): the sampler's
-            # full path runs under every mesh and process count.
-            "data.pcplus.q_neg": 0.1, "data.pcplus.templates": "('{}','a photo of a {}.')", **extra}
+  values = {
+    "model.clip": str(setup / "clip"),
+    "data.name": "synthetic/tiny",
+    "data.data_dir": str(setup / "tfds"),
+    "data.pcplus.image_size": 64,
+    "batch_size": 8,
+    "total_steps": 6,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "eval_every": 0,
+    "model.decoder_intermediate_size": 64,
+    # PC+ negatives and prompt templates on (the synthetic recipe turns both off): the sampler's
+    # full path runs under every mesh and process count.
+    "data.pcplus.q_neg": 0.1,
+    "data.pcplus.templates": "('{}','a photo of a {}.')",
+    **extra,
+  }
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 def run_cli(setup, workdir, *args, devices=None, env=None, wait=True, **extra):
-  cmd = [sys.executable, "-m", "clipseg_jax.cli.main", "train", "--config", CONFIG, "--workdir", str(workdir),
-         *args, *overrides(setup, **extra)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "clipseg_jax.cli.main",
+    "train",
+    "--config",
+    CONFIG,
+    "--workdir",
+    str(workdir),
+    *args,
+    *overrides(setup, **extra),
+  ]
   if devices:
     cmd += ["--cpu-devices", str(devices)]
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **(env or {})})
+  proc = subprocess.Popen(
+    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+  )
   if not wait:
     return proc
   out, _ = proc.communicate(timeout=600)
@@ -80,10 +108,12 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   """CLIP gets no optimiser state and no update; the compiled step has no backward pass through CLIP:
   its FLOPs are CLIP's forward plus the decoder-only step's, not ~3x CLIP's."""
   import jax.numpy as jnp
+
   from clipseg_jax.models.clipseg import ClipSegModel
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.model import initial_params, model_config
+
   cfg = load_config(CONFIG, overrides(setup, **{"optim.warmup_steps": 0}))
   config = model_config(cfg.model)
   module = ClipSegModel(config)
@@ -95,10 +125,14 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   assert size(state.opt_state) - 2 * size(trainable) <= 4  # Adam's mu and nu for the decoder, step counts
   b = 4
   rng = np.random.RandomState(0)
-  batch = {"pixels": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8), "mask": (rng.rand(b, 64, 64) > 0.5).astype(np.float32),
-           "input_ids": np.tile(np.array([[49406, 320, 2368, 49407, 49407]], np.int32), (b, 1)),
-           "attention_mask": np.ones((b, 5), np.int32), "support": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8),
-           "text_weight": np.full((b,), 0.3, np.float32)}
+  batch = {
+    "pixels": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8),
+    "mask": (rng.rand(b, 64, 64) > 0.5).astype(np.float32),
+    "input_ids": np.tile(np.array([[49406, 320, 2368, 49407, 49407]], np.int32), (b, 1)),
+    "attention_mask": np.ones((b, 5), np.int32),
+    "support": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8),
+    "text_weight": np.full((b,), 0.3, np.float32),
+  }
   frozen_before = jax.tree.map(np.array, frozen)
   stream = steps.make_stream_step(module, tx, visual_prompts=True)
   new_state, metrics = jax.jit(stream)(state, frozen, batch)
@@ -106,15 +140,24 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   assert rel_err(new_state.params, trainable) > 0  # the decoder did move
 
   from clipseg_jax import preprocess
+
   def clip_forward(frozen, batch):
     f = lambda m, *a: module.apply({"params": frozen}, *a, method=m)
-    return (f(ClipSegModel.activations, preprocess.normalize(batch["pixels"])),
-            f(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"]),
-            f(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"])))
+    return (
+      f(ClipSegModel.activations, preprocess.normalize(batch["pixels"])),
+      f(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"]),
+      f(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"])),
+    )
+
   acts, text, visual = jax.jit(clip_forward)(frozen, batch)
   tables = {"activations": list(acts), "text": text, "visual": visual}
-  idx = {"record": jnp.arange(b), "text": jnp.arange(b), "visual": jnp.arange(b), "mask": batch["mask"],
-         "text_weight": batch["text_weight"]}
+  idx = {
+    "record": jnp.arange(b),
+    "text": jnp.arange(b),
+    "visual": jnp.arange(b),
+    "mask": batch["mask"],
+    "text_weight": batch["text_weight"],
+  }
   f_stream = steps.count_flops(stream, state, frozen, batch)
   f_clip = steps.count_flops(clip_forward, frozen, batch)
   f_decoder_step = steps.count_flops(steps.make_cached_step(module, tx), state, frozen, tables, idx)
@@ -129,13 +172,13 @@ def test_activation_scale_folds_into_the_model(setup, tmp_path):
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.model import initial_params, model_config
+
   cfg = load_config(CONFIG, overrides(setup))
   config = model_config(cfg.model)
   module = ClipSegModel(config)
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, 0))
   rng = np.random.RandomState(0)
-  acts = module.apply({"params": frozen}, rng.randn(2, 64, 64, 3).astype(np.float32),
-                      method=ClipSegModel.activations)
+  acts = module.apply({"params": frozen}, rng.randn(2, 64, 64, 3).astype(np.float32), method=ClipSegModel.activations)
   cond, mask = rng.randn(2, config.projection_dim).astype(np.float32), (rng.rand(2, 64, 64) > 0.5).astype(np.float32)
   trained_loss = steps.decoder_loss(module, frozen, acts, cond, mask, 0.3)(trainable)
   folded = steps.fold_activation_scale(trainable, 0.3)
@@ -145,6 +188,7 @@ def test_activation_scale_folds_into_the_model(setup, tmp_path):
   run_cli(setup, tmp_path / "scaled", **{"total_steps": 2, "model.activation_scale": 0.3})
   from clipseg_jax.train.checkpoints import Checkpointer
   from clipseg_jax.weights import hf
+
   ckpt = Checkpointer(tmp_path / "scaled" / "checkpoints")
   raw = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})["decoder"]
   ckpt.close()
@@ -166,19 +210,35 @@ def test_sharding_equivalence(setup, tmp_path):
 def two_processes(setup, workdir, **extra):
   """A run as 2 processes x 4 CPU devices joined over localhost (gloo collectives)."""
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  return [run_cli(setup, workdir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                  "--process-id", str(i), devices=4, wait=False, **extra) for i in range(2)]
+  return [
+    run_cli(
+      setup,
+      workdir,
+      "--coordinator",
+      f"127.0.0.1:{port}",
+      "--num-processes",
+      "2",
+      "--process-id",
+      str(i),
+      devices=4,
+      wait=False,
+      **extra,
+    )
+    for i in range(2)
+  ]
 
 
 def test_two_processes_equal_one(setup, tmp_path):
   """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices. The
   multi-process run also splits CLIP over the model axis (fsdp) and evaluates periodically (process 0
   reads its host copy of the split CLIP)."""
-  procs = two_processes(setup, tmp_path / "multi", **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp",
-                                                      "eval_every": 3})
+  procs = two_processes(
+    setup, tmp_path / "multi", **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp", "eval_every": 3}
+  )
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   single = run_cli(setup, tmp_path / "single", devices=8, eval_every=3)
@@ -205,7 +265,7 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
   proc.wait()
   steps_done = [int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()]
   assert steps_done and max(steps_done) < 40, "the run finished before it could be killed"
-  out = run_cli(setup, tmp_path / "killed", **extra)
+  run_cli(setup, tmp_path / "killed", **extra)
   assert rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
 
 
@@ -268,8 +328,9 @@ def test_batch_must_divide_data_axis(setup, tmp_path):
 def test_demo_end_to_end(tmp_path, capsys):
   """`clipseg-jax demo` on the tiny synthetic set: builds the data, trains the main run and both
   ablations on the embedded CLIP, scores them, writes overlays; its model loads and predicts."""
-  assert main(["demo", "--out", str(tmp_path), "--dataset", "synthetic/tiny", "--steps", "3",
-               "--eval-images", "2"]) == 0
+  assert (
+    main(["demo", "--out", str(tmp_path), "--dataset", "synthetic/tiny", "--steps", "3", "--eval-images", "2"]) == 0
+  )
   out = capsys.readouterr().out
   rows = [line for line in out.splitlines() if line.startswith(("| CLIPSeg", "| ablation"))]
   assert len(rows) == 3 and "(2 images" in out
@@ -280,13 +341,39 @@ def test_demo_end_to_end(tmp_path, capsys):
   assert json.loads((tmp_path / "run" / "model" / "base.json").read_text())["clip"] == "embedded:synthetic-clip"
   probs = model.predict(np.zeros((40, 50, 3), np.uint8), ["red circle"])
   assert probs.shape == (1, 1, 40, 50)
+  # The workdir carries its tokenizer and records what the decoder saw (text prompts only here), which
+  # picks the evaluator's predictor and refuses tasks with support images.
+  assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
+  assert model.config.extra["trained_prompts"] == ["text"]
+  from clipseg_jax.evaluation.protocols import NoPromptPredictor, check_model_fits, predictor_for
+
+  assert not isinstance(predictor_for(model), NoPromptPredictor)
+  assert isinstance(predictor_for(load_model(tmp_path / "withhold_prompt")), NoPromptPredictor)
+  with pytest.raises(ValueError, match="trained on text prompts only"):
+    check_model_fits(model, "pascal5i")
 
 
 def test_demo_stops_cleanly_at_sigterm(tmp_path):
   """A preempted demo saves its run, says how to resume, scores nothing and exits 0."""
-  proc = subprocess.Popen([sys.executable, "-m", "clipseg_jax.cli.main", "demo", "--out", str(tmp_path),
-                           "--dataset", "synthetic/tiny", "--steps", "100000", "--eval-images", "2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "clipseg_jax.cli.main",
+      "demo",
+      "--out",
+      str(tmp_path),
+      "--dataset",
+      "synthetic/tiny",
+      "--steps",
+      "100000",
+      "--eval-images",
+      "2",
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   wait_until_training(tmp_path / "run")
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)

@@ -2,17 +2,25 @@
 
 import numpy as np
 import pytest
-import torch
+from conftest import make_hf_model, rel_err, save_hf, torch_nchw
 from safetensors.numpy import load_file, save_file
 
 from clipseg_jax import load_model
 from clipseg_jax.config import tiny_config
 from clipseg_jax.weights.errors import CheckpointMismatchError
-from conftest import make_hf_model, rel_err, save_hf, torch_nchw
+
+torch = pytest.importorskip("torch")  # every test here compares against PyTorch
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+  """Here the model loaded from transformers' own checkpoint (the reference it is compared with)."""
+  return load_model(tiny_checkpoint[0])
 
 
 def test_export_hf_bit_identical(tiny_checkpoint, tiny_model, tmp_path):
   from transformers import CLIPSegForImageSegmentation
+
   directory, ref = tiny_checkpoint
   tiny_model.export_hf(tmp_path)
   back = CLIPSegForImageSegmentation.from_pretrained(tmp_path).state_dict()
@@ -26,10 +34,16 @@ def test_export_hf_bit_identical(tiny_checkpoint, tiny_model, tmp_path):
   assert all(np.array_equal(saved[k], exported[k]) and saved[k].shape == exported[k].shape for k in saved)
 
 
-# The documented mapping (DESIGN.md section 4), written out independently of clipseg_jax.weights.
-HF_TO_ORIGINAL = [("decoder.layers.", "blocks."), (".mlp.fc1.", ".linear1."), (".mlp.fc2.", ".linear2."),
-                  (".layer_norm1.", ".norm1."), (".layer_norm2.", ".norm2."),
-                  ("decoder.transposed_convolution", "trans_conv"), ("decoder.", "")]
+# The documented mapping (the paper and timojl/clipseg's layout), written out independently of clipseg_jax.weights.
+HF_TO_ORIGINAL = [
+  ("decoder.layers.", "blocks."),
+  (".mlp.fc1.", ".linear1."),
+  (".mlp.fc2.", ".linear2."),
+  (".layer_norm1.", ".norm1."),
+  (".layer_norm2.", ".norm2."),
+  ("decoder.transposed_convolution", "trans_conv"),
+  ("decoder.", ""),
+]
 
 
 def original_state_from_hf(model) -> dict[str, torch.Tensor]:
@@ -45,18 +59,26 @@ def original_state_from_hf(model) -> dict[str, torch.Tensor]:
   for i in range(len(model.config.extract_layers)):
     for kind in ("weight", "bias"):
       out[f"blocks.{i}.self_attn.in_proj_{kind}"] = torch.cat(
-          [state[f"decoder.layers.{i}.self_attn.{c}_proj.{kind}"] for c in "qkv"])
+        [state[f"decoder.layers.{i}.self_attn.{c}_proj.{kind}"] for c in "qkv"]
+      )
   return out
 
 
 def save_clip(model, directory):
   """The CLIPSeg model's towers as an HF CLIPModel checkpoint (openai/clip-vit-base-patch16 layout)."""
   from transformers import CLIPConfig, CLIPModel
+
   cfg = model.config
-  clip = CLIPModel(CLIPConfig(text_config=cfg.text_config.to_dict(), vision_config=cfg.vision_config.to_dict(),
-                              projection_dim=cfg.projection_dim))
-  missing = clip.load_state_dict({k[len("clip."):]: v for k, v in model.state_dict().items()
-                                  if k.startswith("clip.")}, strict=True)
+  clip = CLIPModel(
+    CLIPConfig(
+      text_config=cfg.text_config.to_dict(),
+      vision_config=cfg.vision_config.to_dict(),
+      projection_dim=cfg.projection_dim,
+    )
+  )
+  missing = clip.load_state_dict(
+    {k[len("clip.") :]: v for k, v in model.state_dict().items() if k.startswith("clip.")}, strict=True
+  )
   assert not missing.missing_keys
   clip.save_pretrained(directory)
 
@@ -65,8 +87,10 @@ def save_clip(model, directory):
 def test_original_decoder_file(tmp_path, refined, reduce_dim):
   """rd64-uni / rd16-uni / rd64-uni-refined style files: config read off the keys, logits equal the
   HF model's, and export_original writes the same tensors back bit for bit (unused `reduce.*` too)."""
-  ref = save_hf(make_hf_model(tiny_config(use_complex_transposed_convolution=refined, reduce_dim=reduce_dim),
-                              seed=7), tmp_path / "hf")
+  ref = save_hf(
+    make_hf_model(tiny_config(use_complex_transposed_convolution=refined, reduce_dim=reduce_dim), seed=7),
+    tmp_path / "hf",
+  )
   state = original_state_from_hf(ref)
   state["reduce.weight"] = torch.randn(reduce_dim, ref.config.vision_config.hidden_size)
   state["reduce.bias"] = torch.randn(reduce_dim)
@@ -79,8 +103,11 @@ def test_original_decoder_file(tmp_path, refined, reduce_dim):
   pixels = np.random.RandomState(7).randn(2, 64, 64, 3).astype(np.float32)
   tok = model.tokenizer(["a cat", "a big dog"], padding=True, return_tensors="np")
   with torch.no_grad():
-    want = ref(pixel_values=torch_nchw(pixels), input_ids=torch.from_numpy(tok["input_ids"]),
-               attention_mask=torch.from_numpy(tok["attention_mask"])).logits.numpy()
+    want = ref(
+      pixel_values=torch_nchw(pixels),
+      input_ids=torch.from_numpy(tok["input_ids"]),
+      attention_mask=torch.from_numpy(tok["attention_mask"]),
+    ).logits.numpy()
   assert rel_err(model(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]), want) <= 1e-5
 
   model.export_original(tmp_path / "back.pth")
@@ -92,6 +119,7 @@ def test_original_decoder_file(tmp_path, refined, reduce_dim):
 
 def test_flax_checkpoint_round_trip(tiny_model, tmp_path):
   import jax
+
   tiny_model.save(tmp_path / "ckpt")
   back = load_model(tmp_path / "ckpt")
   assert back.config == tiny_model.config
@@ -102,6 +130,7 @@ def test_flax_checkpoint_round_trip(tiny_model, tmp_path):
 @pytest.fixture
 def broken_checkpoint(tiny_checkpoint, tmp_path):
   import shutil
+
   src = tiny_checkpoint[0]
   shutil.copy(f"{src}/config.json", tmp_path / "config.json")
   state = load_file(f"{src}/model.safetensors")
@@ -111,6 +140,7 @@ def broken_checkpoint(tiny_checkpoint, tmp_path):
     edit(s)
     save_file(s, str(tmp_path / "model.safetensors"))
     return tmp_path
+
   return write
 
 
@@ -122,8 +152,9 @@ def test_missing_key_named(broken_checkpoint):
 
 def test_misshaped_key_names_both_shapes(broken_checkpoint):
   path = broken_checkpoint(lambda s: s.update({"decoder.reduces.0.weight": np.zeros((16, 5), np.float32)}))
-  with pytest.raises(CheckpointMismatchError,
-                     match=r"decoder\.reduces\.0\.weight: checkpoint \(16, 5\), model expects \(16, 32\)"):
+  with pytest.raises(
+    CheckpointMismatchError, match=r"decoder\.reduces\.0\.weight: checkpoint \(16, 5\), model expects \(16, 32\)"
+  ):
     load_model(path)
 
 

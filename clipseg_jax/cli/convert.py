@@ -15,6 +15,7 @@ def add_arguments(p):
 
 def run(args):
   from clipseg_jax import load_model
+
   model = load_model(args.src, clip=args.clip)
   written = {"hf": model.export_hf, "original": model.export_original, "flax": model.save}[args.to](args.out)
   print(f"wrote {args.to} checkpoint to {written}")

@@ -22,8 +22,9 @@ def add_arguments(p):
 def run(args):
   import logging
 
-  from input_pipeline import build
-  from input_pipeline.builders import BUILDERS
+  from clipseg_jax.input_pipeline import build
+  from clipseg_jax.input_pipeline.builders import BUILDERS
+
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   if args.name.split("/")[0] not in BUILDERS:
     raise ValueError(f"unknown dataset {args.name!r}; choose one of {', '.join(BUILDERS)}")

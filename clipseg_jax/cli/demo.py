@@ -5,15 +5,14 @@ overlays, and set it beside two ablations (a randomly initialised backbone, the 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "synthetic.py"
+CONFIG = "synthetic"  # the recipe (clipseg_jax/configs/synthetic.py)
 ABLATIONS = {
-    "CLIPSeg (pretrained small CLIP, frozen)": [],
-    "ablation: randomly initialised backbone": ["--config.model.clip=random:embedded:synthetic-clip"],
-    "ablation: prompt withheld": ["--config.model.withhold_prompt=True"],
+  "CLIPSeg (pretrained small CLIP, frozen)": [],
+  "ablation: randomly initialised backbone": ["--config.model.clip=random:embedded:synthetic-clip"],
+  "ablation: prompt withheld": ["--config.model.withhold_prompt=True"],
 }
 
 
@@ -23,8 +22,12 @@ def add_arguments(p):
   p.add_argument("--steps", type=int, default=None, help="override the config's total_steps")
   p.add_argument("--no-ablations", action="store_true", help="train only the main run")
   p.add_argument("--eval-images", type=int, default=200, help="held-out test scenes to score")
-  p.add_argument("--dataset", default="synthetic", choices=["synthetic", "synthetic/tiny"],
-                 help="the built-in dataset's config (tiny: a 24-scene smoke test)")
+  p.add_argument(
+    "--dataset",
+    default="synthetic",
+    choices=["synthetic", "synthetic/tiny"],
+    help="the built-in dataset's config (tiny: a 24-scene smoke test)",
+  )
 
 
 def run(args):
@@ -33,11 +36,12 @@ def run(args):
   from absl import logging as absl_logging
 
   from clipseg_jax import load_model
-  from clipseg_jax.evaluation.protocols import EvalOptions, ModelPredictor, NoPromptPredictor, referring
+  from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
+  from clipseg_jax.input_pipeline import build
+  from clipseg_jax.input_pipeline.sources import tfds_builder
   from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.trainer import train
-  from input_pipeline import build
-  from input_pipeline.sources import tfds_builder
+
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   absl_logging.set_verbosity(absl_logging.WARNING)
   out = Path(args.out)
@@ -48,7 +52,7 @@ def run(args):
     build(args.dataset, data_dir=data_dir)
   print(f"data ready ({time.perf_counter() - t0:.0f} s)")
   rows = []
-  runs = list(ABLATIONS.items())[:1 if args.no_ablations else None]
+  runs = list(ABLATIONS.items())[: 1 if args.no_ablations else None]
   for name, extra in runs:
     workdir = out / ("run" if not extra else extra[0].split("=")[0].split(".")[-1])
     overrides = [f"--config.data.data_dir={data_dir}", f"--config.data.name={args.dataset}", *extra]
@@ -61,14 +65,15 @@ def run(args):
       print(f"stopped at a SIGTERM; rerun the same command to resume {workdir}")
       return 0
     model = load_model(workdir)
-    predictor = (NoPromptPredictor if cfg.model.withhold_prompt else ModelPredictor)(model)
-    numbers, _ = referring(predictor, EvalOptions(data_dir=str(data_dir), limit=args.eval_images),
-                           args.dataset, "test")
+    predictor = predictor_for(model)  # the prompt-withheld run recorded it in its config
+    numbers, _ = referring(predictor, EvalOptions(data_dir=str(data_dir), limit=args.eval_images), args.dataset, "test")
     seconds = time.perf_counter() - start
     rows.append((name, numbers, seconds))
     at_half, best, t = iou_fg(numbers)
-    print(f"-> {name}: IoU_FG {at_half}% at 0.5, {best}% at the best threshold ({t}); {seconds:.0f} s, "
-          f"{time.perf_counter() - t0:.0f} s since the start")
+    print(
+      f"-> {name}: IoU_FG {at_half}% at 0.5, {best}% at the best threshold ({t}); {seconds:.0f} s, "
+      f"{time.perf_counter() - t0:.0f} s since the start"
+    )
     if not extra:
       overlays(model, args.dataset, data_dir, out)
   print(f"\nHeld-out synthetic test scenes ({rows[0][1]['images']} images, every phrase; IoU in %):\n")
@@ -76,10 +81,13 @@ def run(args):
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for name, n, seconds in rows:
     at_half, best, t = iou_fg(n)
-    print(f"| {name} | {at_half} | {best} ({t}) | {100 * n['miou']['value']:.1f} | {100 * n['ap']:.1f} "
-          f"| {seconds:.0f} s |")
-  print(f"\ntotal {time.perf_counter() - t0:.0f} s; overlays in {out}/overlay_*.png; "
-        f"the trained model loads with clipseg_jax.load_model('{out / 'run'}')")
+    print(
+      f"| {name} | {at_half} | {best} ({t}) | {100 * n['miou']['value']:.1f} | {100 * n['ap']:.1f} | {seconds:.0f} s |"
+    )
+  print(
+    f"\ntotal {time.perf_counter() - t0:.0f} s; overlays in {out}/overlay_*.png; "
+    f"the trained model loads with clipseg_jax.load_model('{out / 'run'}')"
+  )
 
 
 def iou_fg(numbers: dict) -> tuple[str, str, str]:
@@ -91,7 +99,8 @@ def iou_fg(numbers: dict) -> tuple[str, str, str]:
 def overlays(model, dataset, data_dir, out: Path, n: int = 3):
   """A few held-out scenes, each with its phrases drawn over it."""
   from clipseg_jax import visualize
-  from input_pipeline import open_source
+  from clipseg_jax.input_pipeline import open_source
+
   source = open_source(dataset, "test", data_dir=str(data_dir))
   for i in range(min(n, len(source))):
     r = source[i]

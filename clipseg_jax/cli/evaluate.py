@@ -12,6 +12,7 @@ from clipseg_jax.cli.data import DEFAULT_DATA_DIR
 
 def add_arguments(p):
   from clipseg_jax.evaluation import PROTOCOLS
+
   p.add_argument("--checkpoint", required=True, help="anything load_model takes")
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
   p.add_argument("--task", required=True, choices=sorted(PROTOCOLS))
@@ -30,13 +31,25 @@ def run(args):
   from clipseg_jax import load_model
   from clipseg_jax.evaluation import report
   from clipseg_jax.evaluation.protocols import EvalOptions, check_model_fits, run_protocol
+
   model = load_model(args.checkpoint, clip=args.clip)
   check_model_fits(model, args.task)
-  opts = EvalOptions(data_dir=args.data_dir, dataset=args.dataset, split=args.split, limit=args.limit,
-                     threshold=args.threshold, fold=args.fold, episodes=args.episodes, seed=args.seed)
+  opts = EvalOptions(
+    data_dir=args.data_dir,
+    dataset=args.dataset,
+    split=args.split,
+    limit=args.limit,
+    threshold=args.threshold,
+    fold=args.fold,
+    episodes=args.episodes,
+    seed=args.seed,
+  )
   start = time.perf_counter()
   numbers, examples = run_protocol(model, args.task, opts)
-  meta = {"checkpoint": str(args.checkpoint), "seconds": round(time.perf_counter() - start, 1),
-          "options": {k: v for k, v in vars(opts).items() if k != "progress"}}
+  meta = {
+    "checkpoint": str(args.checkpoint),
+    "seconds": round(time.perf_counter() - start, 1),
+    "options": {k: v for k, v in vars(opts).items() if k != "progress"},
+  }
   print(report.write(args.out, args.task, numbers, examples, meta))
   print(f"\nwrote {args.out}/{args.task}.json, .md and _predictions.png")

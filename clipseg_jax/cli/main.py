@@ -7,31 +7,71 @@ import sys
 
 from clipseg_jax.cli import convert, data, demo, evaluate, pretrain_clip, segment, serve, train
 
-COMMANDS = {"segment": segment, "convert": convert, "train": train, "eval": evaluate, "data": data,
-            "demo": demo, "pretrain-clip": pretrain_clip, "serve": serve}
-TAKES_OVERRIDES = ("train", "pretrain-clip")
+COMMANDS = {
+  "segment": segment,
+  "convert": convert,
+  "train": train,
+  "eval": evaluate,
+  "data": data,
+  "demo": demo,
+  "pretrain-clip": pretrain_clip,
+  "serve": serve,
+}
+TAKES_OVERRIDES = ("train", "pretrain-clip")  # these pass --config.KEY[=]VALUE on to config_flags
+# Optional dependencies -> the extra that installs them.
+EXTRAS = {
+  "tensorflow": "data",
+  "tensorflow_datasets": "data",
+  "grain": "data",
+  "array_record": "data",
+  "importlib_resources": "data",
+  "torch": "torch",
+  "tensorboard": "train",
+}
+# What a user's input or environment can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="clipseg-jax", description=__doc__)
+  parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
   sub = parser.add_subparsers(dest="command", required=True)
   for name, module in COMMANDS.items():
-    module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0],
-                                        description=module.__doc__))
+    module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__))
   return parser
 
 
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+  """The pip extra that provides the module `error` could not import, if it is one of ours."""
+  return EXTRAS.get((error.name or "").partition(".")[0])
+
+
 def main(argv=None) -> int:
-  args, rest = build_parser().parse_known_args(argv)
-  overrides = [a for a in rest if a.startswith("--config.")]
-  if rest and (args.command not in TAKES_OVERRIDES or len(overrides) != len(rest)):
-    build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv  # accepted anywhere, sub-commands included
+  parser = build_parser()
+  args, rest = parser.parse_known_args([a for a in argv if a != "--debug"])
+  args.debug = debug
+  if rest and args.command not in TAKES_OVERRIDES:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:
     if args.command in TAKES_OVERRIDES:
-      return COMMANDS[args.command].run(args, overrides) or 0
+      return COMMANDS[args.command].run(args, rest) or 0
     return COMMANDS[args.command].run(args) or 0
-  except (ValueError, FileNotFoundError, OSError) as e:
-    print(f"clipseg-jax {args.command}: error: {e}", file=sys.stderr)
+  except ModuleNotFoundError as e:
+    extra = missing_extra(e)
+    if args.debug or extra is None:
+      raise
+    print(
+      f"clipseg-jax {args.command}: error: this needs the optional '{extra}' dependencies "
+      f"(no module {e.name!r}): pip install 'clipseg-jax[{extra}]'",
+      file=sys.stderr,
+    )
+    return 2
+  except USER_ERRORS as e:
+    if args.debug:
+      raise
+    print(f"clipseg-jax {args.command}: error: {e} (--debug shows the traceback)", file=sys.stderr)
     return 2
 
 

@@ -26,11 +26,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 def add_arguments(p):
   p.add_argument("images", nargs="+", help="image files, directories or glob patterns")
   p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
-  p.add_argument("--support", action="append", default=[],
-                 help="a visual prompt: support image (repeatable, paired with --support-mask)")
+  p.add_argument(
+    "--support",
+    action="append",
+    default=[],
+    help="a visual prompt: support image (repeatable, paired with --support-mask)",
+  )
   p.add_argument("--support-mask", action="append", default=[], help="mask for the matching --support")
-  p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                 help="anything load_model takes: hub id, HF dir, clipseg-jax checkpoint, original .pth")
+  p.add_argument(
+    "--checkpoint",
+    default=DEFAULT_CHECKPOINT,
+    help="anything load_model takes: hub id, HF dir, clipseg-jax checkpoint, original .pth",
+  )
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--threshold", type=float, default=None, help="write binary masks at this probability")
@@ -108,5 +115,7 @@ def run(args):
   done = len(paths) - len(failures)
   print(f"wrote masks and overlays for {done} image(s) x {len(prompts)} prompt(s) to {out}")
   if failures:
-    raise ValueError(f"{len(failures)} of {len(paths)} image(s) could not be read: {failures[0]}"
-                     + (" ..." if len(failures) > 1 else ""))
+    raise ValueError(
+      f"{len(failures)} of {len(paths)} image(s) could not be read: {failures[0]}"
+      + (" ..." if len(failures) > 1 else "")
+    )

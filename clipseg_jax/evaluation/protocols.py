@@ -1,9 +1,10 @@
-"""The paper's evaluation protocols (DESIGN.md section 7), each a function of (model, data, options).
+"""The paper's evaluation protocols (its section 4, scored as the original's `score.py`).
 
-Every protocol encodes each query image once for all its prompts (`ModelPredictor.probabilities`:
-`ClipSeg.encode_images` + `ClipSeg.decode`), resizes probabilities bilinearly to the ground truth's size, and accumulates
-the paper's statistics. Each returns `(numbers, examples)`: a JSON-ready dict and a few
-(image, prediction, truth, label) tuples for the pictures.
+Each protocol is `protocol(predictor, opts: EvalOptions) -> (numbers, examples)`: `predictor` has
+`text`, `visual` and `probabilities` (`ModelPredictor` around a ClipSeg, from `predictor_for`; tests
+pass oracles), `numbers` is a JSON-ready dict and `examples` a few (image, prediction, truth, label)
+tuples for the pictures. Every protocol encodes each query image once for all its prompts and resizes
+probabilities bilinearly to the ground truth's size before accumulating the paper's statistics.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ N_EXAMPLES = 6  # predictions kept for the picture
 @dataclasses.dataclass
 class EvalOptions:
   data_dir: str
-  dataset: str | None = None      # override the task's dataset name (e.g. synthetic/tiny)
+  dataset: str | None = None  # override the task's dataset name (e.g. synthetic/tiny)
   split: str | None = None
-  limit: int | None = None        # evaluate only the first N images / episodes
+  limit: int | None = None  # evaluate only the first N images / episodes
   threshold: float | None = None  # fix the threshold instead of reporting the best
-  fold: int | None = None         # one-shot folds (default: all four)
-  episodes: int = 1000            # one-shot episodes per fold
+  fold: int | None = None  # one-shot folds (default: all four)
+  episodes: int = 1000  # one-shot episodes per fold
   seed: int = 0
-  background_scale: float = 3.0   # zero-shot: the background prompt's probability is scaled by this
+  background_scale: float = 3.0  # zero-shot: the background prompt's probability is scaled by this
   unseen: tuple[int, ...] = (2, 4, 6, 8, 10)
   progress: bool = True
 
@@ -84,13 +85,16 @@ def _mine(i: int) -> bool:
   """In a multi-host run each process scores every process_count-th item; the accumulators' allreduce
   then sums the parts (one process alone would wait forever in that allreduce)."""
   import jax
+
   return i % jax.process_count() == jax.process_index()
 
 
 # ---- referring segmentation (PhraseCut, synthetic) -------------------------------------------------
 
+
 def referring(model, opts: EvalOptions, default_dataset: str, default_split: str):
-  from input_pipeline import open_source
+  from clipseg_jax.input_pipeline import open_source
+
   source = open_source(opts.dataset or default_dataset, opts.split or default_split, data_dir=opts.data_dir)
   acc, examples = Accumulator(), []
   n = _limit(len(source), opts)
@@ -119,11 +123,13 @@ def synthetic(model, opts):
 
 # ---- PASCAL VOC zero-shot ----------------------------------------------------------------------------
 
+
 def pascal_zeroshot(model, opts: EvalOptions):
   """21 prompts per image (background + 20 classes), background probability x `background_scale`,
   argmax; mIoU on seen (background included) and unseen classes for each unseen-n split."""
-  from input_pipeline.classes import pascal_classes, pascal_zero_shot_unseen, prompt_names
-  from input_pipeline.sources import prepared_source
+  from clipseg_jax.input_pipeline.classes import pascal_classes, pascal_zero_shot_unseen, prompt_names
+  from clipseg_jax.input_pipeline.sources import prepared_source
+
   source = prepared_source(opts.dataset or "pascal_voc", opts.split or "val", opts.data_dir)
   classes = pascal_classes()
   cond = model.text(["background"] + [prompt_names().get(c, c) for c in classes])
@@ -155,10 +161,12 @@ def _nan_to_none(values):
 
 # ---- one-shot (PASCAL-5i, COCO-20i) ------------------------------------------------------------------
 
+
 def one_shot(model, opts: EvalOptions, dataset: str, split: str, fold_classes, default_threshold=None):
   """Episodes: a query image holding class c and a support (another image with c, its mask through
   crop_blur_highlight); the prediction is scored against the query's c mask (class id = c)."""
-  from input_pipeline.sources import prepared_source
+  from clipseg_jax.input_pipeline.sources import prepared_source
+
   source = prepared_source(opts.dataset or dataset, opts.split or split, opts.data_dir)
   folds = range(4) if opts.fold is None else [opts.fold]
   with_class = {}
@@ -196,26 +204,44 @@ def one_shot(model, opts: EvalOptions, dataset: str, split: str, fold_classes, d
 
 
 def pascal5i(model, opts):
-  from input_pipeline.classes import pascal5i_fold
+  from clipseg_jax.input_pipeline.classes import pascal5i_fold
+
   return one_shot(model, opts, "pascal_voc", "val", pascal5i_fold)
 
 
 def coco20i(model, opts):
-  from input_pipeline.classes import coco20i_fold
+  from clipseg_jax.input_pipeline.classes import coco20i_fold
+
   return one_shot(model, opts, "coco", "validation", coco20i_fold, default_threshold=0.1)
 
 
-PROTOCOLS = {"phrasecut": phrasecut, "pascal_zeroshot": pascal_zeroshot, "pascal5i": pascal5i,
-             "coco20i": coco20i, "synthetic": synthetic}
+PROTOCOLS = {
+  "phrasecut": phrasecut,
+  "pascal_zeroshot": pascal_zeroshot,
+  "pascal5i": pascal5i,
+  "coco20i": coco20i,
+  "synthetic": synthetic,
+}
 VISUAL_TASKS = {"pascal5i", "coco20i"}
 
 
+def predictor_for(model, withhold_prompt: bool | None = None) -> ModelPredictor:
+  """The predictor for a ClipSeg: the prompt-withheld ablation when asked, or when the checkpoint was
+  trained that way (its config records `withhold_prompt`, written by the trainer)."""
+  if withhold_prompt is None:
+    withhold_prompt = bool(model.config.extra.get("withhold_prompt", False))
+  return (NoPromptPredictor if withhold_prompt else ModelPredictor)(model)
+
+
 def check_model_fits(model, task: str):
-  """A clear error before any compute when the checkpoint cannot do the task."""
+  """A clear error before any compute when the checkpoint cannot do the task (the trainer records the
+  prompt kinds a decoder saw in its config's `trained_prompts`)."""
   trained = model.config.extra.get("trained_prompts", ["text", "visual"])
   if task in VISUAL_TASKS and "visual" not in trained:
-    raise ValueError(f"task {task!r} prompts with support images, but this checkpoint was trained on "
-                     f"{'/'.join(trained)} prompts only (config.json trained_prompts)")
+    raise ValueError(
+      f"task {task!r} prompts with support images, but this checkpoint was trained on "
+      f"{'/'.join(trained)} prompts only (config.json trained_prompts)"
+    )
 
 
 def run_protocol(model, task: str, opts: EvalOptions):
@@ -224,5 +250,5 @@ def run_protocol(model, task: str, opts: EvalOptions):
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PROTOCOLS)}")
   if hasattr(model, "config"):
     check_model_fits(model, task)
-    model = ModelPredictor(model)
+    model = predictor_for(model)
   return PROTOCOLS[task](model, opts)

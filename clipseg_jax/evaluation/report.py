@@ -13,9 +13,9 @@ from clipseg_jax import visualize
 
 # Published numbers (Lüddecke & Ecker 2022), percent. CLIPSeg trained on PC+ unless noted.
 PAPER = {
-    "phrasecut": {"miou": 43.4, "iou_fg": 54.7, "ap": 76.7, "_note": "CLIPSeg (PC+), t=0.3; PC: 46.1 / 56.2 / 78.2"},
-    "pascal5i": {"miou": 59.5, "iou_bin": 75.0, "ap": 82.3, "_note": "CLIPSeg (PC+), mean of 4 folds"},
-    "pascal_zeroshot": {"unseen-10": {"miou_seen": 35.7, "miou_unseen": 43.1}, "_note": "CLIPSeg (PC+)"},
+  "phrasecut": {"miou": 43.4, "iou_fg": 54.7, "ap": 76.7, "_note": "CLIPSeg (PC+), t=0.3; PC: 46.1 / 56.2 / 78.2"},
+  "pascal5i": {"miou": 59.5, "iou_bin": 75.0, "ap": 82.3, "_note": "CLIPSeg (PC+), mean of 4 folds"},
+  "pascal_zeroshot": {"unseen-10": {"miou_seen": 35.7, "miou_unseen": 43.1}, "_note": "CLIPSeg (PC+)"},
 }
 
 
@@ -27,8 +27,10 @@ def rows(task: str, numbers: dict) -> list[tuple[str, float | None, float | None
     for split, v in numbers.items():
       if split.startswith("unseen-"):
         ref = paper.get(split, {})
-        out += [(f"{split} mIoU seen", 100 * v["miou_seen"], ref.get("miou_seen")),
-                (f"{split} mIoU unseen", 100 * v["miou_unseen"], ref.get("miou_unseen"))]
+        out += [
+          (f"{split} mIoU seen", 100 * v["miou_seen"], ref.get("miou_seen")),
+          (f"{split} mIoU unseen", 100 * v["miou_unseen"], ref.get("miou_unseen")),
+        ]
     return out
   summary = numbers.get("mean", numbers)
   for key, label in (("miou", "mIoU"), ("iou_fg", "IoU_FG"), ("iou_bin", "IoU_BIN"), ("ap", "AP")):
@@ -66,16 +68,18 @@ def picture(examples, size: int = 160) -> Image.Image:
     out.paste(im, (0, y))
     out.paste(visualize.overlay(im, small(pred)), (size, y))
     out.paste(visualize.overlay(im, small(truth)), (2 * size, y))
-    draw.text((4, y + size + 1), f"{label}   [image | prediction | truth]", fill=(0, 0, 0),
-              font=ImageFont.load_default(size=12))
+    draw.text(
+      (4, y + size + 1), f"{label}   [image | prediction | truth]", fill=(0, 0, 0), font=ImageFont.load_default(size=12)
+    )
   return out
 
 
 def write(out_dir, task: str, numbers: dict, examples, meta: dict) -> str:
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"{task}.json").write_text(json.dumps({"task": task, **meta, "results": numbers}, indent=2,
-                                               default=_json) + "\n")
+  (out / f"{task}.json").write_text(
+    json.dumps({"task": task, **meta, "results": numbers}, indent=2, default=_json) + "\n"
+  )
   picture(examples).save(out / f"{task}_predictions.png")
   table = markdown(task, numbers)
   (out / f"{task}.md").write_text(table + "\n")

@@ -2,7 +2,7 @@
 
 `confusion_counts` is a pure array function (numpy or jax.numpy, jit- and shard-friendly) giving
 per-sample tp/fp/fn/tn at every threshold; `Accumulator` sums them over batches, per class, and
-across hosts; `summarize` turns sums into IoU_FG, IoU_BIN, mIoU and AP (section 7 of DESIGN.md):
+across hosts; `summarize` turns sums into IoU_FG, IoU_BIN, mIoU and AP (as the original's metrics.py):
 
   IoU_FG  = tp / (1 + tp + fp + fn)                      (sums over the set)
   IoU_BIN = (IoU_FG + tn / (1 + tn + fn + fp)) / 2
@@ -30,7 +30,7 @@ def confusion_counts(probs, targets, *, ignore_label: int = IGNORE_LABEL, xp=np)
   """probs [..., H, W] in [0, 1], targets [..., H, W] (0/1, `ignore_label`) -> int32 [..., T, 4]
   counts (tp, fp, fn, tn) at each of the T thresholds. `xp` is numpy or jax.numpy."""
   t = xp.asarray(THRESHOLDS)
-  pred = probs[..., None] > t                       # [..., H, W, T]
+  pred = probs[..., None] > t  # [..., H, W, T]
   valid = (targets != ignore_label)[..., None]
   fg = (targets == 1)[..., None]
   count = lambda m: xp.sum(m, axis=(-3, -2), dtype=xp.int32)
@@ -63,7 +63,7 @@ class Accumulator:
       self.per_class[c] = self.per_class.get(c, 0) + k
     return self
 
-  def merge(self, other: "Accumulator"):
+  def merge(self, other: Accumulator):
     self.total += other.total
     for c, k in other.per_class.items():
       self.per_class[c] = self.per_class.get(c, 0) + k
@@ -72,18 +72,21 @@ class Accumulator:
   def allreduce(self):
     """Sum over all processes of a multi-host run (every process gets the same result)."""
     import jax
+
     if jax.process_count() == 1:
       return self
     import pickle
+
     from jax.experimental import multihost_utils
+
     blob = np.frombuffer(pickle.dumps(self), np.uint8)
     size = multihost_utils.process_allgather(np.array([blob.size]))
     padded = np.zeros(int(size.max()), np.uint8)
-    padded[:blob.size] = blob
+    padded[: blob.size] = blob
     blobs = multihost_utils.process_allgather(padded)
     merged = Accumulator()
     for n, b in zip(np.ravel(size), blobs):
-      merged.merge(pickle.loads(b[:int(n)].tobytes()))
+      merged.merge(pickle.loads(b[: int(n)].tobytes()))
     return merged
 
   def result(self) -> dict:
@@ -96,6 +99,7 @@ def _iou(tp, fp, fn):
 
 def average_precision(tp, fp, fn) -> float:
   from scipy.integrate import simpson
+
   keep = (tp + fp) > 0
   precision = tp[keep] / (1.0 + tp[keep] + fp[keep])
   recall = tp[keep] / (1.0 + tp[keep] + fn[keep])
@@ -117,8 +121,13 @@ def summarize(total, per_class=None) -> dict:
     miou = _iou(pc[..., TP], pc[..., FP], pc[..., FN]).mean(0)
   else:
     miou = iou_fg
-  out = {"thresholds": THRESHOLDS.astype(np.float64), "iou_fg": iou_fg, "iou_bin": iou_bin, "miou": miou,
-         "ap": average_precision(tp, fp, fn)}
+  out = {
+    "thresholds": THRESHOLDS.astype(np.float64),
+    "iou_fg": iou_fg,
+    "iou_bin": iou_bin,
+    "miou": miou,
+    "ap": average_precision(tp, fp, fn),
+  }
   return out
 
 
@@ -129,8 +138,9 @@ def at_threshold(result: dict, name: str, t: float | None = None) -> tuple[float
   return float(result["thresholds"][i]), float(curve[i])
 
 
-def fixed_threshold_metrics(probs, targets, classes=None, *, ignore_label: int = IGNORE_LABEL) -> dict:
-  """Metrics over a set of samples of any sizes (DESIGN.md section 3).
+def threshold_curves(probs, targets, classes=None, *, ignore_label: int = IGNORE_LABEL) -> dict:
+  """The paper's metrics at each of the 49 thresholds, over a set of samples of any sizes (the
+  original's `FixedIntervalMetrics`: a fixed interval of thresholds, not one fixed threshold).
 
   probs: float maps in [0, 1] (H_i x W_i), resized bilinearly to their target's size when the sizes
   differ; targets: uint8 maps (0/1, `ignore_label` ignored); classes: a class id per sample
@@ -146,6 +156,9 @@ def fixed_threshold_metrics(probs, targets, classes=None, *, ignore_label: int =
     if t.ndim != 2:
       raise ValueError(f"target {i} must be H x W, got shape {t.shape}")
     p = resize_map(np.asarray(p, np.float32), *t.shape)
-    acc.add(confusion_counts(p, t, ignore_label=ignore_label)[None],
-            None if classes is None else [classes[i]])
+    acc.add(confusion_counts(p, t, ignore_label=ignore_label)[None], None if classes is None else [classes[i]])
   return acc.result()
+
+
+# The name the public contract gives it (after the original's FixedIntervalMetrics).
+fixed_threshold_metrics = threshold_curves

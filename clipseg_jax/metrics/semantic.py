@@ -22,8 +22,10 @@ class ConfusionMatrix:
   def allreduce(self):
     """Sum over all processes of a multi-host run (every process gets the same matrix)."""
     import jax
+
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       self.matrix = np.asarray(multihost_utils.process_allgather(self.matrix)).sum(0)
     return self
 

@@ -18,15 +18,15 @@ class VisionEmbeddings(nn.Module):
   def __call__(self, pixel_values):  # NHWC
     cfg = self.config
     d = cfg.hidden_size
-    patches = Patchify(d, cfg.patch_size, use_bias=False, dtype=self.dtype,
-                       name="patch_embedding")(pixel_values)
+    patches = Patchify(d, cfg.patch_size, use_bias=False, dtype=self.dtype, name="patch_embedding")(pixel_values)
     b, gh, gw, _ = patches.shape
     cls = self.param("class_embedding", nn.initializers.normal(d**-0.5), (d,))
     pos = nn.Embed(cfg.grid_size**2 + 1, d, name="position_embedding").embedding
     # HF interpolates whenever the grid differs from the one the embeddings were trained at.
     pos = resize_position_embedding(pos, gh)
     tokens = jnp.concatenate(
-        [jnp.broadcast_to(cls.astype(patches.dtype), (b, 1, d)), patches.reshape(b, gh * gw, d)], axis=1)
+      [jnp.broadcast_to(cls.astype(patches.dtype), (b, 1, d)), patches.reshape(b, gh * gw, d)], axis=1
+    )
     return tokens + pos.astype(patches.dtype)
 
 
@@ -57,7 +57,7 @@ class TextEmbeddings(nn.Module):
     cfg = self.config
     tok = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="token_embedding")
     pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, name="position_embedding")
-    return tok(input_ids) + pos.embedding[:input_ids.shape[-1]]
+    return tok(input_ids) + pos.embedding[: input_ids.shape[-1]]
 
 
 class TextTransformer(nn.Module):

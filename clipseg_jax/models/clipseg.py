@@ -23,24 +23,23 @@ class ClipSegModel(nn.Module):
     self.clip = CLIP(self.config, self.dtype)
     self.decoder = Decoder(self.config, self.dtype)
 
-  def __call__(self, pixel_values, input_ids=None, attention_mask=None, conditional_pixel_values=None,
-               conditional_embeddings=None):
+  def __call__(
+    self, pixel_values, input_ids=None, attention_mask=None, conditional_pixel_values=None, conditional_embeddings=None
+  ):
     """HF's forward: NHWC normalized pixels + one kind of condition -> dict of logits [B, H, W],
     conditional_embeddings [B, E] and pooled_output [B, E] (projected CLS of the query image)."""
     states, pooled = self.clip.vision_model(pixel_values)
-    cond = self.conditional_embeddings(input_ids, attention_mask, conditional_pixel_values,
-                                       conditional_embeddings)
+    cond = self.conditional_embeddings(input_ids, attention_mask, conditional_pixel_values, conditional_embeddings)
     activations = [states[i] for i in self.config.extract_layers]
     logits = self.decoder(self.decoder.reduce(activations), cond)
-    return {"logits": logits, "conditional_embeddings": cond,
-            "pooled_output": self.clip.visual_projection(pooled)}
+    return {"logits": logits, "conditional_embeddings": cond, "pooled_output": self.clip.visual_projection(pooled)}
 
-  def conditional_embeddings(self, input_ids=None, attention_mask=None, conditional_pixel_values=None,
-                             conditional_embeddings=None):
+  def conditional_embeddings(
+    self, input_ids=None, attention_mask=None, conditional_pixel_values=None, conditional_embeddings=None
+  ):
     given = [x is not None for x in (input_ids, conditional_pixel_values, conditional_embeddings)]
     if sum(given) != 1:
-      raise ValueError("condition on exactly one of input_ids, conditional_pixel_values or "
-                       "conditional_embeddings")
+      raise ValueError("condition on exactly one of input_ids, conditional_pixel_values or conditional_embeddings")
     if conditional_embeddings is not None:
       return conditional_embeddings
     # CLIP is frozen: no gradient flows into it from the condition.

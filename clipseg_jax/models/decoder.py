@@ -27,17 +27,22 @@ class Decoder(nn.Module):
     self.film_add = dense("film_add")
     self.reduces = [dense(f"reduces_{i}") for i in range(cfg.decoder_depth)]
     self.layers = [
-        DecoderLayer(cfg.decoder_num_attention_heads, cfg.decoder_intermediate_size,
-                     cfg.vision_config.layer_norm_eps, self.dtype, name=f"layers_{i}")
-        for i in range(cfg.decoder_depth if cfg.use_decoder_blocks else 0)
+      DecoderLayer(
+        cfg.decoder_num_attention_heads,
+        cfg.decoder_intermediate_size,
+        cfg.vision_config.layer_norm_eps,
+        self.dtype,
+        name=f"layers_{i}",
+      )
+      for i in range(cfg.decoder_depth if cfg.use_decoder_blocks else 0)
     ]
     p = cfg.vision_config.patch_size
     if cfg.use_complex_transposed_convolution:
       # Names keep the indices of HF's nn.Sequential (1 and 3 are the ReLUs).
       self.head = [
-          nn.Conv(d, (3, 3), padding=1, dtype=self.dtype, name="transposed_convolution_0"),
-          Unpatchify(d // 2, p // 4, self.dtype, name="transposed_convolution_2"),
-          Unpatchify(1, p // 4, self.dtype, name="transposed_convolution_4"),
+        nn.Conv(d, (3, 3), padding=1, dtype=self.dtype, name="transposed_convolution_0"),
+        Unpatchify(d // 2, p // 4, self.dtype, name="transposed_convolution_2"),
+        Unpatchify(1, p // 4, self.dtype, name="transposed_convolution_4"),
       ]
     else:
       self.head = [Unpatchify(1, p, self.dtype, name="transposed_convolution")]
@@ -68,4 +73,3 @@ class Decoder(nn.Module):
       conv, up1, up2 = self.head
       x = up2(jax.nn.relu(up1(jax.nn.relu(conv(x)))))
     return x.reshape(*lead, *x.shape[1:3])
-

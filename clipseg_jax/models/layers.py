@@ -7,6 +7,7 @@ conversion is a rename table (see `clipseg_jax.weights.hf`).
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -20,11 +21,11 @@ def quick_gelu(x):
 
 
 ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
+  "quick_gelu": quick_gelu,
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),
+  "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+  "relu": jax.nn.relu,
 }
 
 
@@ -71,7 +72,7 @@ class Attention(nn.Module):
 
 def eager_attention(q, k, v, bias=None):
   """[..., T, H, d] -> [..., T, H, d] as HF's eager path: scale after q.k, softmax in float32."""
-  scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1]**-0.5
+  scores = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1] ** -0.5
   if bias is not None:
     scores = scores + bias
   probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
@@ -105,8 +106,8 @@ def fused_attention(q, k, v, bias=None):
   if jax.default_backend() == "gpu":
     try:
       return jax.nn.dot_product_attention(q, k, v, bias, implementation="cudnn")
-    except Exception:  # a shape or cuDNN version the fused kernel does not take
-      pass
+    except (ValueError, NotImplementedError) as e:  # what JAX raises for shapes/versions cuDNN lacks
+      logging.getLogger(__name__).info("cuDNN attention unavailable (%s); using XLA's", e)
   return jax.nn.dot_product_attention(q, k, v, bias)
 
 
@@ -132,7 +133,8 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias=None):
     cfg = self.config
     x = x + Attention(cfg.num_attention_heads, self.dtype, by_head_on_cpu=True, name="self_attn")(
-        layer_norm(cfg.layer_norm_eps, "layer_norm1", self.dtype)(x), bias)
+      layer_norm(cfg.layer_norm_eps, "layer_norm1", self.dtype)(x), bias
+    )
     h = layer_norm(cfg.layer_norm_eps, "layer_norm2", self.dtype)(x)
     return x + MLP(cfg.intermediate_size, cfg.hidden_act, self.dtype, name="mlp")(h)
 
@@ -148,10 +150,10 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = layer_norm(self.eps, "layer_norm1", self.dtype)(
-        x + Attention(self.num_heads, self.dtype, name="self_attn")(x))
+    x = layer_norm(self.eps, "layer_norm1", self.dtype)(x + Attention(self.num_heads, self.dtype, name="self_attn")(x))
     return layer_norm(self.eps, "layer_norm2", self.dtype)(
-        x + MLP(self.intermediate_size, "relu", self.dtype, name="mlp")(x))
+      x + MLP(self.intermediate_size, "relu", self.dtype, name="mlp")(x)
+    )
 
 
 class Encoder(nn.Module):
@@ -209,8 +211,7 @@ class Unpatchify(nn.Module):
   def __call__(self, x):  # [B, h, w, C] -> [B, h*p, w*p, features]
     b, h, w, c = x.shape
     p = self.patch
-    kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
-                        (p, p, self.features, c))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2), (p, p, self.features, c))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     dtype = self.dtype or x.dtype
     # A plain matmul, then the interleave: asked for "bhiwjo" directly, XLA:CPU's dot writes a strided

@@ -17,14 +17,17 @@ _A = -0.75  # torch's cubic convolution coefficient
 
 def _cubic_weights(t: np.ndarray) -> np.ndarray:
   """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional positions t in [0, 1)."""
+
   def near(x):  # |x| <= 1
     return ((_A + 2) * x - (_A + 3)) * x * x + 1
+
   def far(x):  # 1 < |x| < 2
     return ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
+
   return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   """[n_out, n_in] matrix M with M @ x == torch bicubic resize (align_corners=False) of x along one axis."""
   src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5  # not clamped, as in torch

@@ -11,25 +11,29 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
   def __init__(self, directory, keep: int = 3, asynchronous: bool = True):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
-                                           create=True)
-    self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                         item_names=("state", "params", "data"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
+    self.manager = ocp.CheckpointManager(
+      Path(directory).absolute(), options=options, item_names=("state", "params", "data")
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data: dict, force: bool = False) -> bool:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              params=ocp.args.StandardSave(state.params),
-                              data=ocp.args.JsonSave(data))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params), data=ocp.args.JsonSave(data)
+    )
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, abstract_state, shardings=None, step: int | None = None):
     """(state, data state) at `step` (default: latest), placed by `shardings` (any mesh/topology)."""
     step = self.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_placed(abstract_state, shardings)), data=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_placed(abstract_state, shardings)), data=ocp.args.JsonRestore()
+      ),
+    )
     return out["state"], out["data"]
 
   def restore_params(self, abstract_params, step: int | None = None):
@@ -49,6 +53,7 @@ def _placed(abstract, shardings):
   """Abstract arrays with target shardings (default: the first local device), so that a checkpoint
   written on one topology restores on another."""
   import jax
+
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, abstract)

@@ -24,22 +24,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 from tqdm import tqdm
 
 from clipseg_jax import preprocess
 from clipseg_jax.config import ClipSegConfig, TextConfig, VisionConfig
 from clipseg_jax.models.clip import CLIP
 from clipseg_jax.models.layers import layer_norm
+from clipseg_jax.tokenizer import default_tokenizer, tokenize
+from clipseg_jax.train.step import make_schedule
 from clipseg_jax.weights import hf, io
 
 POOL_STREAM = 90_000_000  # scene indices of the pretraining pool (the dataset's splits use 0-39,999,999)
 
 
 def clip_config(cfg) -> ClipSegConfig:
-  return ClipSegConfig(text_config=TextConfig(**cfg.text), vision_config=VisionConfig(**cfg.vision),
-                       projection_dim=cfg.projection_dim, extract_layers=(cfg.vision.num_hidden_layers - 1,),
-                       reduce_dim=16)
+  return ClipSegConfig(
+    text_config=TextConfig(**cfg.text),
+    vision_config=VisionConfig(**cfg.vision),
+    projection_dim=cfg.projection_dim,
+    extract_layers=(cfg.vision.num_hidden_layers - 1,),
+    reduce_dim=16,
+  )
 
 
 def clip_loss(image_embeds, text_embeds, logit_scale, same=None):
@@ -50,8 +55,7 @@ def clip_loss(image_embeds, text_embeds, logit_scale, same=None):
   logits = jnp.exp(jnp.minimum(logit_scale, np.log(100.0))) * img @ txt.T
   target = jnp.eye(logits.shape[0]) if same is None else same.astype(logits.dtype)
   target = target / target.sum(-1, keepdims=True)
-  return (optax.softmax_cross_entropy(logits, target).mean()
-          + optax.softmax_cross_entropy(logits.T, target).mean()) / 2
+  return (optax.softmax_cross_entropy(logits, target).mean() + optax.softmax_cross_entropy(logits.T, target).mean()) / 2
 
 
 def image_embeddings(model: CLIP, params, pixels, poolings=("cls",)):
@@ -77,11 +81,12 @@ def image_embeddings(model: CLIP, params, pixels, poolings=("cls",)):
 def render(seed: int, index: int, render_size: int, size: int, single_object_prob: float):
   """One pool scene: (uint8 image [size, size, 3] rendered at `render_size` like the dataset's and
   resized like the decoder's inputs, its caption)."""
-  from input_pipeline import synthetic
+  from clipseg_jax.input_pipeline import synthetic
+
   rng = np.random.default_rng([seed, POOL_STREAM + index])
   n = 1 if rng.random() < single_object_prob else None
   image, objects = synthetic.make_scene(rng, render_size, n_objects=n)
-  image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+  image = preprocess.resize_square(image, size)
   return image, synthetic.caption([o for o in objects if o.mask.any()])
 
 
@@ -105,24 +110,20 @@ def _render_args(a):
 
 def pretrain(cfg, workdir, show: bool = True) -> dict:
   """Run the recipe; writes WORKDIR/clip (HF CLIPModel) and WORKDIR/summary.json."""
-  from clipseg_jax.tokenizer import load_tokenizer
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config = clip_config(cfg)
   model = CLIP(config)
   start = time.perf_counter()
   images, captions = scene_pool(cfg, show)
-  t = load_tokenizer()(captions, padding="max_length", truncation=True, max_length=cfg.max_text_length,
-                       return_tensors="np")
+  ids, mask = tokenize(default_tokenizer(), captions, cfg.max_text_length)
   # The whole pool lives on the device; each step gathers its batch there.
-  pool = jax.device_put({"images": images, "ids": t["input_ids"].astype(np.int32),
-                         "mask": t["attention_mask"].astype(np.int32)})
+  pool = jax.device_put({"images": images, "ids": ids, "mask": mask})
   render_seconds = time.perf_counter() - start
   s = cfg.image_size
   params = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, s, s, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
   warmup = min(cfg.optim.warmup_steps, cfg.total_steps // 10)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.optim.learning_rate, warmup, cfg.total_steps,
-                                                cfg.optim.end_learning_rate)
+  schedule = make_schedule(cfg.optim.learning_rate, cfg.optim.end_learning_rate, warmup, cfg.total_steps)
   tx = optax.adamw(schedule, weight_decay=cfg.optim.weight_decay)
   opt_state = tx.init(params)
   poolings = tuple(cfg.poolings)
@@ -138,6 +139,7 @@ def pretrain(cfg, workdir, show: bool = True) -> dict:
       txt = model.apply({"params": p}, tokens, mask, method=CLIP.text_embeds)
       images = image_embeddings(model, p, preprocess.normalize(pixels), poolings)
       return sum(clip_loss(img, txt, p["logit_scale"], same) for img in images) / len(images)
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -151,14 +153,18 @@ def pretrain(cfg, workdir, show: bool = True) -> dict:
     params, opt_state, loss = step(params, opt_state, pool, idx, rng.random(cfg.batch_size) < 0.5)
     losses.append(loss)
     if (i + 1) % cfg.log_every == 0:
-      bar.set_postfix(loss=f"{np.mean(jax.device_get(losses[-cfg.log_every:])):.3f}")
+      bar.set_postfix(loss=f"{np.mean(jax.device_get(losses[-cfg.log_every :])):.3f}")
     if cfg.get("export_every") and (i + 1) % cfg.export_every == 0 and i + 1 < cfg.total_steps:
       export_clip(config, params, workdir / "clip", np.dtype(cfg.export_dtype))
   losses = np.asarray(jax.device_get(losses))
   export_clip(config, params, workdir / "clip", np.dtype(cfg.export_dtype))
-  summary = {"final_loss": float(np.mean(losses[-cfg.log_every:])), "steps": cfg.total_steps,
-             "render_seconds": round(render_seconds, 1),
-             "train_seconds": round(time.perf_counter() - train_start, 1), "device": jax.devices()[0].device_kind}
+  summary = {
+    "final_loss": float(np.mean(losses[-cfg.log_every :])),
+    "steps": cfg.total_steps,
+    "render_seconds": round(render_seconds, 1),
+    "train_seconds": round(time.perf_counter() - train_start, 1),
+    "device": jax.devices()[0].device_kind,
+  }
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
@@ -168,8 +174,14 @@ def clip_config_dict(config: ClipSegConfig) -> dict:
   d = config.to_dict()
   text, vision = dict(d["text_config"]), dict(d["vision_config"])
   text["model_type"], vision["model_type"] = "clip_text_model", "clip_vision_model"
-  return {"model_type": "clip", "architectures": ["CLIPModel"], "text_config": text, "vision_config": vision,
-          "projection_dim": config.projection_dim, "logit_scale_init_value": config.logit_scale_init_value}
+  return {
+    "model_type": "clip",
+    "architectures": ["CLIPModel"],
+    "text_config": text,
+    "vision_config": vision,
+    "projection_dim": config.projection_dim,
+    "logit_scale_init_value": config.logit_scale_init_value,
+  }
 
 
 def export_clip(config: ClipSegConfig, clip_params, out_dir, dtype=np.float32):
@@ -178,5 +190,6 @@ def export_clip(config: ClipSegConfig, clip_params, out_dir, dtype=np.float32):
   out.mkdir(parents=True, exist_ok=True)
   state = {k: v.astype(dtype) for k, v in hf.to_hf(jax.device_get(clip_params)).items()}
   io.write_safetensors(state, out / "model.safetensors")
+  default_tokenizer().save_pretrained(str(out))  # the CLIP tokenizes with nothing else
   (out / "config.json").write_text(json.dumps(clip_config_dict(config), indent=2, sort_keys=True) + "\n")
   return out

@@ -1,73 +1,81 @@
-"""Loading `ml_collections` config files with `--config.KEY=VALUE` overrides; unknown keys are errors."""
+"""Training configs: `ml_collections` files driven by `config_flags`, as big_vision and Flax's examples.
+
+A config is a recipe name shipped in `clipseg_jax/configs/` (`synthetic`, `rd64_uni`, ...) or the path
+of a user's own file defining `get_config()`. Overrides follow `config_flags`: `--config.KEY=VALUE` or
+`--config.KEY VALUE`; the config is locked, and an unknown key is an error listing the valid ones.
+"""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from clipseg_jax import configs as recipes
+
+RECIPES = Path(recipes.__file__).resolve().parent
+PREFIX = "--config."
 
 
-def load_config(path: str | os.PathLike, overrides=()) -> ml_collections.ConfigDict:
-  """`get_config()` of the Python file at `path`, locked, with `KEY=VALUE` overrides applied."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"config file not found: {path}")
-  # Recipes import their shared parts as `experiments.configs.common`: put the repository on the path.
-  for root in path.resolve().parents:
-    if (root / "experiments" / "configs" / "__init__.py").exists():
-      if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-      break
-  spec = importlib.util.spec_from_file_location(f"_clipseg_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} defines no get_config()")
-  config = module.get_config()
-  config.lock()
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"override {item!r} is not KEY=VALUE")
-    set_value(config, key.removeprefix("--config.").removeprefix("config."), value)
-  return config
+def recipe_names() -> list[str]:
+  """The recipes shipped in the package (resolvable by name)."""
+  return sorted(p.stem for p in RECIPES.glob("*.py") if p.stem not in ("__init__", "common"))
 
 
-def set_value(config, dotted: str, text: str):
-  *parents, leaf = dotted.split(".")
-  node = config
-  for i, name in enumerate(parents):
-    if name not in node:
-      raise ValueError(f"unknown config key {'.'.join(parents[:i + 1])!r}")
-    node = node[name]
-  if leaf not in node:
-    raise ValueError(f"unknown config key {dotted!r}; known at this level: {', '.join(sorted(node.keys()))}")
-  old = node[leaf]
-  node[leaf] = parse_like(text, old, dotted)
+def resolve(spec: str | os.PathLike) -> str:
+  """A recipe name or a config file path (config_flags' `:ARG` suffix kept) -> a file path."""
+  spec = str(spec)
+  path, sep, arg = spec.partition(":")
+  candidates = [Path(os.path.expanduser(path)), RECIPES / f"{path}.py"]
+  found = next((c for c in candidates if c.is_file()), None)
+  if found is None:
+    raise FileNotFoundError(f"config {path!r} is neither a file nor a shipped recipe ({', '.join(recipe_names())})")
+  return f"{found}{sep}{arg}"
 
 
-def parse_like(text: str, old, key: str):
-  """Parse `text` to the type of the current value (tuples, bools and numbers by Python syntax)."""
-  if isinstance(old, str):
-    return text
+def override_keys(args) -> list[str]:
+  """The dotted keys named by `--config.KEY=VALUE` / `--config.KEY VALUE` arguments."""
+  return [a[len(PREFIX) :].partition("=")[0] for a in args if a.startswith(PREFIX)]
+
+
+def check_keys(config: ml_collections.ConfigDict, keys):
+  """Unknown override keys as one error naming the valid keys where the path went wrong."""
+  for key in keys:
+    node, walked = config, []
+    for name in key.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        where = ".".join(walked) or "the top level"
+        valid = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+        raise ValueError(f"unknown config key {key!r}; valid keys at {where}: {valid}")
+      node, walked = node[name], walked + [name]
+
+
+def _parse(path: str, args) -> tuple[ml_collections.ConfigDict, list[str]]:
+  argv = ["clipseg-jax", f"--config={path}", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True, sys_argv=argv)
   try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    raise ValueError(f"--config.{key}={text}: not a Python literal for a {type(old).__name__}") from None
-  if isinstance(old, bool) != isinstance(value, bool) and old is not None:
-    raise ValueError(f"--config.{key}={text}: expected a {type(old).__name__}")
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  if isinstance(old, tuple) and isinstance(value, list):
-    value = tuple(value)
-  if old is not None and not isinstance(value, type(old)):
-    raise ValueError(f"--config.{key}={text}: expected a {type(old).__name__}, got {type(value).__name__}")
-  return value
+    rest = values(argv, known_only=False)
+  except flags.Error as e:
+    raise ValueError(str(e)) from None
+  return values.config, rest[1:]
+
+
+def load_config(spec, overrides=()) -> ml_collections.ConfigDict:
+  """`get_config()` of recipe or file `spec`, locked, with `--config.KEY[=]VALUE` overrides applied."""
+  path = resolve(spec)
+  # From Python, "KEY=VALUE" is accepted too: it means --config.KEY=VALUE.
+  overrides = [a if a.startswith("-") or "=" not in a else PREFIX + a for a in map(str, overrides)]
+  base, _ = _parse(path, [])
+  check_keys(base, override_keys(overrides))
+  config, rest = _parse(path, overrides)
+  if rest:
+    raise ValueError(f"unrecognized arguments: {' '.join(rest)} (overrides are --config.KEY=VALUE)")
+  return config
 
 
 def to_json(config) -> str:

@@ -11,24 +11,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from clipseg_jax import preprocess, prompts
+from clipseg_jax.input_pipeline.pcplus import PCPlusSampler
 from clipseg_jax.models.clipseg import ClipSegModel
+from clipseg_jax.tokenizer import tokenize
 
 CHUNK = 16  # images per CLIP call while building the tables
+TEXT_CHUNK = 256  # prompts per text-tower call
 
 
 class FeatureCache:
-  def __init__(self, module: ClipSegModel, clip_params: dict, source, index, opts, *, show: bool = True):
-    self.opts, self.index = opts, index
+  def __init__(self, module: ClipSegModel, clip_params: dict, tokenizer, source, index, opts, *, show: bool = True):
+    self.opts, self.index, self.sampler = opts, index, PCPlusSampler(index, opts)
     s = opts.image_size
     apply = lambda method: jax.jit(lambda p, *a: module.apply({"params": p}, *a, method=method))
-    acts_fn, text_fn, visual_fn = (apply(ClipSegModel.activations), apply(ClipSegModel.text_embeddings),
-                                   apply(ClipSegModel.visual_embeddings))
-    from clipseg_jax.tokenizer import load_tokenizer
-    tok = load_tokenizer()
+    acts_fn, text_fn, visual_fn = (
+      apply(ClipSegModel.activations),
+      apply(ClipSegModel.text_embeddings),
+      apply(ClipSegModel.visual_embeddings),
+    )
     records = sorted({r for r, _ in index.pairs})
     self.record_row = {r: i for i, r in enumerate(records)}
     pairs_of = {}
@@ -50,18 +53,19 @@ class FeatureCache:
         queries.clear()
         query_rows.clear()
       if supports and (final or len(supports) >= CHUNK):
-        self.visual[support_ids] = np.asarray(visual_fn(clip_params, preprocess.normalize(
-            jnp.asarray(np.stack(supports)))))
+        self.visual[support_ids] = np.asarray(
+          visual_fn(clip_params, preprocess.normalize(jnp.asarray(np.stack(supports))))
+        )
         supports.clear()
         support_ids.clear()
 
     for row, r in enumerate(tqdm(records, desc="caching CLIP features", unit="img", disable=not show)):
       record = source[r]  # decoded once: query activations, masks and visual prompts of all its pairs
-      queries.append(np.asarray(Image.fromarray(record["image"]).resize((s, s), Image.BILINEAR)))
+      queries.append(preprocess.resize_square(record["image"], s))
       query_rows.append(row)
       for p, k in pairs_of[r]:
         mask = record["masks"][k]
-        self.masks[p] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((s, s), Image.NEAREST))
+        self.masks[p] = preprocess.resize_square(np.asarray(mask, np.uint8), s, nearest=True)
         if opts.visual_prompts:
           supports.append(prompts.visual_prompt(record["image"], mask, opts.prompt_mode, s))
           support_ids.append(p)
@@ -70,14 +74,11 @@ class FeatureCache:
     self.phrases = sorted(index.by_phrase)
     self.phrase_id = {p: i for i, p in enumerate(self.phrases)}
     texts = [t.format(p) for p in self.phrases for t in opts.templates]
-    emb = []
-    for start in range(0, len(texts), 256):
-      batch = tok(texts[start:start + 256], padding="max_length", truncation=True, max_length=77,
-                  return_tensors="np")
-      emb.append(np.asarray(text_fn(clip_params, jnp.asarray(batch["input_ids"], jnp.int32),
-                                    jnp.asarray(batch["attention_mask"], jnp.int32))))
+    emb, limit = [], module.config.text_config.max_position_embeddings
+    for start in range(0, len(texts), TEXT_CHUNK):
+      ids, mask = tokenize(tokenizer, texts[start : start + TEXT_CHUNK], limit)
+      emb.append(np.asarray(text_fn(clip_params, jnp.asarray(ids), jnp.asarray(mask))))
     self.text = np.concatenate(emb)
-    self.pair_phrase = np.array([self.phrase_id[p] for p in index.phrases])
     self.pair_record = np.array([self.record_row[r] for r, _ in index.pairs])
 
   def tables(self) -> dict:
@@ -86,29 +87,16 @@ class FeatureCache:
   def sample(self, seed: int, step: int, batch_size: int, shard_index: int = 0, shard_count: int = 1):
     """The global batch of `step` (the same on every process), sliced to this process's share."""
     rng = np.random.default_rng([seed, step])
-    opts, n_t = self.opts, len(self.opts.templates)
-    pairs = rng.integers(0, len(self.index), batch_size)
+    n_t = len(self.opts.templates)
     out = {k: [] for k in ("record", "mask", "text", "visual", "text_weight")}
-    for p in pairs:
-      phrase = int(self.pair_phrase[p])
-      mask = self.masks[p]
-      if rng.random() < opts.q_neg:
-        other = int(self.pair_phrase[rng.integers(len(self.index))])
-        if other != phrase:
-          phrase, mask = other, np.zeros_like(mask)
-      template = int(rng.integers(n_t))
-      visual, weight = 0, 1.0
-      if opts.visual_prompts:
-        candidates = [q for q in self.index.by_phrase[self.phrases[phrase]] if q != p]
-        if candidates:
-          visual, weight = int(candidates[int(rng.integers(len(candidates)))]), float(rng.uniform(0, opts.mix_max))
+    for p in rng.integers(0, len(self.index), batch_size):
+      c = self.sampler.choose(int(p), rng)
       out["record"].append(self.pair_record[p])
-      out["mask"].append(mask)
-      out["text"].append(phrase * n_t + template)
-      out["visual"].append(visual)
-      out["text_weight"].append(weight)
+      out["mask"].append(np.zeros_like(self.masks[p]) if c.negative else self.masks[p])
+      out["text"].append(self.phrase_id[c.phrase] * n_t + c.template)
+      out["visual"].append(0 if c.support is None else c.support)  # row 0 is unused when w = 1
+      out["text_weight"].append(c.text_weight)
     local = batch_size // shard_count
     sl = slice(shard_index * local, (shard_index + 1) * local)
-    return {"record": np.asarray(out["record"], np.int32)[sl], "mask": np.asarray(out["mask"], np.float32)[sl],
-            "text": np.asarray(out["text"], np.int32)[sl], "visual": np.asarray(out["visual"], np.int32)[sl],
-            "text_weight": np.asarray(out["text_weight"], np.float32)[sl]}
+    types = {"record": np.int32, "mask": np.float32, "text": np.int32, "visual": np.int32, "text_weight": np.float32}
+    return {k: np.asarray(v, types[k])[sl] for k, v in out.items()}

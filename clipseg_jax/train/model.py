@@ -14,11 +14,18 @@ from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.models.clipseg import init_params
 from clipseg_jax.weights import hf, io
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # inside the installed package
 EMBEDDED = {"embedded:synthetic-clip": ASSETS / "synthetic_clip"}
 
-DECODER_FIELDS = ("extract_layers", "reduce_dim", "decoder_num_attention_heads", "decoder_intermediate_size",
-                  "conditional_layer", "use_complex_transposed_convolution")
+DECODER_FIELDS = (
+  "extract_layers",
+  "reduce_dim",
+  "decoder_num_attention_heads",
+  "decoder_intermediate_size",
+  "conditional_layer",
+  "use_complex_transposed_convolution",
+  "use_decoder_blocks",
+)
 
 
 RANDOM = "random:"  # "random:SOURCE": SOURCE's architecture with random weights (the paper's ablation)
@@ -30,8 +37,9 @@ def resolve_clip(source: str) -> Path:
   if source in EMBEDDED:
     path = EMBEDDED[source]
     if not (path / "config.json").exists():
-      raise FileNotFoundError(f"the embedded CLIP {source!r} is missing from {path}; it is made by "
-                              "`clipseg-jax pretrain-clip` (see README)")
+      raise FileNotFoundError(
+        f"the embedded CLIP {source!r} is missing from {path}; it is made by `clipseg-jax pretrain-clip` (see README)"
+      )
     return path
   return io.resolve(source)
 
@@ -42,14 +50,13 @@ def model_config(model_cfg) -> ClipSegConfig:
   raw = json.loads((clip_dir / "config.json").read_text())
   fields = {k: model_cfg[k] for k in DECODER_FIELDS}
   fields["extract_layers"] = tuple(fields["extract_layers"])
-  if model_cfg.get("decoder_depth", -1) == 0:
-    fields["use_decoder_blocks"] = False
   if raw.get("model_type") == "clipseg":  # towers of a CLIPSeg checkpoint
     base = ClipSegConfig.from_dict(raw)
     return dataclasses.replace(base, **fields)
   if raw.get("model_type") != "clip":
-    raise ValueError(f"{model_cfg.clip}: expected an HF CLIP or CLIPSeg checkpoint, got model_type "
-                     f"{raw.get('model_type')!r}")
+    raise ValueError(
+      f"{model_cfg.clip}: expected an HF CLIP or CLIPSeg checkpoint, got model_type {raw.get('model_type')!r}"
+    )
   return ClipSegConfig.from_clip_dict(raw, **fields)
 
 
@@ -87,5 +94,7 @@ def check_fingerprint(workdir: Path, base: dict, clip_tree, digest: str | None =
   The tree is hashed only when the workdir recorded a digest (or pass `digest`, already computed)."""
   want = base.get("clip_sha256")  # absent in workdirs written before it was recorded
   if want and (digest or fingerprint(clip_tree)) != want:
-    raise ValueError(f"{workdir} was trained on other weights of the CLIP {base['clip']!r} than it holds now "
-                     "(its weights changed since); the decoder does not fit them: retrain in a new workdir")
+    raise ValueError(
+      f"{workdir} was trained on other weights of the CLIP {base['clip']!r} than it holds now "
+      "(its weights changed since); the decoder does not fit them: retrain in a new workdir"
+    )

@@ -16,13 +16,24 @@ from tqdm import tqdm
 
 from clipseg_jax.api import ClipSeg
 from clipseg_jax.models.clipseg import ClipSegModel
-from clipseg_jax.train import checkpoints, configs, sharding, step as steps
-from clipseg_jax.train.model import check_fingerprint, fingerprint, initial_params, model_config
+from clipseg_jax.tokenizer import load_tokenizer
+from clipseg_jax.train import checkpoints, configs, sharding
+from clipseg_jax.train import step as steps
+from clipseg_jax.train.model import check_fingerprint, fingerprint, initial_params, model_config, resolve_clip
 
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
-RESUMABLE = {"total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "eval_images",
-             "sample_every", "data.workers", "data.data_dir"}
+RESUMABLE = {
+  "total_steps",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "log_every",
+  "eval_every",
+  "eval_images",
+  "sample_every",
+  "data.workers",
+  "data.data_dir",
+}
 
 
 def _flat(d, prefix=""):
@@ -69,6 +80,7 @@ class Preempted:
     if jax.process_count() == 1:
       return self.flag
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.int32(self.flag))))
 
   def restore(self):
@@ -86,6 +98,11 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
 
   config = model_config(cfg.model)
+  # What the decoder will have seen, for `evaluation.protocols.check_model_fits` and `predictor_for`.
+  config.extra.update(
+    trained_prompts=["text", "visual"] if cfg.data.pcplus.visual_prompts else ["text"],
+    withhold_prompt=bool(cfg.model.withhold_prompt),
+  )
   compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
   module = ClipSegModel(config, compute)
   trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
@@ -104,7 +121,9 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   frozen = jax.device_put(frozen, frozen_sh)
   batch_sh = sharding.batch_sharding(mesh)
 
-  data = Data(cfg, module, host_frozen, mesh)
+  clip_dir = resolve_clip(cfg.model.clip)  # its tokenizer files (OpenAI CLIP's when it has none)
+  tokenizer = load_tokenizer(clip_dir)
+  data = Data(cfg, module, host_frozen, mesh, clip_dir)
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   start = ckpt.latest_step() or 0
   if start:
@@ -117,15 +136,21 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     (workdir / "model").mkdir(exist_ok=True)
     config.to_json(workdir / "model" / "config.json")
     (workdir / "model" / "base.json").write_text(json.dumps(base) + "\n")
+    tokenizer.save_pretrained(str(workdir / "model"))  # a workdir tokenizes with nothing else
 
   step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep)
   # Every process evaluates its share of the held-out images (the metrics are summed across them).
-  evaluator = Evaluator(cfg, config, host_frozen, workdir if lead else None) if cfg.eval_every else None
+  evaluator = Evaluator(cfg, config, host_frozen, tokenizer, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
   preempted = Preempted()
   metrics, t0, seen, done = {}, time.perf_counter(), 0, start
-  bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="train",
-             disable=not (lead and show_progress))
+  bar = tqdm(
+    range(start, cfg.total_steps),
+    initial=start,
+    total=cfg.total_steps,
+    desc="train",
+    disable=not (lead and show_progress),
+  )
   try:
     for step in bar:
       state, metrics = step_fn(state, frozen, *data.batch(step, batch_sh))
@@ -159,10 +184,11 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
 class Data:
   """The two data paths: cached CLIP features (decoder-only steps) or streamed raw batches."""
 
-  def __init__(self, cfg, module, frozen, mesh):
-    from input_pipeline import open_source
-    from input_pipeline.heldout import make_filter
-    from input_pipeline.pcplus import PairIndex, PCPlusOptions
+  def __init__(self, cfg, module, frozen, mesh, tokenizer_dir):
+    from clipseg_jax.input_pipeline import open_source
+    from clipseg_jax.input_pipeline.heldout import make_filter
+    from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions
+
     self.cfg, self.mesh = cfg, mesh
     self.opts = PCPlusOptions.from_config(cfg.data.pcplus)
     self.cached = use_cache(cfg)
@@ -172,26 +198,46 @@ class Data:
     self.local = cfg.batch_size // jax.process_count()
     if self.cached:
       from clipseg_jax.train.features import FeatureCache
-      cache = FeatureCache(module, frozen, source, PairIndex(source, keep), self.opts,
-                           show=jax.process_index() == 0)
+
+      cache = FeatureCache(
+        module,
+        frozen,
+        load_tokenizer(tokenizer_dir),
+        source,
+        PairIndex(source, keep),
+        self.opts,
+        show=jax.process_index() == 0,
+      )
       self.cache = cache
       self.tables = jax.device_put(cache.tables(), sharding.replicated(mesh))
     else:
-      from input_pipeline.loader import make_loader
-      loader = make_loader(source, self.opts, batch_size=self.local, seed=cfg.seed, worker_count=cfg.data.workers,
-                           shard_index=jax.process_index(), shard_count=jax.process_count(), keep=keep)
+      from clipseg_jax.input_pipeline.loader import make_loader
+
+      loader = make_loader(
+        source,
+        self.opts,
+        batch_size=self.local,
+        seed=cfg.seed,
+        worker_count=cfg.data.workers,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        keep=keep,
+        max_length=module.config.text_config.max_position_embeddings,
+        tokenizer_dir=str(tokenizer_dir),
+      )
       self.iterator = iter(loader)
 
   def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep):
     if self.cached:
       fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale)
       tables_sh = jax.tree.map(lambda _: rep, self.tables)
-      return jax.jit(fn, in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh),
-                     out_shardings=(state_sh, rep), donate_argnums=(0,))
-    fn = steps.make_stream_step(module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt,
-                                self.cfg.model.activation_scale)
-    return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
-                   donate_argnums=(0,))
+      return jax.jit(
+        fn, in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,)
+      )
+    fn = steps.make_stream_step(
+      module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale
+    )
+    return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
 
   def batch(self, step: int, batch_sh):
     if self.cached:
@@ -213,28 +259,40 @@ class Evaluator:
   """Periodic IoU on the held-out split, and a picture of predictions in workdir/samples (when given
   a workdir: process 0)."""
 
-  def __init__(self, cfg, config, frozen, workdir: Path | None):
-    self.cfg, self.workdir = cfg, workdir
-    self.model = ClipSeg(config, {**frozen, "decoder": None},
-                         image_size=cfg.data.pcplus.image_size)
+  def __init__(self, cfg, config, frozen, tokenizer, workdir: Path | None):
+    self.cfg, self.config, self.frozen, self.tokenizer, self.workdir = cfg, config, frozen, tokenizer, workdir
+    self.model = None  # built at the first evaluation, from the trained params (then only updated)
 
   def __call__(self, trainable, step: int) -> dict:
     from clipseg_jax.evaluation import report
-    from clipseg_jax.evaluation.protocols import EvalOptions, referring
+    from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
+
     trained = steps.fold_activation_scale(jax.device_get(trainable), self.cfg.model.activation_scale)
-    self.model.params = {**self.model.params, **trained}
-    opts = EvalOptions(data_dir=os.path.expanduser(self.cfg.data.data_dir), dataset=self.cfg.data.name,
-                       split=self.cfg.data.eval_split, limit=self.cfg.eval_images, progress=False)
-    from clipseg_jax.evaluation.protocols import ModelPredictor, NoPromptPredictor
-    predictor = (NoPromptPredictor if self.cfg.model.withhold_prompt else ModelPredictor)(self.model)
+    if self.model is None:
+      self.model = ClipSeg(
+        self.config, {**self.frozen, **trained}, self.tokenizer, image_size=self.cfg.data.pcplus.image_size
+      )
+    else:
+      self.model.params = {**self.model.params, **trained}
+    opts = EvalOptions(
+      data_dir=os.path.expanduser(self.cfg.data.data_dir),
+      dataset=self.cfg.data.name,
+      split=self.cfg.data.eval_split,
+      limit=self.cfg.eval_images,
+      progress=False,
+    )
+    predictor = predictor_for(self.model, withhold_prompt=self.cfg.model.withhold_prompt)
     numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
     picture_due = self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps
     if self.workdir and picture_due:
       (self.workdir / "samples").mkdir(exist_ok=True)
       report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")
-    return {"eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"],
-            "eval/iou_fg_best": numbers["iou_fg"]["value"],
-            "eval/miou_best": numbers["miou"]["value"], "eval/ap": numbers["ap"]}
+    return {
+      "eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"],
+      "eval/iou_fg_best": numbers["iou_fg"]["value"],
+      "eval/miou_best": numbers["miou"]["value"],
+      "eval/ap": numbers["ap"],
+    }
 
 
 class Writer:
@@ -242,6 +300,7 @@ class Writer:
 
   def __init__(self, workdir: Path):
     import tensorflow as tf
+
     self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tb"))
 
   def scalars(self, step: int, values: dict):

@@ -1,10 +1,10 @@
 """A small web demo on the standard library's HTTP server; the model stays loaded and compiled.
 
-  GET  /             the page (index.html)
-  GET  /api/info     {"checkpoint", "image_size", "max_side"}
-  POST /api/segment  {"image": data URL or base64, "prompts": [str], "threshold": float | null}
-                     -> {"overlay": PNG data URL, "masks": [{"prompt", "mask", "coverage"}], "notes",
-                         "seconds"}; bad requests get {"error": ...} with status 400 or 413.
+GET  /             the page (index.html)
+GET  /api/info     {"checkpoint", "image_size", "max_side"}
+POST /api/segment  {"image": data URL or base64, "prompts": [str], "threshold": float | null}
+                   -> {"overlay": PNG data URL, "masks": [{"prompt", "mask", "coverage"}], "notes",
+                       "seconds"}; bad requests get {"error": ...} with status 400 or 413.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from clipseg_jax import preprocess, visualize
 
 PAGE = Path(__file__).with_name("index.html")
 MAX_REQUEST_BYTES = 40 << 20  # an upload of this size (base64) is refused before it is read
-MAX_PROMPTS = 10              # one palette colour each
+MAX_PROMPTS = 10  # one palette colour each
 
 
 class BadRequest(ValueError):
@@ -87,10 +87,16 @@ class Segmenter:
     with self.lock:  # predict checks the threshold: its ValueError becomes a 400
       probs = self.model.predict(image, prompts, threshold=request.get("threshold"))[0]
     seconds = time.perf_counter() - start
-    return {"overlay": png_data_url(visualize.overlay(image, probs, prompts)),
-            "masks": [{"prompt": p, "mask": png_data_url(visualize.mask_image(m)),
-                       "coverage": float(np.mean(m > 0.5))} for p, m in zip(prompts, probs)],
-            "notes": notes, "seconds": round(seconds, 3), "size": [image.width, image.height]}
+    return {
+      "overlay": png_data_url(visualize.overlay(image, probs, prompts)),
+      "masks": [
+        {"prompt": p, "mask": png_data_url(visualize.mask_image(m)), "coverage": float(np.mean(m > 0.5))}
+        for p, m in zip(prompts, probs)
+      ],
+      "notes": notes,
+      "seconds": round(seconds, 3),
+      "size": [image.width, image.height],
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -111,8 +117,10 @@ class Handler(BaseHTTPRequestHandler):
     try:
       length = int(self.headers.get("Content-Length") or 0)
       if length > MAX_REQUEST_BYTES:
-        raise BadRequest(f"the upload is {length >> 20} MB; the limit is {MAX_REQUEST_BYTES >> 20} MB",
-                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        raise BadRequest(
+          f"the upload is {length >> 20} MB; the limit is {MAX_REQUEST_BYTES >> 20} MB",
+          HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
       try:
         request = json.loads(self.rfile.read(length) or b"null")
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -122,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
       self._json(e.status, {"error": str(e)})
     except ValueError as e:  # the model's own input checks
       self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-    except Exception as e:  # keep serving whatever happened
+    except Exception as e:  # noqa: BLE001 - keep serving whatever happened (logged, reported as a 500)
       self.log_error("segment failed: %r", e)
       self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}: {e}"})
 

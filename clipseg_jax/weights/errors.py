@@ -7,8 +7,11 @@ class CheckpointMismatchError(ValueError):
   def __init__(self, source: str, *, missing=(), unexpected=(), misshaped=()):
     self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
     lines = [f"{source} does not match the model config:"]
-    for title, items in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                         ("misshaped keys", self.misshaped)):
+    for title, items in (
+      ("missing keys", self.missing),
+      ("unexpected keys", self.unexpected),
+      ("misshaped keys", self.misshaped),
+    ):
       if items:
         shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
         lines.append(f"  {title} ({len(items)}):")

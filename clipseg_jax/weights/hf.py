@@ -51,8 +51,9 @@ def to_hf(params) -> dict[str, np.ndarray]:
   return out
 
 
-def from_hf(state: dict[str, np.ndarray], template, *, ignore: re.Pattern | None = IGNORED_HF_KEYS,
-            source: str = "checkpoint") -> dict:
+def from_hf(
+  state: dict[str, np.ndarray], template, *, ignore: re.Pattern | None = IGNORED_HF_KEYS, source: str = "checkpoint"
+) -> dict:
   """HF state dict -> Flax params shaped like `template` (a params tree or its `jax.eval_shape`).
 
   Every template leaf must be present with the right shape and every state key used (buffers
@@ -71,8 +72,9 @@ def from_hf(state: dict[str, np.ndarray], template, *, ignore: re.Pattern | None
     if path[-1] == "kernel" and x.ndim in _FROM_TORCH:
       x = x.transpose(_FROM_TORCH[x.ndim])
     if tuple(x.shape) != tuple(want.shape):
-      misshaped.append(f"{key}: checkpoint {tuple(np.asarray(state[key]).shape)}, model expects "
-                       f"{_torch_shape(path, want.shape)}")
+      misshaped.append(
+        f"{key}: checkpoint {tuple(np.asarray(state[key]).shape)}, model expects {_torch_shape(path, want.shape)}"
+      )
     leaves.append(x.astype(want.dtype, copy=False))
   unexpected = sorted(k for k in state if k not in used and not (ignore and ignore.fullmatch(k)))
   if missing or misshaped or unexpected:
@@ -96,4 +98,5 @@ def hf_shapes(template) -> dict[str, tuple[int, ...]]:
 def param_template(config: ClipSegConfig):
   """Shapes/dtypes of the params for `config`, without allocating them."""
   from clipseg_jax.models.clipseg import init_params
+
   return jax.eval_shape(lambda: init_params(config))

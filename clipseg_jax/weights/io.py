@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json")
+HF_WEIGHT_FILES = (
+  "model.safetensors",
+  "model.safetensors.index.json",
+  "pytorch_model.bin",
+  "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 
 def read_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -33,6 +36,7 @@ def read_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return state
   if path.suffix == ".safetensors":
     from safetensors.numpy import load_file
+
     return load_file(str(path))
   return _read_torch(path)
 
@@ -41,8 +45,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise ImportError(f"reading {path.name} needs PyTorch: pip install 'clipseg-jax[torch]' "
-                      "(safetensors files need no torch)") from None
+    raise ImportError(
+      f"reading {path.name} needs PyTorch: pip install 'clipseg-jax[torch]' (safetensors files need no torch)"
+    ) from None
   obj = torch.load(path, map_location="cpu", weights_only=True)
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
@@ -65,11 +70,11 @@ def atomic_path(final: Path):
 
 def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, metadata=None):
   from safetensors.numpy import save_file
+
   path = Path(path)
   tmp = atomic_path(path)
   try:
-    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(tmp),
-              metadata=metadata or {"format": "pt"})
+    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
@@ -91,8 +96,12 @@ def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
 
 def is_hub_id(source: str) -> bool:
   s = str(source)
-  return (not os.path.exists(s) and s.count("/") == 1 and not s.startswith((".", "/", "~"))
-          and not s.endswith((".pth", ".bin", ".safetensors", ".json")))
+  return (
+    not os.path.exists(s)
+    and s.count("/") == 1
+    and not s.startswith((".", "/", "~"))
+    and not s.endswith((".pth", ".bin", ".safetensors", ".json"))
+  )
 
 
 def resolve(source: str | os.PathLike) -> Path:
@@ -103,9 +112,18 @@ def resolve(source: str | os.PathLike) -> Path:
   if not is_hub_id(s):
     raise FileNotFoundError(f"no such file or directory: {s}")
   from huggingface_hub import snapshot_download
+
   try:
-    local = snapshot_download(s, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                 *TOKENIZER_FILES, "preprocessor_config.json"])
+    local = snapshot_download(
+      s,
+      allow_patterns=[
+        "config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        *TOKENIZER_FILES,
+        "preprocessor_config.json",
+      ],
+    )
   except Exception as e:  # noqa: BLE001 - re-raised with the source named
     raise OSError(f"could not fetch {s!r} from the Hugging Face hub: {e}") from e
   local = Path(local)

@@ -16,15 +16,15 @@ from clipseg_jax.weights.errors import CheckpointMismatchError
 
 # (original, HF) key templates; each {field} carries over.
 TABLE = [
-    ("film_{op}.{p}", "decoder.film_{op}.{p}"),
-    ("reduces.{i}.{p}", "decoder.reduces.{i}.{p}"),
-    ("blocks.{i}.self_attn.out_proj.{p}", "decoder.layers.{i}.self_attn.out_proj.{p}"),
-    ("blocks.{i}.linear1.{p}", "decoder.layers.{i}.mlp.fc1.{p}"),
-    ("blocks.{i}.linear2.{p}", "decoder.layers.{i}.mlp.fc2.{p}"),
-    ("blocks.{i}.norm1.{p}", "decoder.layers.{i}.layer_norm1.{p}"),
-    ("blocks.{i}.norm2.{p}", "decoder.layers.{i}.layer_norm2.{p}"),
-    ("trans_conv.{p}", "decoder.transposed_convolution.{p}"),
-    ("trans_conv.{i}.{p}", "decoder.transposed_convolution.{i}.{p}"),
+  ("film_{op}.{p}", "decoder.film_{op}.{p}"),
+  ("reduces.{i}.{p}", "decoder.reduces.{i}.{p}"),
+  ("blocks.{i}.self_attn.out_proj.{p}", "decoder.layers.{i}.self_attn.out_proj.{p}"),
+  ("blocks.{i}.linear1.{p}", "decoder.layers.{i}.mlp.fc1.{p}"),
+  ("blocks.{i}.linear2.{p}", "decoder.layers.{i}.mlp.fc2.{p}"),
+  ("blocks.{i}.norm1.{p}", "decoder.layers.{i}.layer_norm1.{p}"),
+  ("blocks.{i}.norm2.{p}", "decoder.layers.{i}.layer_norm2.{p}"),
+  ("trans_conv.{p}", "decoder.transposed_convolution.{p}"),
+  ("trans_conv.{i}.{p}", "decoder.transposed_convolution.{i}.{p}"),
 ]
 # torch MultiheadAttention stacks q, k, v along the output dim of one projection.
 FUSED = ("blocks.{i}.self_attn.in_proj_{p}", "decoder.layers.{i}.self_attn.{qkv}_proj.{p}")
@@ -94,9 +94,13 @@ def infer_decoder_fields(state: dict[str, np.ndarray]) -> dict:
     raise CheckpointMismatchError("original checkpoint", missing=["film_mul.weight"]) from None
   depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
   ffn = np.shape(state["blocks.0.linear1.weight"])[0] if "blocks.0.linear1.weight" in state else 2048
-  return dict(reduce_dim=int(reduce_dim), projection_dim=int(projection_dim), depth=depth,
-              decoder_intermediate_size=int(ffn),
-              use_complex_transposed_convolution="trans_conv.0.weight" in state)
+  return dict(
+    reduce_dim=int(reduce_dim),
+    projection_dim=int(projection_dim),
+    depth=depth,
+    decoder_intermediate_size=int(ffn),
+    use_complex_transposed_convolution="trans_conv.0.weight" in state,
+  )
 
 
 def decoder_config(clip_config: dict, state: dict[str, np.ndarray], **overrides) -> ClipSegConfig:
@@ -108,9 +112,12 @@ def decoder_config(clip_config: dict, state: dict[str, np.ndarray], **overrides)
   try:
     cfg = ClipSegConfig.from_clip_dict(clip_config, **fields)
   except ValueError as e:  # original files do not record extract_layers; (3, 6, 9) fits ViT-B/16
-    raise ValueError(f"{e}; original decoder files do not record extract_layers: pass "
-                     "extract_layers= for this CLIP") from None
+    raise ValueError(
+      f"{e}; original decoder files do not record extract_layers: pass extract_layers= for this CLIP"
+    ) from None
   if cfg.decoder_depth != depth:
-    raise ValueError(f"the decoder file has {depth} blocks but extract_layers={list(cfg.extract_layers)} "
-                     f"names {cfg.decoder_depth}; pass extract_layers with {depth} entries")
+    raise ValueError(
+      f"the decoder file has {depth} blocks but extract_layers={list(cfg.extract_layers)} "
+      f"names {cfg.decoder_depth}; pass extract_layers with {depth} entries"
+    )
   return cfg

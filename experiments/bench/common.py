@@ -18,12 +18,14 @@ def models(refined: bool = True, seed: int = 0, attn_implementation: str | None 
   from clipseg_jax.api import ClipSeg
   from clipseg_jax.config import ClipSegConfig
   from clipseg_jax.models.clipseg import init_params
+
   config = ClipSegConfig(use_complex_transposed_convolution=refined)
   directory = tempfile.mkdtemp(prefix="clipseg_bench_")
   ClipSeg(config, init_params(config, jax.random.PRNGKey(seed))).export_hf(directory)
   torch.set_grad_enabled(False)
   return load_model(directory), CLIPSegForImageSegmentation.from_pretrained(
-      directory, attn_implementation=attn_implementation).eval()
+    directory, attn_implementation=attn_implementation
+  ).eval()
 
 
 def interleaved(fns: dict, repeats: int = 3, warmup: int = 1) -> dict[str, list[float]]:

@@ -33,10 +33,16 @@ def reference_pipeline(model, tokenizer, size: int):
   """The transformers way: one processor + model call per image with all its prompts."""
   import torch
   from transformers import CLIPSegProcessor, ViTImageProcessor
+
   processor = CLIPSegProcessor(
-      image_processor=ViTImageProcessor(size={"height": size, "width": size}, resample=Image.BILINEAR,
-                                        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
-      tokenizer=tokenizer)
+    image_processor=ViTImageProcessor(
+      size={"height": size, "width": size},
+      resample=Image.BILINEAR,
+      image_mean=[0.485, 0.456, 0.406],
+      image_std=[0.229, 0.224, 0.225],
+    ),
+    tokenizer=tokenizer,
+  )
 
   def predict(images, prompts):
     out = []
@@ -46,6 +52,7 @@ def reference_pipeline(model, tokenizer, size: int):
       probs = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear")
       out.append(torch.sigmoid(probs)[:, 0].numpy())
     return np.stack(out)
+
   return predict
 
 
@@ -54,6 +61,7 @@ def main():
   p.add_argument("--repeats", type=int, default=5, help="rounds of each case, the contenders taking turns")
   args = p.parse_args()
   import torch
+
   ours, theirs = models()
   reference = reference_pipeline(theirs, ours.tokenizer, ours.image_size)
   one, eight = photos(1), photos(8, seed=1)
@@ -64,19 +72,31 @@ def main():
 
   err = np.abs(cold(one, PROMPTS[:2]) - reference(one, PROMPTS[:2])).max()
   rows = []
-  for name, images, prompts, repeats in (("1 image x 1 prompt", one, PROMPTS[:1], args.repeats),
-                                         ("8 images x 5 prompts", eight, PROMPTS, args.repeats)):
-    t = interleaved({"ours": lambda: cold(images, prompts), "cached": lambda: ours.predict(images, prompts),
-                     "ref": lambda: reference(images, prompts)}, repeats)
+  for name, images, prompts, repeats in (
+    ("1 image x 1 prompt", one, PROMPTS[:1], args.repeats),
+    ("8 images x 5 prompts", eight, PROMPTS, args.repeats),
+  ):
+    t = interleaved(
+      {
+        "ours": lambda images=images, prompts=prompts: cold(images, prompts),
+        "cached": lambda images=images, prompts=prompts: ours.predict(images, prompts),
+        "ref": lambda images=images, prompts=prompts: reference(images, prompts),
+      },
+      repeats,
+    )
     rows.append((name, len(images), {k: statistics.median(v) for k, v in t.items()}, speedups(t)))
-  print(f"640x480 images at 352 px, float32, this CPU ({jax.devices()[0].device_kind}, "
-        f"torch {torch.get_num_threads()} threads); probabilities agree to {err:.1e}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(
+    f"640x480 images at 352 px, float32, this CPU ({jax.devices()[0].device_kind}, "
+    f"torch {torch.get_num_threads()} threads); probabilities agree to {err:.1e}; "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+  )
   print("median times of the rounds (contenders taking turns); speed-up = median of per-round ratios")
   print(f"{'':22s} {'clipseg-jax':>12s} {'(cached text)':>14s} {'transformers':>13s}   speed-up")
-  for name, n, t, speedup in rows:
-    print(f"{name:22s} {t['ours'] * 1e3:9.0f} ms {t['cached'] * 1e3:11.0f} ms {t['ref'] * 1e3:10.0f} ms   "
-          f"{describe(speedup)}")
+  for name, _, t, speedup in rows:
+    print(
+      f"{name:22s} {t['ours'] * 1e3:9.0f} ms {t['cached'] * 1e3:11.0f} ms {t['ref'] * 1e3:10.0f} ms   "
+      f"{describe(speedup)}"
+    )
   print("targets: 1x1 >= 1.25x, 8x5 >= 5x (clipseg-jax's uncached column against transformers)")
 
 

@@ -22,8 +22,11 @@ def main():
   ids = np.array([[49406, 320, 2368, 49407, 49407], [49406, 320, 1125, 539, 49407]], np.int64)
   mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], np.int64)
   with torch.no_grad():
-    want = theirs(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), input_ids=torch.from_numpy(ids),
-                  attention_mask=torch.from_numpy(mask)).logits.numpy()
+    want = theirs(
+      pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
+      input_ids=torch.from_numpy(ids),
+      attention_mask=torch.from_numpy(mask),
+    ).logits.numpy()
   sigmoid = lambda x: 1 / (1 + np.exp(-x))
   args = ours._check_inputs(pixels, ids, mask, None, None)
   default = jax.jit(lambda params, *a: ours.module.apply({"params": params}, *a)["logits"])

@@ -17,8 +17,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from input_pipeline.loader import Tokenize, make_loader
-from input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
+from clipseg_jax.input_pipeline.loader import Tokenize, make_loader
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
 
 TARGET = 40.0
 
@@ -29,7 +29,7 @@ class JpegSource:
   def __init__(self, n_images=64, size=(375, 500), seed=0):
     rng = np.random.RandomState(seed)
     self.items = []
-    yy, xx = np.mgrid[0:size[0], 0:size[1]]
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
     for i in range(n_images):
       img = (rng.rand(3) * 255 * (0.6 + 0.4 * np.sin(xx / (7 + i % 5))[..., None])).astype(np.uint8)
       buf = io.BytesIO()
@@ -38,7 +38,7 @@ class JpegSource:
       for _ in range(3):
         m = np.zeros(size, bool)
         y, x, h, w = rng.randint(0, 250), rng.randint(0, 350), rng.randint(20, 120), rng.randint(20, 150)
-        m[y:y + h, x:x + w] = True
+        m[y : y + h, x : x + w] = True
         masks.append(m)
       self.items.append((buf.getvalue(), [f"object {i % 16}", f"thing {i % 8}", f"region {i}"], masks))
 

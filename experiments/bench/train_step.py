@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +23,14 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def batch_of(n, size, rng):
-  return {"pixels": rng.randint(0, 255, (n, size, size, 3)).astype(np.uint8),
-          "mask": (rng.rand(n, size, size) > 0.5).astype(np.float32),
-          "input_ids": np.tile(np.array([[49406, 320, 1125, 539, 320, 2368, 49407, 49407]], np.int32), (n, 1)),
-          "attention_mask": np.tile(np.array([[1] * 7 + [0]], np.int32), (n, 1)),
-          "support": np.zeros((n, size, size, 3), np.uint8), "text_weight": np.ones((n,), np.float32)}
+  return {
+    "pixels": rng.randint(0, 255, (n, size, size, 3)).astype(np.uint8),
+    "mask": (rng.rand(n, size, size) > 0.5).astype(np.float32),
+    "input_ids": np.tile(np.array([[49406, 320, 1125, 539, 320, 2368, 49407, 49407]], np.int32), (n, 1)),
+    "attention_mask": np.tile(np.array([[1] * 7 + [0]], np.int32), (n, 1)),
+    "support": np.zeros((n, size, size, 3), np.uint8),
+    "text_weight": np.ones((n,), np.float32),
+  }
 
 
 def jax_step(model, dtype=None):
@@ -36,13 +38,22 @@ def jax_step(model, dtype=None):
 
   from clipseg_jax.models.clipseg import ClipSegModel
   from clipseg_jax.train import step as steps
-  optim = ml_collections.ConfigDict(dict(learning_rate=1e-3, end_learning_rate=1e-4, warmup_steps=0, b1=0.9,
-                                         b2=0.999, weight_decay=0.01, grad_clip_norm=0.0))
+
+  optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-3,
+      end_learning_rate=1e-4,
+      warmup_steps=0,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.01,
+      grad_clip_norm=0.0,
+    )
+  )
   tx = steps.make_optimizer(optim, 20_000)
   trainable, frozen = steps.split(model.params)
   state = steps.init_state(jax.tree.map(jnp.copy, trainable), tx)  # donated: leave the model's own
-  fn = jax.jit(steps.make_stream_step(ClipSegModel(model.config, dtype), tx, visual_prompts=False),
-               donate_argnums=(0,))
+  fn = jax.jit(steps.make_stream_step(ClipSegModel(model.config, dtype), tx, visual_prompts=False), donate_argnums=(0,))
   return fn, state, frozen
 
 
@@ -53,6 +64,7 @@ def jax_runner(fn, state, frozen, batch):
   def run():
     holder["state"], metrics = fn(holder["state"], frozen, batch)
     return jax.block_until_ready(metrics["loss"])
+
   return run
 
 
@@ -61,6 +73,7 @@ def torch_step(model, batch, device="cpu", bf16=False):
   import contextlib
 
   import torch
+
   model.to(device)
   for p in model.clip.parameters():
     p.requires_grad_(False)
@@ -82,6 +95,7 @@ def torch_step(model, batch, device="cpu", bf16=False):
       loss.backward()
       opt.step()
     return loss.item()  # waits for the device
+
   return step
 
 
@@ -91,6 +105,7 @@ def step_flops(n: int, size: int) -> float:
   from clipseg_jax.config import ClipSegConfig
   from clipseg_jax.models.clipseg import init_params
   from clipseg_jax.train import step as steps
+
   config = ClipSegConfig(use_complex_transposed_convolution=False)
   abstract = lambda t: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
   fn, state, frozen = jax_step(ClipSeg(config, init_params(config)), jnp.bfloat16)
@@ -103,9 +118,11 @@ def cpu_step_flops(n: int, size: int) -> float:
   import os
   import subprocess
   import sys
+
   code = f"from experiments.bench.train_step import step_flops; print(step_flops({n}, {size}))"
-  out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, check=True
+  )
   return float(out.stdout.split()[-1])
 
 
@@ -124,8 +141,7 @@ def main():
   batch = batch_of(n, args.size, rng)
   t = interleaved({"ours": jax_runner(*jax_step(ours), batch), "ref": torch_step(theirs, batch)}, args.steps)
   t_ours, t_ref = statistics.median(t["ours"]), statistics.median(t["ref"])
-  print(f"train step, batch {n} at {args.size} px, float32, this CPU (median of {args.steps} steps each, "
-        "taking turns)")
+  print(f"train step, batch {n} at {args.size} px, float32, this CPU (median of {args.steps} steps each, taking turns)")
   print(f"  clipseg-jax   {n / t_ours:6.2f} images/s  ({t_ours:.2f} s/step)")
   print(f"  PyTorch ref   {n / t_ref:6.2f} images/s  ({t_ref:.2f} s/step)")
   print(f"  speed-up      {describe(speedups(t))}   (target >= 1.3x)")
@@ -138,6 +154,7 @@ def gpu(args, rng):
   import torch
 
   from clipseg_jax.train import step as steps
+
   n = args.batch or 256
   ours, theirs = models(refined=False)
   batch = batch_of(n, args.size, rng)
@@ -152,8 +169,10 @@ def gpu(args, rng):
   peak = next((v for k, v in PEAK_BF16.items() if k in kind), np.nan)
   print(f"train step on {kind}, batch {n} at {args.size} px, bf16 compute, batch on the device")
   for name, t in (("clipseg-jax", t_ours), ("PyTorch ref", t_ref)):
-    print(f"  {name:12s} {n / t:7.0f} images/s  {t * 1e3:7.1f} ms/step  {flops / t / 1e12:6.1f} TFLOP/s"
-          f"  MFU {flops / t / peak:6.1%}")
+    print(
+      f"  {name:12s} {n / t:7.0f} images/s  {t * 1e3:7.1f} ms/step  {flops / t / 1e12:6.1f} TFLOP/s"
+      f"  MFU {flops / t / peak:6.1%}"
+    )
   print(f"  speed-up     {t_ref / t_ours:7.2f}x   (target on one H100: 2000 images/s)")
 
 

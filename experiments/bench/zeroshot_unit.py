@@ -15,9 +15,29 @@ import numpy as np
 
 from experiments.bench.common import describe, interleaved, models, speedups
 
-PROMPTS = ["background", "airplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-           "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
-           "train", "tv monitor"]
+PROMPTS = [
+  "background",
+  "airplane",
+  "bicycle",
+  "bird",
+  "boat",
+  "bottle",
+  "bus",
+  "car",
+  "cat",
+  "chair",
+  "cow",
+  "dining table",
+  "dog",
+  "horse",
+  "motorbike",
+  "person",
+  "potted plant",
+  "sheep",
+  "sofa",
+  "train",
+  "tv monitor",
+]
 
 
 def main():
@@ -26,6 +46,7 @@ def main():
   p.add_argument("--size", type=int, default=352)
   args = p.parse_args()
   import torch
+
   ours, theirs = models()
   pixels = np.random.RandomState(0).randn(1, args.size, args.size, 3).astype(np.float32)
 
@@ -44,8 +65,10 @@ def main():
   err = np.abs(ours_logits - ref_logits).max() / np.abs(ref_logits).max()
   t = interleaved({"ours": clipseg_jax, "ref": transformers}, args.repeats, warmup=0)  # both ran once above
   t_ours, t_ref = statistics.median(t["ours"]), statistics.median(t["ref"])
-  print(f"1 image x {len(PROMPTS)} prompts at {args.size} px, float32, this CPU "
-        f"({jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads)")
+  print(
+    f"1 image x {len(PROMPTS)} prompts at {args.size} px, float32, this CPU "
+    f"({jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads)"
+  )
   print(f"  clipseg-jax   {t_ours * 1e3:8.0f} ms")
   print(f"  transformers  {t_ref * 1e3:8.0f} ms")
   print(f"  speed-up      {describe(speedups(t))}   (target >= 10x; logits agree to {err:.1e} relative)")

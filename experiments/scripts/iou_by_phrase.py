@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from clipseg_jax import load_model
-from input_pipeline import open_source
-from input_pipeline.synthetic import COLORS, SHAPES, SIZES
+from clipseg_jax.input_pipeline import open_source
+from clipseg_jax.input_pipeline.synthetic import COLORS, SHAPES, SIZES
 
 ROLES = {"C": COLORS, "S": SHAPES, "Z": SIZES, "D": ("left", "right")}
 

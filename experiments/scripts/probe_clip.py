@@ -19,11 +19,11 @@ import optax
 from PIL import Image
 
 from clipseg_jax import preprocess
+from clipseg_jax.configs import synthetic as synthetic_config
+from clipseg_jax.input_pipeline.synthetic import COLORS, SHAPES, make_scene
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer
 from clipseg_jax.train.model import clip_params, model_config
-from experiments.configs import synthetic as synthetic_config
-from input_pipeline.synthetic import COLORS, SHAPES, make_scene
 
 PROBE_STREAM = 80_000_000  # scene indices unused by the dataset's splits and the pretraining pool
 
@@ -33,10 +33,16 @@ def scene_tokens(module, params, size, n, seed):
   acts_fn = jax.jit(lambda p, x: module.apply({"params": p}, x, method=ClipSegModel.activations))
   grid = size // module.config.vision_config.patch_size
   scenes = [make_scene(np.random.default_rng([seed, PROBE_STREAM + i])) for i in range(n)]
-  images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im, _ in scenes])
-  acts = [np.concatenate(a) for a in zip(*(
-      [np.asarray(x) for x in acts_fn(params, preprocess.normalize(jnp.asarray(images[s:s + 32])))]
-      for s in range(0, n, 32)))]
+  images = np.stack([preprocess.resize_square(im, size) for im, _ in scenes])
+  acts = [
+    np.concatenate(a)
+    for a in zip(
+      *(
+        [np.asarray(x) for x in acts_fn(params, preprocess.normalize(jnp.asarray(images[s : s + 32])))]
+        for s in range(0, n, 32)
+      )
+    )
+  ]
   tokens, labels = [[] for _ in acts], []
   for i, (_, objects) in enumerate(scenes):
     for o in objects:
@@ -60,6 +66,7 @@ def probe_accuracy(x_train, y_train, x_test, y_test, classes, steps=500):
   def step(w, state):
     updates, state = tx.update(jax.grad(loss)(w), state)
     return optax.apply_updates(w, updates), state
+
   state = tx.init(w)
   for _ in range(steps):
     w, state = step(w, state)
@@ -94,16 +101,25 @@ def main():
   train = scene_tokens(module, params, size, args.scenes, seed=1)
   test = scene_tokens(module, params, size, args.scenes // 3, seed=2)
   majority = [np.bincount(test[1][:, k]).max() / len(test[1]) for k in (0, 1)]  # squares cover more tokens
-  print(f"{args.clip}: linear probes on patch tokens under each object (held-out accuracy; always "
-        f"guessing the commonest class scores {majority[0]:.2f} colour, {majority[1]:.2f} shape)")
+  print(
+    f"{args.clip}: linear probes on patch tokens under each object (held-out accuracy; always "
+    f"guessing the commonest class scores {majority[0]:.2f} colour, {majority[1]:.2f} shape)"
+  )
   for layer in range(depth):
-    colour, shape = (probe_accuracy(train[0][layer], train[1][:, k], test[0][layer], test[1][:, k], n)
-                     for k, n in ((0, len(COLORS)), (1, len(SHAPES))))
+    colour, shape = (
+      probe_accuracy(train[0][layer], train[1][:, k], test[0][layer], test[1][:, k], n)
+      for k, n in ((0, len(COLORS)), (1, len(SHAPES)))
+    )
     print(f"  block {layer}: colour {colour:.2f}  shape {shape:.2f}")
-  sims = text_similarity(module, params, {
+  sims = text_similarity(
+    module,
+    params,
+    {
       "shapes only ('circle', 'square', ...)": list(SHAPES),
       "shapes, one colour ('red circle', 'red square', ...)": [f"red {s}" for s in SHAPES],
-      "colours, one shape ('red circle', 'green circle', ...)": [f"{c} circle" for c in COLORS]})
+      "colours, one shape ('red circle', 'green circle', ...)": [f"{c} circle" for c in COLORS],
+    },
+  )
   print("text embeddings: mean cosine similarity between phrases that differ in")
   for name, value in sims.items():
     print(f"  {name:56s} {value:.3f}")

@@ -14,10 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clipseg_jax import visualize
-from input_pipeline import build, open_source
-from input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
-from input_pipeline.sources import tfds_builder
-
+from clipseg_jax.input_pipeline import build, open_source
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
+from clipseg_jax.input_pipeline.sources import tfds_builder
 
 FONT = ImageFont.load_default(size=15)
 

@@ -15,12 +15,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline.builders.common import (SkipCounter, manual_dir, mask_feature, referring_features,
-                                            require)
-from input_pipeline.rasterize import phrasecut_mask
+from clipseg_jax.input_pipeline.builders.common import (
+  SkipCounter,
+  manual_dir,
+  mask_feature,
+  referring_features,
+  require,
+)
+from clipseg_jax.input_pipeline.rasterize import phrasecut_mask
 
-WHERE = ("Get PhraseCut from https://github.com/ChenyunWu/PhraseCutDataset (its download script "
-         "fetches refer_*.json, image_data_split.json and the Visual Genome images into images/).")
+WHERE = (
+  "Get PhraseCut from https://github.com/ChenyunWu/PhraseCutDataset (its download script "
+  "fetches refer_*.json, image_data_split.json and the Visual Genome images into images/)."
+)
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
@@ -32,15 +39,19 @@ class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
-    return self.dataset_info_from_configs(features=referring_features(),
-                                          homepage="https://github.com/ChenyunWu/PhraseCutDataset")
+    return self.dataset_info_from_configs(
+      features=referring_features(), homepage="https://github.com/ChenyunWu/PhraseCutDataset"
+    )
 
   def _split_generators(self, dl_manager):
     root = manual_dir(dl_manager, "PhraseCut", WHERE)
     require(root / "image_data_split.json", "PhraseCut image list", WHERE)
     require(root / "images", "PhraseCut images directory", WHERE)
-    return {split: self._generate_examples(root, name) for split, name in SPLITS.items()
-            if (root / f"refer_{name}.json").exists()} or _no_splits(root)
+    return {
+      split: self._generate_examples(root, name)
+      for split, name in SPLITS.items()
+      if (root / f"refer_{name}.json").exists()
+    } or _no_splits(root)
 
   def _generate_examples(self, root: Path, split: str):
     tasks = load_tasks(root / f"refer_{split}.json")
@@ -49,8 +60,9 @@ class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
       by_image[str(task["image_id"])].append(task)
     skips = SkipCounter("phrasecut", split)
     for image_id, image_tasks in sorted(by_image.items()):
-      path = require(root / "images" / f"{image_id}.jpg", f"image of PhraseCut task "
-                     f"{image_tasks[0].get('task_id')}", WHERE)
+      path = require(
+        root / "images" / f"{image_id}.jpg", f"image of PhraseCut task {image_tasks[0].get('task_id')}", WHERE
+      )
       with Image.open(path) as im:
         image = np.asarray(im.convert("RGB"))
       h, w = image.shape[:2]
@@ -74,8 +86,11 @@ def load_tasks(path: Path) -> list[dict]:
   if not isinstance(tasks, list):
     raise ValueError(f"{path}: expected a list of tasks, got {type(tasks).__name__}")
   for i, task in enumerate(tasks):
-    where = f"{path.name} record {i} (task_id {task.get('task_id')!r})" if isinstance(task, dict) else \
-        f"{path.name} record {i}"
+    where = (
+      f"{path.name} record {i} (task_id {task.get('task_id')!r})"
+      if isinstance(task, dict)
+      else f"{path.name} record {i}"
+    )
     if not isinstance(task, dict) or not {"image_id", "phrase", "Polygons"} <= task.keys():
       raise ValueError(f"{where}: needs image_id, phrase and Polygons")
     if not isinstance(task["phrase"], str) or not task["phrase"].strip():
@@ -86,8 +101,7 @@ def load_tasks(path: Path) -> list[dict]:
           if np.asarray(poly, np.float64).reshape(-1, 2).shape[0] < 1:
             raise ValueError
     except (TypeError, ValueError):
-      raise ValueError(f"{where}: Polygons must be, per instance, a list of polygons of [x, y] points") \
-          from None
+      raise ValueError(f"{where}: Polygons must be, per instance, a list of polygons of [x, y] points") from None
   return tasks
 
 

@@ -13,18 +13,21 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline.builders.common import manual_dir, require, semantic_features
+from clipseg_jax.input_pipeline.builders.common import manual_dir, require, semantic_features
 
-WHERE = ("Get VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site "
-         "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and unpack it into the manual directory.")
+WHERE = (
+  "Get VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site "
+  "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and unpack it into the manual directory."
+)
 
 
 def voc_root(root: Path) -> Path:
   for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
     if (candidate / "JPEGImages").is_dir():
       return candidate
-  raise FileNotFoundError(f"missing PASCAL VOC 2012: no JPEGImages/ under {root}, {root}/VOC2012 or "
-                          f"{root}/VOCdevkit/VOC2012\n{WHERE}")
+  raise FileNotFoundError(
+    f"missing PASCAL VOC 2012: no JPEGImages/ under {root}, {root}/VOC2012 or {root}/VOCdevkit/VOC2012\n{WHERE}"
+  )
 
 
 class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
@@ -35,14 +38,17 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
-    return self.dataset_info_from_configs(features=semantic_features(21),
-                                          homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/")
+    return self.dataset_info_from_configs(
+      features=semantic_features(21), homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+    )
 
   def _split_generators(self, dl_manager):
     root = voc_root(manual_dir(dl_manager, "PASCAL VOC 2012", WHERE))
     lists = root / "ImageSets" / "Segmentation"
-    return {split: self._generate_examples(root, require(lists / f"{split}.txt", f"{split} image list", WHERE))
-            for split in ("train", "val")}
+    return {
+      split: self._generate_examples(root, require(lists / f"{split}.txt", f"{split} image list", WHERE))
+      for split in ("train", "val")
+    }
 
   def _generate_examples(self, root: Path, list_file: Path):
     for image_id in list_file.read_text().split():
@@ -57,5 +63,4 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
       if seg.shape != image.shape[:2]:
         raise ValueError(f"{label_path}: {seg.shape} does not match its image {image.shape[:2]}")
       classes = sorted(int(c) for c in np.unique(seg) if 0 < c < 21)
-      yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None],
-                       "classes": classes}
+      yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None], "classes": classes}

@@ -16,29 +16,37 @@ import dataclasses
 import logging
 
 import numpy as np
-from PIL import Image
 
-from clipseg_jax import prompts
+from clipseg_jax import preprocess, prompts
 
-TEMPLATES = ("{}", "a photo of a {}.", "a photograph of a {}.", "an image of a {}.", "{}.",
-             "a cropped photo of a {}.", "a good photo of a {}.", "a photo of one {}.",
-             "a bad photo of a {}.", "a photo of the {}.")
+TEMPLATES = (
+  "{}",
+  "a photo of a {}.",
+  "a photograph of a {}.",
+  "an image of a {}.",
+  "{}.",
+  "a cropped photo of a {}.",
+  "a good photo of a {}.",
+  "a photo of one {}.",
+  "a bad photo of a {}.",
+  "a photo of the {}.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class PCPlusOptions:
   image_size: int = 352
   q_neg: float = 0.2
-  visual_prompts: bool = True     # False: text only (the paper's "PC" variant)
-  mix_max: float = 0.5            # w ~ U(0, mix_max); the code used 0.5, the paper text says 1
+  visual_prompts: bool = True  # False: text only (the paper's "PC" variant)
+  mix_max: float = 0.5  # w ~ U(0, mix_max); the code used 0.5, the paper text says 1
   prompt_mode: str = "crop_blur_highlight"
   templates: tuple[str, ...] = TEMPLATES
   crop_tries: int = 50
   min_mask_fraction: float = 0.05
-  augment: bool = True            # False: no random crop (query images fixed: CLIP features cacheable)
+  augment: bool = True  # False: no random crop (query images fixed: CLIP features cacheable)
 
   @classmethod
-  def from_config(cls, cfg) -> "PCPlusOptions":
+  def from_config(cls, cfg) -> PCPlusOptions:
     """From a mapping/ConfigDict holding (some of) these fields; unknown keys are an error."""
     d = dict(cfg)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
@@ -67,8 +75,9 @@ class PairIndex:
         self.pairs.append((r, k))
         self.phrases.append(phrase)
     if self.dropped:
-      logging.getLogger("input_pipeline").info("dropped %d of %d pairs by phrase filter", self.dropped,
-                                               self.dropped + len(self.pairs))
+      logging.getLogger(__name__).info(
+        "dropped %d of %d pairs by phrase filter", self.dropped, self.dropped + len(self.pairs)
+      )
 
   def __len__(self):
     return len(self.pairs)
@@ -82,7 +91,7 @@ def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, mi
   best, best_kept = (0, 0), -1.0
   for _ in range(tries if total else 1):
     top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    kept = mask[top:top + side, left:left + side].sum() / total if total else 0.0
+    kept = mask[top : top + side, left : left + side].sum() / total if total else 0.0
     if kept > best_kept:
       best, best_kept = (top, left), kept
     if kept > min_fraction:
@@ -94,43 +103,73 @@ def random_crop(image, mask, rng, opts: PCPlusOptions):
   if not opts.augment:
     return image, mask
   top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
-  return image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
+  return image[top : top + side, left : left + side], mask[top : top + side, left : left + side]
 
 
 def resize_pair(image, mask, size: int):
-  image = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-  mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST), bool)
-  return image, mask
+  return preprocess.resize_square(image, size), preprocess.resize_square(np.asarray(mask, bool), size, nearest=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """The PhraseCut+ draws for one sample, apart from the crops."""
+
+  phrase: str  # the prompt's phrase (another sample's for a negative)
+  negative: bool  # the phrase was replaced: the target mask is empty
+  template: int  # index into `PCPlusOptions.templates`
+  support: int | None  # the pair whose image and mask make the visual prompt (None: text only)
+  text_weight: float  # w in w * text + (1 - w) * visual (1 without a support)
+
+
+class PCPlusSampler:
+  """The one PhraseCut+ sampler: both the streaming transform and the feature cache draw from it."""
+
+  def __init__(self, index: PairIndex, opts: PCPlusOptions):
+    self.index, self.opts = index, opts
+
+  def choose(self, pair_id: int, rng: np.random.Generator) -> Choice:
+    opts, phrase, negative = self.opts, self.index.phrases[pair_id], False
+    if rng.random() < opts.q_neg:
+      other = self.index.phrases[int(rng.integers(len(self.index)))]
+      if other != phrase:
+        phrase, negative = other, True
+    template = int(rng.integers(len(opts.templates)))
+    support, weight = None, 1.0
+    if opts.visual_prompts:
+      candidates = [p for p in self.index.by_phrase.get(phrase, ()) if p != pair_id]
+      if candidates:
+        support = candidates[int(rng.integers(len(candidates)))]
+        weight = float(rng.uniform(0.0, opts.mix_max))
+    return Choice(phrase, negative, template, support, weight)
 
 
 class PCPlusTransform:
   """Callable (pair id, rng) -> one training sample (numpy). Picklable for grain workers."""
 
   def __init__(self, source, index: PairIndex, opts: PCPlusOptions):
-    self.source, self.index, self.opts = source, index, opts
+    self.source, self.opts = source, opts
+    self.sampler = PCPlusSampler(index, opts)
 
   def _pair(self, pair_id: int):
-    r, k = self.index.pairs[pair_id]
+    r, k = self.sampler.index.pairs[pair_id]
     record = self.source[r]
-    return record["image"], record["masks"][k], record["phrases"][k]
+    return record["image"], record["masks"][k]
 
   def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
-    opts = self.opts
-    image, mask, phrase = self._pair(int(pair_id))
-    if rng.random() < opts.q_neg:
-      other = self.index.phrases[int(rng.integers(len(self.index)))]
-      if other != phrase:
-        phrase, mask = other, np.zeros_like(mask)
+    opts, pair_id = self.opts, int(pair_id)
+    choice = self.sampler.choose(pair_id, rng)
+    image, mask = self._pair(pair_id)
+    if choice.negative:
+      mask = np.zeros_like(mask)
     image, mask = resize_pair(*random_crop(image, mask, rng, opts), opts.image_size)
-    sample = {"pixels": image, "mask": mask.astype(np.float32),
-              "text": str(rng.choice(opts.templates)).format(phrase),
-              "support": np.zeros_like(image), "text_weight": np.float32(1.0)}
-    if opts.visual_prompts:
-      candidates = [p for p in self.index.by_phrase.get(phrase, ()) if p != pair_id]
-      if candidates:
-        s_image, s_mask, _ = self._pair(candidates[int(rng.integers(len(candidates)))])
-        s_image, s_mask = random_crop(s_image, s_mask, rng, opts)
-        support = prompts.visual_prompt(s_image, s_mask, opts.prompt_mode, opts.image_size)
-        sample["support"] = support
-        sample["text_weight"] = np.float32(rng.uniform(0.0, opts.mix_max))
+    sample = {
+      "pixels": image,
+      "mask": mask.astype(np.float32),
+      "text": opts.templates[choice.template].format(choice.phrase),
+      "support": np.zeros_like(image),
+      "text_weight": np.float32(choice.text_weight),
+    }
+    if choice.support is not None:
+      s_image, s_mask = random_crop(*self._pair(choice.support), rng, opts)
+      sample["support"] = prompts.visual_prompt(s_image, s_mask, opts.prompt_mode, opts.image_size)
     return sample

@@ -15,8 +15,14 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-COLORS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-          "yellow": (235, 210, 40), "purple": (140, 50, 170), "orange": (240, 130, 30)}
+COLORS = {
+  "red": (215, 40, 40),
+  "green": (40, 170, 60),
+  "blue": (40, 80, 220),
+  "yellow": (235, 210, 40),
+  "purple": (140, 50, 170),
+  "orange": (240, 130, 30),
+}
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": (0.08, 0.12), "large": (0.16, 0.22)}  # radius as a fraction of the image side
 MAX_PHRASES_PER_OBJECT = 3
@@ -138,6 +144,7 @@ def scene_examples(seed: int, index: int, size: int = 256, negatives: int = 1):
     for j in sorted(keep):
       out.append({"image": image, "mask": obj.mask, "phrase": phrases[j], "object": k})
   for _ in range(negatives):
-    out.append({"image": image, "mask": np.zeros((size, size), bool),
-                "phrase": negative_phrase(rng, objects), "object": -1})
+    out.append(
+      {"image": image, "mask": np.zeros((size, size), bool), "phrase": negative_phrase(rng, objects), "object": -1}
+    )
   return out, caption(objects)

@@ -1,6 +1,6 @@
 """CLIPSeg rd16-uni on PhraseCut+ (reduce_dim 16)."""
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():

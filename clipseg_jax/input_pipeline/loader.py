@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-
-from input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
-
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
+from clipseg_jax.tokenizer import MAX_LENGTH, load_tokenizer, tokenize
 
 _TOKENIZER_LOCK = threading.Lock()
 
@@ -28,7 +26,7 @@ _TOKENIZER_LOCK = threading.Lock()
 class Tokenize:
   """Text -> fixed-length ids (no recompiles downstream). The tokenizer is built in each worker."""
 
-  def __init__(self, max_length: int = 77, tokenizer_dir=None):
+  def __init__(self, max_length: int = MAX_LENGTH, tokenizer_dir=None):
     self.max_length, self.tokenizer_dir, self._tok = max_length, tokenizer_dir, None
 
   def __getstate__(self):
@@ -38,19 +36,28 @@ class Tokenize:
     if self._tok is None:
       with _TOKENIZER_LOCK:  # grain maps in threads; transformers' lazy imports are not thread-safe
         if self._tok is None:
-          from clipseg_jax.tokenizer import load_tokenizer
           self._tok = load_tokenizer(self.tokenizer_dir)
-    tok = self._tok(sample.pop("text"), padding="max_length", truncation=True, max_length=self.max_length,
-                    return_tensors="np")
-    sample["input_ids"] = tok["input_ids"][0].astype(np.int32)
-    sample["attention_mask"] = tok["attention_mask"][0].astype(np.int32)
+    ids, mask = tokenize(self._tok, [sample.pop("text")], self.max_length)
+    sample["input_ids"], sample["attention_mask"] = ids[0], mask[0]
     return sample
 
 
-def make_loader(source, options: PCPlusOptions, *, batch_size: int, seed: int, shuffle: bool = True,
-                num_epochs: int | None = None, worker_count: int = 0, shard_index: int = 0,
-                shard_count: int = 1, keep=None, max_length: int = 77, tokenizer_dir=None,
-                drop_remainder: bool = True):
+def make_loader(
+  source,
+  options: PCPlusOptions,
+  *,
+  batch_size: int,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  keep=None,
+  max_length: int = MAX_LENGTH,
+  tokenizer_dir=None,
+  drop_remainder: bool = True,
+):
   """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator."""
   import grain
 
@@ -67,6 +74,7 @@ def make_loader(source, options: PCPlusOptions, *, batch_size: int, seed: int, s
   it = ds.to_iter_dataset()
   if worker_count > 0:
     from absl import flags
+
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -6,8 +6,8 @@ import dataclasses
 
 import tensorflow_datasets as tfds
 
-from input_pipeline import synthetic
-from input_pipeline.builders.common import mask_feature, referring_features
+from clipseg_jax.input_pipeline import synthetic
+from clipseg_jax.input_pipeline.builders.common import mask_feature, referring_features
 
 
 @dataclasses.dataclass
@@ -23,15 +23,16 @@ class ClipsegSynthetic(tfds.core.GeneratorBasedBuilder):
   name = "clipseg_synthetic"
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [
-      SyntheticConfig(name="default", description="the demo's training set",
-                      scenes={"train": 2000, "validation": 100, "test": 200}),
-      SyntheticConfig(name="tiny", description="for tests", image_size=96,
-                      scenes={"train": 24, "validation": 6, "test": 6}),
+    SyntheticConfig(
+      name="default", description="the demo's training set", scenes={"train": 2000, "validation": 100, "test": 200}
+    ),
+    SyntheticConfig(
+      name="tiny", description="for tests", image_size=96, scenes={"train": 24, "validation": 6, "test": 6}
+    ),
   ]
 
   def _info(self):
-    return self.dataset_info_from_configs(features=referring_features(), homepage="",
-                                          description=synthetic.__doc__)
+    return self.dataset_info_from_configs(features=referring_features(), homepage="", description=synthetic.__doc__)
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(split, n) for split, n in self.builder_config.scenes.items()}
@@ -41,8 +42,12 @@ class ClipsegSynthetic(tfds.core.GeneratorBasedBuilder):
     offset = {"train": 0, "validation": 1, "test": 2}.get(split, 3) * 10_000_000  # disjoint streams
     for i in range(n):
       examples, _ = synthetic.scene_examples(cfg.seed, offset + i, cfg.image_size)
-      yield f"{split}-{i}", {
-          "image": examples[0]["image"], "image_id": f"{split}-{i}",
+      yield (
+        f"{split}-{i}",
+        {
+          "image": examples[0]["image"],
+          "image_id": f"{split}-{i}",
           "phrases": [e["phrase"] for e in examples],
           "masks": [mask_feature(e["mask"]) for e in examples],
-      }
+        },
+      )

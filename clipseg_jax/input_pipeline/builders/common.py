@@ -14,27 +14,31 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-log = logging.getLogger("input_pipeline")
+log = logging.getLogger(__name__)
 
 
 def referring_features():
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
       "image_id": tfds.features.Text(),
       "phrases": tfds.features.Sequence(tfds.features.Text()),
       # uint8 0/1, one [H, W, 1] mask per phrase: the union of the phrase's regions.
       "masks": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 1), encoding_format="png")),
-  })
+    }
+  )
 
 
 def semantic_features(num_classes: int):
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
       "image_id": tfds.features.Text(),
       # class index per pixel (0 = background, 255 = ignore / void)
       "segmentation": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
       "classes": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=num_classes)),
-  })
+    }
+  )
 
 
 def require(path: Path, what: str, where: str) -> Path:

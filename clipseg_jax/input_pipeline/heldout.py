@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from input_pipeline.classes import pascal_synonyms
+from clipseg_jax.input_pipeline.classes import pascal_synonyms
 
 
 def heldout_words(classes) -> list[str]:
@@ -21,6 +21,7 @@ def make_filter(classes):
   words = heldout_words(classes)
   if not words:
     return lambda phrase: True
-  pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b",
-                       re.IGNORECASE)
+  pattern = re.compile(
+    r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b", re.IGNORECASE
+  )
   return lambda phrase: pattern.search(phrase) is None

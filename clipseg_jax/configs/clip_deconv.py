@@ -1,10 +1,10 @@
 """CLIP-Deconv baseline: FiLM, a linear projection and the transposed convolution, no transformer blocks."""
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():
   c = common.base()
   c.model.extract_layers = (9,)
-  c.model.decoder_depth = 0
+  c.model.use_decoder_blocks = False
   return c

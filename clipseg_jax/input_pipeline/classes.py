@@ -9,7 +9,7 @@ from pathlib import Path
 DATA = Path(__file__).parent / "data"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str):
   return json.loads((DATA / name).read_text())
 
@@ -34,7 +34,7 @@ def pascal_zero_shot_unseen(n: int) -> list[str]:
   pairs = _load("pascal_classes.json")["zero_shot_pairs"]
   if n not in range(2, 2 * len(pairs) + 1, 2):
     raise ValueError(f"unseen-{n} is not defined; use one of {list(range(2, 2 * len(pairs) + 1, 2))}")
-  return [c for pair in pairs[:n // 2] for c in pair]
+  return [c for pair in pairs[: n // 2] for c in pair]
 
 
 def pascal5i_fold(fold: int) -> list[int]:

@@ -1,6 +1,6 @@
 """CLIPSeg rd64-uni-refined: the complex transposed-convolution head, 50k iterations."""
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """CLIPSeg rd64-uni on PhraseCut+ (paper Table 1: the released rd64-uni)."""
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():

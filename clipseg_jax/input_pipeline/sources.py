@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from input_pipeline.builders import BUILDERS
+from clipseg_jax.input_pipeline.builders import BUILDERS
 
 REFERRING = ("synthetic", "phrasecut")
 
@@ -25,18 +25,21 @@ REFERRING = ("synthetic", "phrasecut")
 def tfds_builder(name: str, data_dir: str | os.PathLike):
   """The TFDS builder for `name` ("synthetic", "synthetic/tiny", "phrasecut", "pascal_voc", "coco")."""
   import tensorflow_datasets as tfds
+
   short, _, config = name.partition("/")
   if short not in BUILDERS:
     raise ValueError(f"unknown dataset {short!r}; known: {', '.join(BUILDERS)} (and 'folder')")
   module, tfds_name = BUILDERS[short]
   importlib.import_module(module)
-  return tfds.builder(f"{tfds_name}/{config}" if config else tfds_name, data_dir=str(data_dir),
-                      file_format="array_record")
+  return tfds.builder(
+    f"{tfds_name}/{config}" if config else tfds_name, data_dir=str(data_dir), file_format="array_record"
+  )
 
 
 def build(name: str, *, data_dir, manual_dir=None):
   """Prepare dataset `name` under `data_dir` (reading `manual_dir` for real datasets)."""
   import tensorflow_datasets as tfds
+
   builder = tfds_builder(name, data_dir)
   config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
   builder.download_and_prepare(download_config=config)
@@ -46,8 +49,10 @@ def build(name: str, *, data_dir, manual_dir=None):
 def prepared_source(name: str, split: str, data_dir):
   builder = tfds_builder(name, data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(f"dataset {name!r} is not prepared in {data_dir}: run "
-                            f"`clipseg-jax data build {name.split('/')[0]} --data-dir {data_dir}` first")
+    raise FileNotFoundError(
+      f"dataset {name!r} is not prepared in {data_dir}: run "
+      f"`clipseg-jax data build {name.split('/')[0]} --data-dir {data_dir}` first"
+    )
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)}")
   return builder.as_data_source(split)
@@ -66,9 +71,12 @@ class ReferringSource:
 
   def __getitem__(self, i: int) -> dict:
     r = self._source[int(i)]
-    return {"image": r["image"], "image_id": _str(r["image_id"]),
-            "phrases": [_str(p) for p in r["phrases"]],
-            "masks": [np.asarray(m)[..., 0] > 0 for m in r["masks"]]}
+    return {
+      "image": r["image"],
+      "image_id": _str(r["image_id"]),
+      "phrases": [_str(p) for p in r["phrases"]],
+      "masks": [np.asarray(m)[..., 0] > 0 for m in r["masks"]],
+    }
 
   def phrases(self, i: int) -> list[str]:
     if self._phrases is None:
@@ -78,6 +86,7 @@ class ReferringSource:
   def _read_phrases(self) -> list[list[str]]:
     """All records' phrases from the serialized protos (no image decoding)."""
     from tensorflow.core.example import example_pb2
+
     raw = self._source.data_source
     out = []
     for i in range(len(raw)):
@@ -113,8 +122,10 @@ class FolderSource:
     with Image.open(self.root / row["mask"]) as m:
       mask = np.asarray(m.convert("L")) > 0
     if mask.shape != image.shape[:2]:
-      raise ValueError(f"{self.root / row['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                       f"is {image.shape[1]}x{image.shape[0]}")
+      raise ValueError(
+        f"{self.root / row['mask']}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+        f"is {image.shape[1]}x{image.shape[0]}"
+      )
     return {"image": image, "image_id": row["image"], "phrases": [row["phrase"]], "masks": [mask]}
 
 
@@ -127,8 +138,10 @@ def read_annotations(root: Path) -> list[dict]:
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
   else:
-    raise FileNotFoundError(f"{root} has no annotations.json or annotations.csv (rows of image, mask, "
-                            "phrase and optionally split; see the README)")
+    raise FileNotFoundError(
+      f"{root} has no annotations.json or annotations.csv (rows of image, mask, "
+      "phrase and optionally split; see the README)"
+    )
   if not isinstance(rows, list):
     raise ValueError(f"{path}: expected a list of rows")
   for i, row in enumerate(rows):

@@ -15,11 +15,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from input_pipeline.builders.common import SkipCounter, manual_dir, require, semantic_features
-from input_pipeline.rasterize import coco_polygons, rle_to_mask
+from clipseg_jax.input_pipeline.builders.common import SkipCounter, manual_dir, require, semantic_features
+from clipseg_jax.input_pipeline.rasterize import coco_polygons, rle_to_mask
 
-WHERE = ("Get COCO 2014 (train2014.zip, val2014.zip, annotations_trainval2014.zip) from "
-         "https://cocodataset.org/#download and unpack them into the manual directory.")
+WHERE = (
+  "Get COCO 2014 (train2014.zip, val2014.zip, annotations_trainval2014.zip) from "
+  "https://cocodataset.org/#download and unpack them into the manual directory."
+)
 IGNORE = 255
 
 
@@ -35,8 +37,9 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = manual_dir(dl_manager, "COCO 2014", WHERE)
-    return {split: self._generate_examples(root, name) for split, name in (("train", "train2014"),
-                                                                         ("validation", "val2014"))}
+    return {
+      split: self._generate_examples(root, name) for split, name in (("train", "train2014"), ("validation", "val2014"))
+    }
 
   def _generate_examples(self, root: Path, name: str):
     ann_path = require(root / "annotations" / f"instances_{name}.json", f"{name} annotations", WHERE)
@@ -47,8 +50,9 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
     by_image = collections.defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
       if not {"image_id", "category_id", "segmentation"} <= ann.keys():
-        raise ValueError(f"{ann_path.name}: annotation {i} (id {ann.get('id')!r}) needs image_id, "
-                         "category_id and segmentation")
+        raise ValueError(
+          f"{ann_path.name}: annotation {i} (id {ann.get('id')!r}) needs image_id, category_id and segmentation"
+        )
       by_image[ann["image_id"]].append(ann)
     skips = SkipCounter("coco", name)
     for info in data["images"]:
@@ -62,11 +66,12 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
       h, w = image.shape[:2]
       seg = np.zeros((h, w), np.uint8)
       for ann in anns:
-        seg[annotation_mask(ann, h, w, ann_path.name)] = IGNORE if ann.get("iscrowd") else \
-            index[ann["category_id"]]
+        seg[annotation_mask(ann, h, w, ann_path.name)] = IGNORE if ann.get("iscrowd") else index[ann["category_id"]]
       classes = sorted(int(c) for c in np.unique(seg) if 0 < c < IGNORE)
-      yield str(info["id"]), {"image": image, "image_id": str(info["id"]), "segmentation": seg[..., None],
-                              "classes": classes}
+      yield (
+        str(info["id"]),
+        {"image": image, "image_id": str(info["id"]), "segmentation": seg[..., None], "classes": classes},
+      )
     skips.report()
 
 

@@ -1,6 +1,6 @@
 """CLIPSeg trained on PhraseCut without the "+" (text prompts only, no negatives)."""
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():

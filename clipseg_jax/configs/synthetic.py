@@ -3,7 +3,7 @@
 Query images are not augmented, so CLIP features are cached and each step runs only the decoder.
 """
 
-from experiments.configs import common
+from clipseg_jax.configs import common
 
 
 def get_config():
@@ -21,12 +21,12 @@ def get_config():
   # The refined decoder's upsampling (rd64-uni-refined): objects span only 2-4 patches of the 10x10 grid,
   # and a single 16x16 transposed convolution drew their edges coarsely (IoU@0.5 0.35 -> 0.42 with it).
   c.model.use_complex_transposed_convolution = True
-  c.model.activation_scale = 0.25   # the small CLIP's activations have std ~3-5 (see train/step.py)
+  c.model.activation_scale = 0.25  # the small CLIP's activations have std ~3-5 (see train/step.py)
   c.data.name = "synthetic"
   c.data.eval_split = "validation"
   c.data.workers = 0
   c.data.pcplus.image_size = 160
-  c.data.pcplus.augment = False     # scenes are already square crops: cache the CLIP features
+  c.data.pcplus.augment = False  # scenes are already square crops: cache the CLIP features
   # No PC+ negatives: the dataset holds true ones (absent colour/shape pairs), while a phrase drawn
   # from another scene out of so few words often names an object of this one ("the star"): a wrong
   # empty mask. And no prompt templates: the small CLIP's text tower never saw "a photo of a ...", and

@@ -1,0 +1,69 @@
+"""The fields every training config has; recipes override what differs (one file per recipe)."""
+
+import ml_collections
+
+from clipseg_jax.input_pipeline.pcplus import TEMPLATES
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 20_000
+  c.batch_size = 64
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.log_every = 50
+  c.eval_every = 2000
+  c.eval_images = 200  # held-out images per periodic evaluation
+  c.sample_every = 2000  # prediction pictures in the workdir
+
+  c.model = ml_collections.ConfigDict()
+  c.model.clip = "openai/clip-vit-base-patch16"  # anything load_model or an HF CLIP dir gives
+  c.model.extract_layers = (3, 6, 9)  # the paper's training configs used (3, 7, 9)
+  c.model.reduce_dim = 64
+  c.model.decoder_num_attention_heads = 4
+  c.model.decoder_intermediate_size = 2048
+  c.model.conditional_layer = 0
+  c.model.use_complex_transposed_convolution = False
+  c.model.use_decoder_blocks = True  # False: the CLIP-Deconv baseline (no decoder blocks)
+  c.model.withhold_prompt = False  # ablation: the decoder never sees the prompt
+  c.model.activation_scale = 1.0  # the reduce layers train on s x CLIP's activations
+  # (train/step.py: fold_activation_scale)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "phrasecut"
+  c.data.data_dir = "~/tensorflow_datasets"
+  c.data.train_split = "train"
+  c.data.eval_split = "val"
+  c.data.workers = 2
+  c.data.heldout_classes = ()  # PASCAL classes removed for zero-/one-shot training
+  c.data.pcplus = ml_collections.ConfigDict(
+    dict(
+      image_size=352,
+      q_neg=0.2,
+      visual_prompts=True,
+      mix_max=0.5,
+      prompt_mode="crop_blur_highlight",
+      crop_tries=50,
+      min_mask_fraction=0.05,
+      augment=True,
+      templates=TEMPLATES,
+    )
+  )  # prompt engineering: one drawn per sample
+  c.data.cache_features = "auto"  # "auto": on when query images are not augmented
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-3
+  c.optim.end_learning_rate = 1e-4  # cosine decay to this over total_steps
+  c.optim.warmup_steps = 0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip_norm = 0.0  # 0: no clipping
+  c.optim.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 params
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)  # (data, model); -1: all remaining devices
+  c.mesh.axes = ("data", "model")
+  c.mesh.clip_sharding = "replicated"  # or "fsdp": CLIP weights split over the model axis
+  return c
