@@ -218,9 +218,10 @@ class ClipSeg:
     return self._text(self.params, jnp.asarray(ids), jnp.asarray(mask))[: len(texts)]
 
   def encode_visual(self, pairs: Sequence[tuple[Any, Any]]) -> jax.Array:
-    """[P, E] embeddings of (support image, support mask) pairs after `crop_blur_highlight`."""
+    """[P, E] embeddings of (support image, support mask) pairs after `crop_blur_highlight` (which
+    returns normalised pixels: the vision tower takes them as they are)."""
     supports = [prompt_lib.crop_blur_highlight(image, mask, self.image_size) for image, mask in pairs]
-    return self._visual(self.params, jnp.asarray(np.stack([preprocess.normalize(s) for s in supports])))
+    return self._visual(self.params, jnp.asarray(np.stack(supports)))
 
   def encode_prompts(self, prompts: Sequence) -> jax.Array:
     """Strings, (image, mask) pairs and `prompts.Mixed`, in order -> [P, E]."""
@@ -267,7 +268,10 @@ class ClipSeg:
   def predict(self, images, prompts, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """[n_images, n_prompts, H, W] probabilities (bool masks with `threshold`) at each image's own
     size; all images must then share a size, else a list of [n_prompts, H_i, W_i] is returned.
-    Each image goes through the vision tower once, whatever the number of prompts."""
+    Each image goes through the vision tower once, whatever the number of prompts. Maps are resized
+    back with torch-style bilinear interpolation, align_corners=False, as transformers/HF pipelines
+    post-process (the paper's evaluation uses align_corners=True: `predict_conditions(...,
+    align_corners=True)`, as `evaluation.protocols` does)."""
     images = list(images) if isinstance(images, (list, tuple)) else [images]
     if isinstance(prompts, str) or (
       isinstance(prompts, tuple) and len(prompts) == 2 and not isinstance(prompts[0], str)
@@ -275,9 +279,13 @@ class ClipSeg:
       prompts = [prompts]
     return self.predict_conditions(images, self.encode_prompts(prompts), threshold=threshold, batch_size=batch_size)
 
-  def predict_conditions(self, images, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH):
-    """`predict` with precomputed [P, E] conditions (e.g. interpolated text/visual embeddings)."""
-    outputs = [out["masks"] for out in self.predict_iter(images, cond, threshold=threshold, batch_size=batch_size)]
+  def predict_conditions(
+    self, images, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH, align_corners: bool = False
+  ):
+    """`predict` with precomputed [P, E] conditions (e.g. interpolated text/visual embeddings).
+    align_corners: of the bilinear resize to each image's size (True: as the original evaluation)."""
+    outs = self.predict_iter(images, cond, threshold=threshold, batch_size=batch_size, align_corners=align_corners)
+    outputs = [out["masks"] for out in outs]
     if not outputs:
       raise ValueError("no images given")
     if len({o.shape for o in outputs}) == 1:
@@ -285,18 +293,26 @@ class ClipSeg:
     return outputs
 
   def predict_iter(
-    self, images: Iterable, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH
+    self,
+    images: Iterable,
+    cond,
+    *,
+    threshold: float | None = None,
+    batch_size: int = PREDICT_BATCH,
+    align_corners: bool = False,
   ) -> Iterator[dict]:
     """Per image, in order: {"masks": [P, H, W] probabilities (bools with `threshold`) at the image's
     size, "logits": [P, S, S] raw logits at the model's resolution}. Images are read `batch_size` at a
-    time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled."""
+    time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled.
+    align_corners: of the bilinear resize to the image's size (`preprocess.resize_map`)."""
     if threshold is not None and (
       isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
     ):
       raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
-    return self._predict_chunks(iter(images), cond, threshold, batch_size)  # checked before any work
+    # checked before any work
+    return self._predict_chunks(iter(images), cond, threshold, batch_size, align_corners=align_corners)
 
-  def _predict_chunks(self, images, cond, threshold, batch_size):
+  def _predict_chunks(self, images, cond, threshold, batch_size, *, align_corners: bool = False):
     while chunk := list(itertools.islice(images, batch_size)):
       chunk = [preprocess.to_rgb(im) for im in chunk]
       for im in chunk:
@@ -305,7 +321,7 @@ class ClipSeg:
       reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
       logits = np.asarray(self.decode(reduced, cond), np.float32)
       for im, lg in zip(chunk, logits):
-        probs = preprocess.resize_map(_sigmoid(lg), im.height, im.width)
+        probs = preprocess.resize_map(_sigmoid(lg), im.height, im.width, align_corners=align_corners)
         yield {"masks": probs > threshold if threshold is not None else probs, "logits": lg}
 
   # ---- writing (clipseg_jax.export) --------------------------------------------------------------

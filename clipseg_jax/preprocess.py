@@ -117,25 +117,35 @@ def batch_pixels(images, size: int = IMAGE_SIZE) -> np.ndarray:
   return np.stack([pixels(im, size) for im in images])
 
 
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in] matrix of torch's bilinear resize (align_corners=False, no antialias)."""
-  src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0)
+def bilinear_matrix(n_in: int, n_out: int, align_corners: bool = False) -> np.ndarray:
+  """[n_out, n_in] matrix of torch's bilinear resize (no antialias). align_corners=False (torch's
+  default, HF's post-processing): src = (dst + 0.5) * in / out - 0.5, clamped at 0; align_corners=True
+  (the original CLIPSeg evaluation's resize_pred): src = dst * (in - 1) / (out - 1), 0 when out == 1."""
+  dst = np.arange(n_out)
+  d32 = dst.astype(np.float32)  # source positions in float32, as torch's CPU kernel does for float32 maps
+  if align_corners:
+    src = (np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)) * d32
+  else:
+    src = np.maximum((d32 + np.float32(0.5)) * (np.float32(n_in) / np.float32(n_out)) - np.float32(0.5), 0)
+  src = src.astype(np.float64)
   lo = np.minimum(np.floor(src).astype(int), n_in - 1)
   hi = np.minimum(lo + 1, n_in - 1)
   frac = src - lo
   m = np.zeros((n_out, n_in))
-  np.add.at(m, (np.arange(n_out), lo), 1 - frac)
-  np.add.at(m, (np.arange(n_out), hi), frac)
+  np.add.at(m, (dst, lo), 1 - frac)
+  np.add.at(m, (dst, hi), frac)
   return m
 
 
-def resize_map(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-  """[..., h, w] maps resized to [..., height, width] as the paper's evaluation does it (torch
-  bilinear, align_corners=False, no antialias); `predict` and the metrics share it. Two float32
-  matmuls (within 2e-7 of float64), all maps of a stack at once."""
+def resize_map(prob: np.ndarray, height: int, width: int, *, align_corners: bool = False) -> np.ndarray:
+  """[..., h, w] maps resized to [..., height, width] by torch's bilinear interpolate (no antialias).
+  align_corners=False (default) is what `predict` uses, as HF's post-processing does; the metrics and
+  the evaluation protocols pass align_corners=True, as the original CLIPSeg evaluation
+  (`FixedIntervalMetrics(resize_pred=True)`) does. Two float32 matmuls (within 2e-7 of float64), all
+  maps of a stack at once."""
   prob = np.asarray(prob, np.float32)
   if prob.shape[-2:] == (height, width):
     return prob
-  rows = bilinear_matrix(prob.shape[-2], height).astype(np.float32)
-  cols = bilinear_matrix(prob.shape[-1], width).astype(np.float32)
+  rows = bilinear_matrix(prob.shape[-2], height, align_corners).astype(np.float32)
+  cols = bilinear_matrix(prob.shape[-1], width, align_corners).astype(np.float32)
   return rows @ prob @ cols.T

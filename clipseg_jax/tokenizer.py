@@ -4,14 +4,21 @@ Checkpoints that carry tokenizer files (`tokenizer.json`, or `vocab.json` + `mer
 Otherwise the tokenizer is OpenAI CLIP's (MIT): its byte-level BPE vocabulary of 49,408 entries ships
 with the embedded CLIP (`assets/synthetic_clip/tokenizer.json`), so nothing outside the package is
 needed to tokenize. Pad = end-of-text, as `openai/clip-vit-base-patch16`.
+
+Texts are cleaned first as OpenAI's own tokenizer does (`clip/simple_tokenizer.py`: ftfy, HTML entities
+unescaped twice, whitespace collapsed), which the released CLIPSeg weights were trained with through
+`clip.tokenize`; transformers' tokenizer skips this ("salt &amp; pepper": 7 ids there, 5 here).
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import os
+import re
 from pathlib import Path
 
+import ftfy
 import numpy as np
 
 MAX_LENGTH = 77  # CLIP's text context (its position embeddings)
@@ -46,6 +53,12 @@ def load_tokenizer(directory: str | os.PathLike | None = None):
   return default_tokenizer()
 
 
+def clean_text(text: str) -> str:
+  """OpenAI CLIP's text cleaning (`basic_clean` + `whitespace_clean`); the tokenizer lowercases."""
+  text = html.unescape(html.unescape(ftfy.fix_text(text)))
+  return re.sub(r"\s+", " ", text).strip()
+
+
 def tokenize(tokenizer, texts, max_length: int = MAX_LENGTH, *, multiple: int | None = None):
   """int32 (ids, attention mask) [N, L] for `texts`, each truncated to `max_length` tokens.
 
@@ -53,7 +66,7 @@ def tokenize(tokenizer, texts, max_length: int = MAX_LENGTH, *, multiple: int | 
   to that multiple (capped at `max_length`): jit then sees a few lengths, not one per prompt. Padding
   sits after the end-of-text token, where causal attention keeps it out of the pooled embedding."""
   out = tokenizer(
-    list(texts),
+    [clean_text(t) for t in texts],
     padding="longest" if multiple else "max_length",
     truncation=True,
     max_length=max_length,

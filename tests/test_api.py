@@ -137,14 +137,18 @@ def test_interpolated_conditions(tiny_model):
 
 
 def test_crop_blur_highlight():
+  from clipseg_jax import preprocess
+
   im = np.full((40, 80, 3), 200, np.uint8)
   mask = np.zeros((40, 80), bool)
   mask[10:20, 30:50] = True
   out = prompts.crop_blur_highlight(im, mask, size=64)
-  assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-  assert out[32, 32].tolist() == [200, 200, 200]  # the object is kept
-  assert out.min() < 30  # background darkened (x 0.1)
-  assert prompts.mask_box(mask) == (9, 28, 21, 52)  # 10% context on each side
+  assert out.shape == (64, 64, 3) and out.dtype == np.float32  # normalised: the vision tower's input
+  grey = preprocess.normalize(np.full(3, 200, np.uint8))
+  np.testing.assert_allclose(out[32, 32], grey, atol=1e-6)  # the object is kept
+  np.testing.assert_allclose(out[32, 0], 0.1 * grey, atol=1e-5)  # background x 0.1 towards the mean colour
+  assert not out[:16].any() and not out[48:].any()  # 24 x 12 box padded square with 0 (the mean colour)
+  assert prompts.mask_box(mask) == (9, 28, 21, 52)  # 10% context on each side (int() truncated)
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,7 @@ def zero_shot_accuracy(source: str, n: int = 48) -> tuple[float, float]:
   )
 
 
+@pytest.mark.slow  # a zero-shot probe of the embedded CLIP (10 s)
 def test_shipped_backbone_is_pretrained():
   """The shipped CLIP names an object's colour and shape zero-shot (measured: 1.0 and 1.0 on these
   48 scenes). A random CLIP of the same shape scores 0.12 and 0.29, about chance (1/6, 1/4); the

@@ -54,3 +54,18 @@ def test_fused_attention_matches_torch_eager(dtype, torch):
   got = fused_attention(*(jnp.asarray(t, dtype) for t in (q, k, v)), jnp.asarray(bias))
   assert got.dtype == jnp.dtype(dtype) and np.isfinite(np.asarray(got, np.float32)).all()
   np.testing.assert_allclose(np.asarray(got, np.float32), want.transpose(1, 2).numpy(), atol=0.05)
+
+
+def test_tokenize_cleans_text_as_openai_clip():
+  """OpenAI's `clip.tokenize` (what the released weights saw) runs ftfy, unescapes HTML entities twice
+  and collapses whitespace before BPE; plain strings keep their ids."""
+  tok = default_tokenizer()
+  ids = lambda *texts: tokenize(tok, texts)[0]
+  want = [49406, 6611, 261, 8253, 49407]  # "salt & pepper"
+  assert ids("salt &amp; pepper")[0, :5].tolist() == want and ids("salt &amp; pepper")[0, 5] == tok.pad_token_id
+  assert ids("salt &amp;amp; pepper")[0, :5].tolist() == want  # unescaped twice
+  assert ids("  salt\n&\tpepper ")[0, :5].tolist() == want
+  np.testing.assert_array_equal(ids("Ã©clair"), ids("éclair"))  # mojibake repaired by ftfy
+  plain = ["a photo of a cat", "the red one on the left", "A Large DOG", "x-ray of 2 hands"]
+  want_plain = tok(plain, padding="max_length", max_length=77, return_tensors="np")["input_ids"]
+  np.testing.assert_array_equal(ids(*plain), want_plain)

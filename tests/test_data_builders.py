@@ -1,14 +1,48 @@
-"""Dataset builders on tiny fixtures written in each dataset's real on-disk layout."""
+"""Dataset builders on tiny fixtures written in each dataset's real on-disk layout.
 
+Images must reach training and evaluation as their files' own bytes (no re-encoding), and COCO masks
+as pycocotools' `COCO.annToMask` draws them.
+"""
+
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_jpeg, write_voc
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from clipseg_jax.input_pipeline import build, raw_examples
-from clipseg_jax.input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_to_mask
+from clipseg_jax.input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_counts_from_string
 from clipseg_jax.input_pipeline.sources import prepared_source
+
+
+def stored_images(name: str, split: str, data_dir) -> dict[str, bytes]:
+  """image_id -> the encoded image bytes exactly as stored in the prepared array_record records."""
+  from tensorflow.core.example import example_pb2
+
+  raw = prepared_source(name, split, data_dir).data_source
+  out = {}
+  for i in range(len(raw)):
+    feature = example_pb2.Example.FromString(raw[i]).features.feature
+    out[feature["image_id"].bytes_list.value[0].decode()] = feature["image"].bytes_list.value[0]
+  return out
+
+
+def pil_rgb(path_or_bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def write_smooth_jpeg(path: Path, h: int, w: int, mode: str = "RGB"):
+  """A smooth image (where decoding and re-encoding a JPEG moves pixels most visibly), saved in `mode`."""
+  y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+  rgb = np.stack([255 * x, 255 * y, 128 + 100 * np.sin(6 * x + 4 * y)], -1).clip(0, 255).astype(np.uint8)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(rgb).convert(mode).save(path, quality=90)
 
 
 def test_rasterizer_known_areas():
@@ -22,13 +56,17 @@ def test_rasterizer_known_areas():
   assert union.sum() == 16 + 16 - 4
 
 
-def encode_rle(mask: np.ndarray) -> dict:
-  """COCO compressed RLE, written from the format's description (column-major runs, 0s first)."""
+def rle_runs(mask: np.ndarray) -> list[int]:
+  """COCO's uncompressed RLE counts (column-major runs, 0s first), as crowd annotations store them."""
   flat = mask.T.ravel().astype(np.uint8)
   change = np.flatnonzero(np.diff(flat)) + 1
   runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-  if flat[0]:
-    runs = [0] + runs
+  return [0] + runs if flat[0] else runs
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+  """COCO compressed RLE, written from the format's description (6-bit chunks, deltas after the 2nd)."""
+  runs = rle_runs(mask)
   chars = []
   for i, x in enumerate(runs):
     if i > 2:
@@ -42,14 +80,19 @@ def encode_rle(mask: np.ndarray) -> dict:
   return {"size": list(mask.shape), "counts": "".join(chars)}
 
 
-def test_rle_decoding():
+def test_rle_strings_match_pycocotools():
   rng = np.random.RandomState(0)
   for shape in [(7, 5), (40, 33)]:
     mask = rng.rand(*shape) > 0.6
-    assert np.array_equal(rle_to_mask(encode_rle(mask)), mask)
+    ours = encode_rle(mask)
+    theirs = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    assert ours["counts"] == theirs["counts"].decode()
+    counts = rle_counts_from_string(ours["counts"])  # column-major runs, 0s first
+    runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
+    assert np.array_equal(runs.reshape(shape[1], shape[0]).T, mask)
   mask = np.zeros((3, 4), bool)
   mask[1, 2] = True  # column-major position 2*3+1 = 7
-  assert np.array_equal(rle_to_mask({"size": [3, 4], "counts": [7, 1, 4]}), mask)
+  assert rle_counts_from_string(encode_rle(mask)["counts"]) == [7, 1, 4]
 
 
 @pytest.fixture
@@ -89,6 +132,30 @@ def test_phrasecut_builder(phrasecut_dir, tmp_path):
   assert [e["phrase"] for e in raw_examples("phrasecut", "test", data_dir=tmp_path / "tfds")] == ["sky"]
 
 
+def test_phrasecut_stores_source_bytes(tmp_path):
+  root = tmp_path / "phrasecut"
+  images = root / "images"
+  write_smooth_jpeg(images / "1.jpg", 40, 60)
+  write_smooth_jpeg(images / "2.jpg", 30, 20, "L")  # greyscale: stored as is, decoded to 3 equal channels
+  write_jpeg(images / "3.jpg", 24, 32, 3)  # noise
+  write_smooth_jpeg(images / "4.jpg", 20, 30, "CMYK")  # would decode to 4 channels: converted, stored as PNG
+  (root / "image_data_split.json").write_text("[]")
+  square = [[[[0, 0], [5, 0], [5, 5], [0, 5]]]]
+  tasks = [{"task_id": f"{i}__a", "image_id": i, "phrase": "thing", "Polygons": square} for i in (1, 2, 3, 4)]
+  (root / "refer_train.json").write_text(json.dumps(tasks))
+  build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=root)
+
+  stored = stored_images("phrasecut", "train", tmp_path / "tfds")
+  for i in (1, 2, 3):
+    assert stored[str(i)] == (images / f"{i}.jpg").read_bytes()
+  assert stored["4"].startswith(b"\x89PNG") and np.array_equal(pil_rgb(stored["4"]), pil_rgb(images / "4.jpg"))
+  examples = {e["image_id"]: e for e in raw_examples("phrasecut", "train", data_dir=tmp_path / "tfds")}
+  for i in (1, 2, 3, 4):
+    image = examples[str(i)]["image"]
+    assert image.dtype == np.uint8 and image.ndim == 3
+    assert np.array_equal(image, pil_rgb(images / f"{i}.jpg")), i  # PIL's own pixels, none moved
+
+
 def test_phrasecut_malformed_record_is_named(phrasecut_dir, tmp_path):
   tasks = json.loads((phrasecut_dir / "refer_train.json").read_text())
   tasks[1]["Polygons"] = [["not", "points"]]
@@ -118,27 +185,50 @@ def test_pascal_voc_builder(tmp_path):
   r = val[0]
   assert np.array_equal(r["segmentation"][..., 0], labels["2007_000003"])
   assert list(r["classes"]) == [7, 15]
+  jpegs = tmp_path / "voc" / "VOCdevkit" / "VOC2012" / "JPEGImages"
+  stored = {
+    **stored_images("pascal_voc", "train", tmp_path / "tfds"),
+    **stored_images("pascal_voc", "val", tmp_path / "tfds"),
+  }
+  assert sorted(stored) == sorted(labels)
+  for image_id, data in stored.items():
+    assert data == (jpegs / f"{image_id}.jpg").read_bytes()
+  assert r["image"].dtype == np.uint8 and np.array_equal(r["image"], pil_rgb(jpegs / f"{r['image_id'].decode()}.jpg"))
 
 
-def test_coco_builder(tmp_path):
-  root = tmp_path / "coco"
-  write_jpeg(root / "val2014" / "COCO_val2014_000000000042.jpg", 16, 20, 1)
+SMALL = [5.3, 4.2, 8.6, 4.9, 6.1, 7.8]  # a triangle of a few pixels: where PIL's drawing differs most
+LARGE = [3, 12, 40, 10.5, 44.2, 35, 20, 38.7, 5, 30]
+
+
+def write_coco(root: Path) -> tuple[dict, dict]:
+  """COCO 2014 in its real layout; returns the val annotations and the (compressed, crowd) RLE masks."""
+  write_smooth_jpeg(root / "val2014" / "COCO_val2014_000000000042.jpg", 40, 48)
   write_jpeg(root / "val2014" / "COCO_val2014_000000000043.jpg", 16, 20, 2)
+  write_smooth_jpeg(root / "val2014" / "COCO_val2014_000000000044.png", 12, 14)  # a PNG stays PNG
   write_jpeg(root / "train2014" / "COCO_train2014_000000000007.jpg", 10, 10, 3)
-  blob = np.zeros((16, 20), bool)
-  blob[8:12, 1:5] = True
-  crowd = np.zeros((16, 20), bool)
-  crowd[0:2, 15:20] = True
+  blob = np.zeros((40, 48), bool)
+  blob[20:26, 30:40] = True
+  crowd = np.zeros((40, 48), bool)
+  crowd[0:3, 40:48] = True
   val = {
     "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
     "images": [
-      {"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 16, "width": 20},
+      {"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 40, "width": 48},
       {"id": 43, "file_name": "COCO_val2014_000000000043.jpg", "height": 16, "width": 20},
+      {"id": 44, "file_name": "COCO_val2014_000000000044.png", "height": 12, "width": 14},
     ],
     "annotations": [
-      {"id": 1, "image_id": 42, "category_id": 18, "iscrowd": 0, "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]},
+      {"id": 1, "image_id": 42, "category_id": 18, "iscrowd": 0, "segmentation": [LARGE]},
       {"id": 2, "image_id": 42, "category_id": 90, "iscrowd": 0, "segmentation": encode_rle(blob)},
-      {"id": 3, "image_id": 42, "category_id": 1, "iscrowd": 1, "segmentation": encode_rle(crowd)},
+      {"id": 3, "image_id": 42, "category_id": 1, "iscrowd": 0, "segmentation": [SMALL]},
+      {
+        "id": 4,
+        "image_id": 42,
+        "category_id": 1,
+        "iscrowd": 1,
+        "segmentation": {"size": [40, 48], "counts": rle_runs(crowd)},
+      },
+      {"id": 5, "image_id": 44, "category_id": 18, "iscrowd": 0, "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]},
     ],
   }
   train = {
@@ -148,16 +238,74 @@ def test_coco_builder(tmp_path):
       {"id": 9, "image_id": 7, "category_id": 1, "iscrowd": 0, "segmentation": [[0, 0, 3, 0, 3, 3, 0, 3]]}
     ],
   }
-  (root / "annotations").mkdir(parents=True)
+  (root / "annotations").mkdir(parents=True, exist_ok=True)
   (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
   (root / "annotations" / "instances_train2014.json").write_text(json.dumps(train))
+  return val, {"blob": blob, "crowd": crowd}
+
+
+def test_coco_builder(tmp_path):
+  root = tmp_path / "coco"
+  val, rles = write_coco(root)
   build("coco", data_dir=tmp_path / "tfds", manual_dir=root)
   source = prepared_source("coco", "validation", tmp_path / "tfds")
-  assert len(source) == 1  # image 43 has no annotations: skipped (and counted in the log)
-  seg = source[0]["segmentation"][..., 0]
-  want = np.zeros((16, 20), np.uint8)
-  want[2:7, 2:7] = 2  # dog -> 2nd category
-  want[blob] = 3  # toothbrush (id 90) -> 3
-  want[crowd] = 255  # crowd -> ignore
-  assert np.array_equal(seg, want)
-  assert list(source[0]["classes"]) == [2, 3]
+  assert len(source) == 2  # image 43 has no annotations: skipped (and counted in the log)
+  records = {r["image_id"].decode(): r for r in (source[0], source[1])}
+
+  # masks are COCO's own: COCO.annToMask on the same annotation file, painted in order
+  coco = COCO(str(root / "annotations" / "instances_val2014.json"))
+  index = {1: 1, 18: 2, 90: 3}
+  for image_id in (42, 44):
+    want = np.zeros((coco.imgs[image_id]["height"], coco.imgs[image_id]["width"]), np.uint8)
+    for ann in coco.imgToAnns[image_id]:
+      want[coco.annToMask(ann) > 0] = 255 if ann["iscrowd"] else index[ann["category_id"]]
+    assert np.array_equal(records[str(image_id)]["segmentation"][..., 0], want), image_id
+  seg = records["42"]["segmentation"][..., 0]
+  assert np.array_equal(seg == 3, rles["blob"]) and np.array_equal(seg == 255, rles["crowd"])  # both RLE kinds
+  small = coco.annToMask(coco.anns[3]) > 0
+  assert 0 < small.sum() < 10 and (seg[small] == 1).all()
+  # PIL's drawing (truncated vertices, outline included: PhraseCut's rasteriser) is not COCO's
+  assert not np.array_equal(polygons_to_mask([np.reshape(SMALL, (-1, 2))], 40, 48), small)
+  assert list(records["42"]["classes"]) == [1, 2, 3]
+
+  # images: the files' own bytes (JPEG and PNG), decoding to PIL's pixels
+  stored = stored_images("coco", "validation", tmp_path / "tfds")
+  for info in val["images"]:
+    path = root / "val2014" / info["file_name"]
+    if str(info["id"]) in stored:
+      assert stored[str(info["id"])] == path.read_bytes()
+      assert np.array_equal(records[str(info["id"])]["image"], pil_rgb(path))
+  assert stored["44"].startswith(b"\x89PNG")
+  train = stored_images("coco", "train", tmp_path / "tfds")
+  assert train == {"7": (root / "train2014" / "COCO_train2014_000000000007.jpg").read_bytes()}
+
+
+@pytest.mark.parametrize(
+  "segmentation, message",
+  [
+    ({"size": [40, 48], "counts": [5, 3]}, "RLE runs sum to 8"),
+    ({"size": [40, 47], "counts": [40 * 47]}, "RLE is 40x47, image is 40x48"),
+    ({"size": [40, 48], "counts": "0"}, "RLE runs sum to 0"),
+    ([[1, 2]], "input type is not supported"),
+  ],
+)
+def test_coco_malformed_segmentation_is_named(tmp_path, segmentation, message):
+  root = tmp_path / "coco"
+  val, _ = write_coco(root)
+  val["annotations"][1]["segmentation"] = segmentation
+  (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
+  with pytest.raises(
+    ValueError, match=rf"instances_val2014.json: annotation 2 has a malformed segmentation: {message}"
+  ):
+    build("coco", data_dir=tmp_path / "tfds", manual_dir=root)
+
+
+def test_coco_image_size_must_match_annotations(tmp_path):
+  root = tmp_path / "coco"
+  val, _ = write_coco(root)
+  val["images"][0]["height"] = 41
+  (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
+  with pytest.raises(
+    ValueError, match=r"image 42 is 41x48 \(HxW\) there, but .*COCO_val2014_000000000042.jpg is 40x48"
+  ):
+    build("coco", data_dir=tmp_path / "tfds", manual_dir=root)

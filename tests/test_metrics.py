@@ -6,13 +6,49 @@ import textwrap
 
 import numpy as np
 import pytest
-from scipy.integrate import simpson
 
+from clipseg_jax import preprocess
 from clipseg_jax.metrics import ConfusionMatrix, fixed_threshold_metrics
+from clipseg_jax.metrics.binary import average_precision, simps_avg
+
+
+def ref_simpson_panel(x0, x1, x2, y0, y1, y2) -> float:
+  """One Simpson panel on irregular spacing, the textbook parabola through three points, with the
+  zero-width guards of SciPy's old `_basic_simps` (a ratio whose denominator is 0 counts as 0)."""
+  h0, h1 = x1 - x0, x2 - x1
+  ratio = h0 / h1 if h1 != 0 else 0.0
+  inv = 1.0 / ratio if ratio != 0 else 0.0
+  mid = (h0 + h1) ** 2 / (h0 * h1) if h0 * h1 != 0 else 0.0
+  return (h0 + h1) / 6.0 * ((2.0 - inv) * y0 + mid * y1 + (2.0 - ratio) * y2)
+
+
+def ref_simps(y, x) -> float:
+  """scipy.integrate.simps(y, x) as before SciPy 1.11 (even='avg'), panel by panel."""
+  y, x, n = list(map(float, y)), list(map(float, x)), len(y)
+
+  def simpson(lo, hi):  # points lo..hi, hi - lo even
+    return sum(ref_simpson_panel(*x[i : i + 3], *y[i : i + 3]) for i in range(lo, hi - 1, 2))
+
+  if n % 2:
+    return simpson(0, n - 1)
+  first_trap = 0.5 * (x[1] - x[0]) * (y[0] + y[1])
+  last_trap = 0.5 * (x[-1] - x[-2]) * (y[-1] + y[-2])
+  return 0.5 * ((simpson(0, n - 2) + last_trap) + (first_trap + simpson(1, n - 1)))
+
+
+def ref_ap(tp, fp, fn) -> float:
+  """The original metrics.py's AP, re-derived: lists over the thresholds with tp + fp > 0, a set of
+  (recall, precision) pairs sorted by recall alone, then simps."""
+  keep = [j for j in range(len(tp)) if tp[j] + fp[j] > 0]
+  precisions = [float(tp[j]) / (1 + float(tp[j]) + float(fp[j])) for j in keep]
+  recalls = [float(tp[j]) / (1 + float(tp[j]) + float(fn[j])) for j in keep]
+  recalls, precisions = zip(*sorted(list(set(zip(recalls, precisions))), key=lambda x: x[0]))
+  return ref_simps(precisions, recalls)
 
 
 def brute_force(probs, targets, classes, ignore=255):
-  """Loops over thresholds and samples; torch's bilinear interpolate for the resize."""
+  """Loops over thresholds and samples; torch's bilinear interpolate (align_corners=True, as the
+  original's resize_pred=True) for the resize."""
   torch = pytest.importorskip("torch")
 
   ts = np.linspace(0, 1, 51)[1:-1].astype(np.float32)
@@ -20,7 +56,7 @@ def brute_force(probs, targets, classes, ignore=255):
   per_class = {}
   for p, t, c in zip(probs, targets, classes):
     p = torch.nn.functional.interpolate(
-      torch.from_numpy(p)[None, None], size=t.shape, mode="bilinear", align_corners=False
+      torch.from_numpy(p)[None, None], size=t.shape, mode="bilinear", align_corners=True
     )[0, 0].numpy()
     for k, thr in enumerate(ts):
       pred, valid, fg = p > thr, t != ignore, t == 1
@@ -36,9 +72,7 @@ def brute_force(probs, targets, classes, ignore=255):
   iou_fg = tp / (1 + tp + fp + fn)
   iou_bin = (iou_fg + tn / (1 + tn + fn + fp)) / 2
   miou = np.mean([v[:, 0] / (1 + v[:, 0] + v[:, 1] + v[:, 2]) for v in per_class.values()], axis=0)
-  pairs = {(tp[k] / (1 + tp[k] + fn[k]), tp[k] / (1 + tp[k] + fp[k])) for k in range(49) if tp[k] + fp[k] > 0}
-  r, prec = np.array(sorted(pairs)).T
-  return iou_fg, iou_bin, miou, simpson(prec, x=r)
+  return iou_fg, iou_bin, miou, ref_ap(tp, fp, fn)
 
 
 @pytest.mark.parametrize("with_classes", [False, True])
@@ -62,6 +96,101 @@ def test_against_brute_force(with_classes):
   np.testing.assert_allclose(got["miou"], miou, rtol=1e-12)
   assert got["ap"] == pytest.approx(ap, rel=1e-12)
   assert len(got["thresholds"]) == 49 and got["thresholds"][0] == pytest.approx(0.02)
+
+
+def test_resize_align_corners_by_hand():
+  m = np.array([[0.0, 1.0], [2.0, 4.0]], np.float32)
+  got = preprocess.resize_map(m, 3, 3, align_corners=True)
+  want = [[0.0, 0.5, 1.0], [1.0, 1.75, 2.5], [2.0, 3.0, 4.0]]  # corners kept, centre the mean
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+  np.testing.assert_allclose(preprocess.bilinear_matrix(4, 1, align_corners=True), [[1, 0, 0, 0]])  # out 1: src 0
+  np.testing.assert_allclose(preprocess.bilinear_matrix(1, 3, align_corners=True), [[1], [1], [1]])
+  # the default stays torch's align_corners=False (pixel centres): 2 -> 4 is 0, .25, .75, 1
+  np.testing.assert_allclose(preprocess.bilinear_matrix(2, 4) @ [0.0, 1.0], [0, 0.25, 0.75, 1])
+
+
+@pytest.mark.parametrize("shape,size", [((24, 24), (37, 53)), ((5, 7), (3, 2)), ((4, 6), (1, 9)), ((1, 3), (4, 1))])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_resize_matches_torch(torch, shape, size, align_corners):
+  p = np.random.RandomState(0).rand(2, *shape).astype(np.float32)
+  want = torch.nn.functional.interpolate(
+    torch.from_numpy(p)[:, None], size=size, mode="bilinear", align_corners=align_corners
+  )[:, 0].numpy()
+  np.testing.assert_allclose(preprocess.resize_map(p, *size, align_corners=align_corners), want, rtol=0, atol=1e-6)
+
+
+def test_average_precision_tied_recalls():
+  # thresholds 1 and 2 share recall 8 / 11 with precisions 8 / 19 and 8 / 14; the last predicts nothing
+  tp = np.array([10, 8, 8, 5, 3, 0])
+  fp = np.array([20, 10, 5, 2, 1, 0])
+  fn = np.array([0, 2, 2, 5, 7, 10])
+  pairs = list(set(zip((tp / (1.0 + tp + fn))[:5].tolist(), (tp / (1.0 + tp + fp))[:5].tolist())))
+  assert len(pairs) == 5 and len({r for r, _ in pairs}) == 4
+  got = average_precision(tp, fp, fn)
+  assert got == pytest.approx(ref_ap(tp, fp, fn), rel=1e-14, abs=1e-15)
+  # the tie's order matters (a zero-width Simpson interval), so sorting by (recall, precision) differs
+  r, p = np.array(sorted(pairs)).T
+  assert abs(ref_simps(p, r) - got) > 1e-3
+  # a set of floats iterates in the same order under any hash seed (float hashes are not randomised)
+  code = f"print(list(set(zip({(tp / (1.0 + tp + fn)).tolist()}, {(tp / (1.0 + tp + fp)).tolist()}))))"
+  outs = {
+    subprocess.run(
+      [sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
+    ).stdout
+    for seed in ("0", "1", "12345")
+  }
+  assert len(outs) == 1
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 11])
+def test_simps_avg_against_panels(n):
+  rng = np.random.RandomState(n)
+  x = np.sort(rng.rand(n))  # irregular spacing, as recalls are
+  x[n // 2] = x[n // 2 - 1]  # and one zero-width interval
+  y = rng.rand(n)
+  assert simps_avg(y, x) == pytest.approx(ref_simps(y, x), rel=1e-13, abs=1e-15)
+  x = np.sort(rng.rand(n))
+  assert simps_avg(y, x) == pytest.approx(ref_simps(y, x), rel=1e-13, abs=1e-15)
+  if n % 2:  # odd counts: SciPy's rule has not changed
+    scipy_integrate = pytest.importorskip("scipy.integrate")
+    assert simps_avg(y, x) == pytest.approx(scipy_integrate.simpson(y, x=x), rel=1e-13)
+  a, b = rng.rand(2)  # linear integrands are exact under either rule
+  assert simps_avg(a * x + b, x) == pytest.approx(a * (x[-1] ** 2 - x[0] ** 2) / 2 + b * (x[-1] - x[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("n_pairs", [4, 5])
+def test_average_precision_even_and_odd_counts(n_pairs):
+  tp = np.array([40, 30, 20, 10, 5][:n_pairs] + [0])
+  fp = np.array([60, 20, 8, 2, 1][:n_pairs] + [0])
+  fn = 40 - tp
+  r, p = tp[:n_pairs] / (1.0 + tp[:n_pairs] + fn[:n_pairs]), tp[:n_pairs] / (1.0 + tp[:n_pairs] + fp[:n_pairs])
+  order = np.argsort(r)
+  want = ref_simps(p[order], r[order])
+  assert average_precision(tp, fp, fn) == pytest.approx(want, rel=1e-14)
+  if n_pairs == 4:  # even='avg' by hand: two Simpson panels' mean plus the mean of the two trapezoids
+    x, y = r[order], p[order]
+    by_hand = 0.5 * (
+      ref_simpson_panel(*x[:3], *y[:3])
+      + 0.5 * (x[3] - x[2]) * (y[3] + y[2])
+      + 0.5 * (x[1] - x[0]) * (y[1] + y[0])
+      + ref_simpson_panel(*x[1:], *y[1:])
+    )
+    assert average_precision(tp, fp, fn) == pytest.approx(by_hand, rel=1e-14)
+  assert average_precision(np.zeros(3), np.zeros(3), np.ones(3)) == 0.0  # nothing predicted
+
+
+def test_predictor_resizes_with_align_corners(tiny_model):
+  from clipseg_jax.evaluation.protocols import ModelPredictor
+
+  im = np.random.RandomState(0).randint(0, 256, (37, 53, 3), np.uint8)
+  cond = tiny_model.encode_text(["a cat"])
+  (out,) = tiny_model.predict_iter([im], cond, align_corners=True)
+  probs = 1 / (1 + np.exp(-out["logits"].astype(np.float64)))
+  np.testing.assert_allclose(out["masks"], preprocess.resize_map(probs, 37, 53, align_corners=True), atol=1e-6)
+  np.testing.assert_allclose(ModelPredictor(tiny_model).probabilities(im, cond), out["masks"], atol=1e-6)
+  default = tiny_model.predict(im, ["a cat"])[0]  # people get HF's align_corners=False
+  np.testing.assert_allclose(default, preprocess.resize_map(probs, 37, 53), atol=1e-6)
+  assert np.abs(default - out["masks"]).max() > 1e-4
 
 
 def test_hand_computed_cases():

@@ -48,7 +48,9 @@ def test_tiny_text(tmp_path, refined):
   compare(model, ref, pixels, **text_batch(model, PROMPTS))
 
 
-@pytest.mark.parametrize("size", [224, 352, 480])
+@pytest.mark.parametrize(
+  "size", [pytest.param(224, marks=pytest.mark.slow), 352, pytest.param(480, marks=pytest.mark.slow)]
+)
 def test_input_sizes(tiny_checkpoint, tiny_model, size):
   """Position embeddings resized by torch-exact bicubic interpolation (64 px native -> size)."""
   pixels = np.random.RandomState(size).randn(2, size, size, 3).astype(np.float32)
@@ -69,6 +71,7 @@ def test_conditional_embeddings(tiny_checkpoint, tiny_model):
   compare(tiny_model, tiny_checkpoint[1], pixels, conditional_embeddings=cond)
 
 
+@pytest.mark.slow  # the tiny models' parity is in the fast tier; these variants are not
 @pytest.mark.parametrize("conditional_layer", [1, 2])
 def test_film_at_other_layers(tmp_path, conditional_layer):
   """FiLM placed deeper. FiLM just before the last block makes this random model ill-conditioned: the
@@ -86,6 +89,7 @@ def test_film_at_other_layers(tmp_path, conditional_layer):
   assert rel_err(model(pixels, **cond), want) <= max(TOL, 10 * rel_err(f32, want))
 
 
+@pytest.mark.slow
 def test_legacy_eos_pooling(tmp_path):
   """eos_token_id=2 selects HF's legacy pooling at input_ids.argmax(-1). Token 2 inside the prompt
   makes the two rules pick different positions, so using the wrong one fails."""

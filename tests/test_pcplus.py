@@ -1,4 +1,4 @@
-"""PhraseCut+ sampling, visual prompt engineering modes, held-out filtering, folder data, the loader."""
+"""PhraseCut+ sampling, its supports, held-out filtering, folder data, the loader (prompt modes: test_prompts)."""
 
 import json
 
@@ -91,52 +91,26 @@ def test_options_reject_unknown_keys():
     PCPlusOptions.from_config({"q_negative": 0.1})
 
 
-@pytest.fixture
-def scene():
-  image = np.random.RandomState(0).randint(50, 256, (60, 80, 3), np.uint8)
-  mask = np.zeros((60, 80), bool)
-  mask[20:40, 30:60] = True
-  return image, mask
+def test_support_is_normalised_prompt_of_the_resized_pair():
+  """Supports come out of prompt engineering normalised (float32), made from the support pair resized
+  to the image size first (the original's order); zeros (the mean colour) without a support."""
+  from clipseg_jax.input_pipeline.pcplus import resize_pair
 
-
-@pytest.mark.parametrize("mode", list(prompts.MODES))
-def test_prompt_modes(scene, mode):
-  image, mask = scene
-  out = prompts.visual_prompt(image, mask, mode, size=48)
-  assert out.shape == (48, 48, 3) and out.dtype == np.uint8
-  crop, blur, darken = prompts.MODES[mode]
-  full = prompts.visual_prompt(image, mask, mode + "80")  # size from the name
-  assert full.shape == (80, 80, 3)
-  if not crop:
-    ref = prompts.background(image, mask, prompts.BLUR_SIGMA if blur else 0, prompts.BACKGROUND_FACTOR if darken else 1)
-    np.testing.assert_array_equal(full, np.asarray(Image.fromarray(ref).resize((80, 80), Image.BILINEAR)))
-
-
-def test_background_operations(scene):
-  image, mask = scene
-  dark = prompts.background(image, mask, sigma=0, factor=0.1)
-  np.testing.assert_array_equal(dark[mask], image[mask])  # object untouched
-  np.testing.assert_array_equal(dark[~mask], np.round(image[~mask] * 0.1).astype(np.uint8))
-  blurred = prompts.background(image, mask, sigma=3, factor=1.0)
-  np.testing.assert_array_equal(blurred[mask], image[mask])
-  assert blurred[~mask].std() < image[~mask].std() / 2  # background smoothed
-
-
-def test_crop_mode_box_and_padding(scene):
-  image, mask = scene
-  assert prompts.mask_box(mask) == (18, 27, 42, 63)  # 10% of 20 rows / 30 cols each side
-  out = prompts.visual_prompt(image, mask, "crop", size=36)
-  box = image[18:42, 27:63]  # 24 x 36 -> padded to 36 x 36 (6 rows of zeros top and bottom)
-  np.testing.assert_array_equal(out[6:30], box)
-  assert not out[:6].any() and not out[30:].any()
-
-
-def test_crop_blur_mode_equals_blur_then_crop(scene):
-  """Blurring only the crop (plus a 3-sigma margin) matches blurring the whole image in the kept area."""
-  image, mask = scene
-  fast = prompts.visual_prompt(image, mask, "crop_blur_highlight", size=36)
-  whole = prompts.background(image, mask)[18:42, 27:63]
-  assert np.abs(fast[6:30].astype(int) - whole.astype(int)).max() <= 2
+  source = MemorySource()
+  transform = PCPlusTransform(source, PairIndex(source), PCPlusOptions(image_size=32, augment=False, q_neg=0.0))
+  seen = set()
+  for i in range(40):
+    rng = np.random.default_rng(i)
+    sample = transform(i, rng)
+    choice = transform.sampler.choose(i, np.random.default_rng(i))  # the same draws (no crop draws)
+    assert sample["support"].dtype == np.float32 and sample["support"].shape == (32, 32, 3)
+    if choice.support is None:
+      assert not sample["support"].any()
+    else:
+      want = prompts.visual_prompt(*resize_pair(*transform._pair(choice.support), 32), "crop_blur_highlight", 32)
+      np.testing.assert_array_equal(sample["support"], want)
+    seen.add(choice.support is None)
+  assert seen == {True, False}
 
 
 def test_heldout_filter():
@@ -212,7 +186,7 @@ def test_loader_resume_is_exact():
   b = straight[0]
   assert b["pixels"].shape == (8, 32, 32, 3) and b["input_ids"].shape == (8, 77)
   assert b["input_ids"].dtype == np.int32 and b["text_weight"].shape == (8,)
-  assert b["pixels"].dtype == b["support"].dtype == np.uint8 and b["mask"].dtype == np.float32
+  assert b["pixels"].dtype == np.uint8 and b["support"].dtype == b["mask"].dtype == np.float32
   other, _ = batches(make_loader(source, PCPlusOptions(image_size=32), batch_size=8, seed=4), 1)
   assert not np.array_equal(other[0]["pixels"], b["pixels"])  # the seed matters
 

@@ -130,7 +130,7 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
     "mask": (rng.rand(b, 64, 64) > 0.5).astype(np.float32),
     "input_ids": np.tile(np.array([[49406, 320, 2368, 49407, 49407]], np.int32), (b, 1)),
     "attention_mask": np.ones((b, 5), np.int32),
-    "support": rng.randint(0, 255, (b, 64, 64, 3)).astype(np.uint8),
+    "support": rng.randn(b, 64, 64, 3).astype(np.float32),  # visual prompts come normalised
     "text_weight": np.full((b,), 0.3, np.float32),
   }
   frozen_before = jax.tree.map(np.array, frozen)
@@ -146,7 +146,7 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
     return (
       f(ClipSegModel.activations, preprocess.normalize(batch["pixels"])),
       f(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"]),
-      f(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"])),
+      f(ClipSegModel.visual_embeddings, batch["support"]),
     )
 
   acts, text, visual = jax.jit(clip_forward)(frozen, batch)

@@ -83,7 +83,10 @@ def save_clip(model, directory):
   clip.save_pretrained(directory)
 
 
-@pytest.mark.parametrize("refined,reduce_dim", [(False, 16), (True, 16), (False, 8)])
+@pytest.mark.parametrize(
+  "refined,reduce_dim",
+  [pytest.param(False, 16, marks=pytest.mark.slow), (True, 16), pytest.param(False, 8, marks=pytest.mark.slow)],
+)
 def test_original_decoder_file(tmp_path, refined, reduce_dim):
   """rd64-uni / rd16-uni / rd64-uni-refined style files: config read off the keys, logits equal the
   HF model's, and export_original writes the same tensors back bit for bit (unused `reduce.*` too)."""

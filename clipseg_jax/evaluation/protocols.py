@@ -49,8 +49,9 @@ class ModelPredictor:
     return self.model.encode_visual(pairs)
 
   def probabilities(self, image: np.ndarray, cond) -> np.ndarray:
-    """[P, H, W] probabilities at the image's own size for P conditions (one vision pass)."""
-    return self.model.predict_conditions([image], cond)[0]
+    """[P, H, W] probabilities at the image's own size for P conditions (one vision pass), resized
+    with align_corners=True as the original evaluation (`FixedIntervalMetrics(resize_pred=True)`)."""
+    return self.model.predict_conditions([image], cond, align_corners=True)[0]
 
 
 class NoPromptPredictor(ModelPredictor):

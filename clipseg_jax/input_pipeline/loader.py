@@ -9,7 +9,8 @@ Batches are dicts of numpy arrays (B = batch size per host, S = image size, L = 
   mask           float32 [B, S, S]     target (0/1)
   input_ids      int32   [B, L]        tokenised prompt (template applied), padded to L
   attention_mask int32   [B, L]
-  support        uint8   [B, S, S, 3]  visual prompt after prompt engineering (zeros if none)
+  support        float32 [B, S, S, 3]  visual prompt after prompt engineering, ImageNet-normalised
+                                       (zeros, the mean colour, if none)
   text_weight    float32 [B]           w in w * text + (1 - w) * visual (1 = text only)
 """
 

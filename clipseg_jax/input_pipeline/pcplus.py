@@ -4,9 +4,10 @@ Per sample: an object-aware random square crop (side min(H, W); up to `crop_trie
 keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` (image
 bilinear, mask nearest), ImageNet normalisation; with probability `q_neg` the phrase is swapped for
 another and the mask zeroed; a visual support from another sample with the same phrase, cropped the
-same way and passed through visual prompt engineering; images stay uint8 (4x less to move between
-processes; the model step normalises them); a prompt template ("shuffle+"); and the
-text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`) (1 without support).
+same way and passed through visual prompt engineering (ImageNet-normalised float32); query images
+stay uint8 (4x less to move between processes; the model step normalises them); a prompt template
+("shuffle+"); and the text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`)
+(1 without support).
 """
 
 from __future__ import annotations
@@ -166,10 +167,12 @@ class PCPlusTransform:
       "pixels": image,
       "mask": mask.astype(np.float32),
       "text": opts.templates[choice.template].format(choice.phrase),
-      "support": np.zeros_like(image),
+      "support": np.zeros(image.shape, np.float32),  # normalised 0: the mean colour
       "text_weight": np.float32(choice.text_weight),
     }
     if choice.support is not None:
-      s_image, s_mask = random_crop(*self._pair(choice.support), rng, opts)
+      # As the original: the support is cropped and resized to the image size like a query, then
+      # goes through prompt engineering (normalised float32 out).
+      s_image, s_mask = resize_pair(*random_crop(*self._pair(choice.support), rng, opts), opts.image_size)
       sample["support"] = prompts.visual_prompt(s_image, s_mask, opts.prompt_mode, opts.image_size)
     return sample

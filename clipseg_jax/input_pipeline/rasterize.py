@@ -1,5 +1,6 @@
-"""Masks from polygons and COCO run-length encodings.
+"""Masks from PhraseCut polygons, and COCO's compressed run-length strings (to check them).
 
+COCO masks themselves are drawn by pycocotools (`builders.coco.annotation_mask`), as COCO's API does.
 PhraseCut's reference rasterisation (its own API) draws each polygon with PIL `ImageDraw.polygon` on
 integer-truncated vertices, fill=1 and outline=1 (boundary included); we do exactly that. A fill
 without the boundary loses 10-15% of a thin shape.
@@ -27,11 +28,6 @@ def phrasecut_mask(instances, height: int, width: int) -> np.ndarray:
   return polygons_to_mask([poly for instance in instances for poly in instance], height, width)
 
 
-def coco_polygons(segmentation, height: int, width: int) -> np.ndarray:
-  """COCO polygon lists ([x0, y0, x1, y1, ...] each) -> bool mask."""
-  return polygons_to_mask([np.asarray(p, np.float64).reshape(-1, 2) for p in segmentation], height, width)
-
-
 def rle_counts_from_string(s: str) -> list[int]:
   """Decode COCO's compressed RLE string (6-bit chunks, zig-zag-free signed deltas after the 2nd)."""
   counts, p = [], 0
@@ -49,16 +45,3 @@ def rle_counts_from_string(s: str) -> list[int]:
       x += counts[-2]
     counts.append(x)
   return counts
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-  """COCO RLE ({'counts': str or list, 'size': [h, w]}, column-major runs starting with 0s) -> bool."""
-  h, w = rle["size"]
-  counts = rle["counts"]
-  if isinstance(counts, (str, bytes)):
-    counts = rle_counts_from_string(counts.decode() if isinstance(counts, bytes) else counts)
-  if sum(counts) != h * w:
-    raise ValueError(f"RLE runs sum to {sum(counts)}, expected {h}x{w}={h * w}")
-  values = np.zeros(len(counts), bool)
-  values[1::2] = True
-  return np.repeat(values, counts).reshape(w, h).T

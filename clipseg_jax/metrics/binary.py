@@ -8,9 +8,11 @@ across hosts; `summarize` turns sums into IoU_FG, IoU_BIN, mIoU and AP (as the o
   IoU_BIN = (IoU_FG + tn / (1 + tn + fn + fp)) / 2
   mIoU    = mean over classes of each class's cumulative IoU_FG
   AP      = Simpson's rule over (recall, precision) with precision = tp / (1 + tp + fp),
-            recall = tp / (1 + tp + fn), at thresholds where tp + fp > 0, pairs deduplicated and
-            sorted by recall, then precision.
-A pixel is positive where p > t (strict); label 255 is ignored.
+            recall = tp / (1 + tp + fn), at thresholds where tp + fp > 0; pairs deduplicated by a set
+            and sorted by recall alone (tied recalls keep the set's order), integrated as SciPy's
+            `simps` did before 1.11 (even='avg' for an even number of points).
+A pixel is positive where p > t (strict); label 255 is ignored. Predictions at another size than
+their target are resized bilinearly with align_corners=True (the original's resize_pred=True).
 """
 
 from __future__ import annotations
@@ -97,17 +99,51 @@ def _iou(tp, fp, fn):
   return tp / (1.0 + tp + fp + fn)
 
 
-def average_precision(tp, fp, fn) -> float:
-  from scipy.integrate import simpson
+def _simpson_panels(y, x, start: int, stop: int) -> float:
+  """Composite Simpson on irregular spacing over points start..stop (stop - start even), with the
+  guards SciPy's `_basic_simps` had for zero-width intervals (a ratio with a zero denominator is 0)."""
+  y, h = y[start : stop + 1], np.diff(x[start : stop + 1])
+  if len(h) < 2:
+    return 0.0
+  h0, h1 = h[0::2], h[1::2]
+  y0, y1, y2 = y[0:-1:2], y[1::2], y[2::2]
+  hsum, hprod = h0 + h1, h0 * h1
+  safe = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b != 0)
+  ratio = safe(h0, h1)
+  w0 = 2.0 - safe(np.ones_like(ratio), ratio)
+  w1 = hsum * safe(hsum, hprod)
+  w2 = 2.0 - ratio
+  return float(np.sum(hsum / 6.0 * (y0 * w0 + y1 * w1 + y2 * w2)))
 
+
+def simps_avg(y, x) -> float:
+  """SciPy's `simps(y, x)` before 1.11 (even='avg'): composite Simpson for an odd number of points;
+  for an even number, the mean of (Simpson on the first N-1 points + trapezoid on the last interval)
+  and (trapezoid on the first interval + Simpson on the last N-1 points). 0 for fewer than 2 points."""
+  y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+  n = len(y)
+  if n % 2:
+    return _simpson_panels(y, x, 0, n - 1)
+  last = 0.5 * (x[-1] - x[-2]) * (y[-1] + y[-2])
+  first = 0.5 * (x[1] - x[0]) * (y[1] + y[0])
+  simpson = _simpson_panels(y, x, 0, n - 2) + _simpson_panels(y, x, 1, n - 1)
+  return float(simpson / 2.0 + (last + first) / 2.0)
+
+
+def average_precision(tp, fp, fn) -> float:
+  """The original's AP: precision tp / (1 + tp + fp) and recall tp / (1 + tp + fn) at the thresholds
+  with tp + fp > 0, (recall, precision) pairs deduplicated by a Python set and sorted by recall alone
+  (stable: tied recalls keep the set's iteration order, deterministic for floats under any
+  PYTHONHASHSEED), then `simps_avg(precision, recall)`. 0 when no threshold predicts anything."""
+  tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
   keep = (tp + fp) > 0
   precision = tp[keep] / (1.0 + tp[keep] + fp[keep])
   recall = tp[keep] / (1.0 + tp[keep] + fn[keep])
-  pairs = sorted(set(zip(recall.tolist(), precision.tolist())))
+  pairs = sorted(set(zip(recall.tolist(), precision.tolist())), key=lambda rp: rp[0])
   if len(pairs) < 2:
     return 0.0
   r, p = np.array(pairs).T
-  return float(simpson(p, x=r))
+  return simps_avg(p, r)
 
 
 def summarize(total, per_class=None) -> dict:
@@ -142,10 +178,11 @@ def threshold_curves(probs, targets, classes=None, *, ignore_label: int = IGNORE
   """The paper's metrics at each of the 49 thresholds, over a set of samples of any sizes (the
   original's `FixedIntervalMetrics`: a fixed interval of thresholds, not one fixed threshold).
 
-  probs: float maps in [0, 1] (H_i x W_i), resized bilinearly to their target's size when the sizes
-  differ; targets: uint8 maps (0/1, `ignore_label` ignored); classes: a class id per sample
-  (default: each sample its own class). Returns numpy curves over the 49 thresholds
-  (`thresholds`, `iou_fg`, `iou_bin`, `miou`) and the float `ap`.
+  probs: float maps in [0, 1] (H_i x W_i), resized bilinearly (align_corners=True, as the original's
+  resize_pred=True) to their target's size when the sizes differ; targets: uint8 maps (0/1,
+  `ignore_label` ignored); classes: a class id per sample (default: each sample its own class).
+  Returns numpy curves over the 49 thresholds (`thresholds`, `iou_fg`, `iou_bin`, `miou`) and the
+  float `ap`.
   """
   probs, targets = list(probs), list(targets)
   if len(probs) != len(targets):
@@ -155,7 +192,7 @@ def threshold_curves(probs, targets, classes=None, *, ignore_label: int = IGNORE
     t = np.asarray(t)
     if t.ndim != 2:
       raise ValueError(f"target {i} must be H x W, got shape {t.shape}")
-    p = resize_map(np.asarray(p, np.float32), *t.shape)
+    p = resize_map(np.asarray(p, np.float32), *t.shape, align_corners=True)
     acc.add(confusion_counts(p, t, ignore_label=ignore_label)[None], None if classes is None else [classes[i]])
   return acc.result()
 

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clipseg_jax import preprocess, prompts
-from clipseg_jax.input_pipeline.pcplus import PCPlusSampler
+from clipseg_jax.input_pipeline.pcplus import PCPlusSampler, resize_pair
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import tokenize
 
@@ -54,7 +54,7 @@ class FeatureCache:
         query_rows.clear()
       if supports and (final or len(supports) >= CHUNK):
         self.visual[support_ids] = np.asarray(
-          visual_fn(clip_params, preprocess.normalize(jnp.asarray(np.stack(supports))))
+          visual_fn(clip_params, jnp.asarray(np.stack(supports)))  # already normalised
         )
         supports.clear()
         support_ids.clear()
@@ -67,7 +67,8 @@ class FeatureCache:
         mask = record["masks"][k]
         self.masks[p] = preprocess.resize_square(np.asarray(mask, np.uint8), s, nearest=True)
         if opts.visual_prompts:
-          supports.append(prompts.visual_prompt(record["image"], mask, opts.prompt_mode, s))
+          # resized first, as PCPlusTransform does (the original's order)
+          supports.append(prompts.visual_prompt(*resize_pair(record["image"], mask, s), opts.prompt_mode, s))
           support_ids.append(p)
       flush()
     flush(final=True)

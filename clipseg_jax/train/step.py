@@ -111,7 +111,7 @@ def make_stream_step(
     acts = clip(ClipSegModel.activations, preprocess.normalize(batch["pixels"]))
     cond = clip(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"])
     if visual_prompts:
-      visual = clip(ClipSegModel.visual_embeddings, preprocess.normalize(batch["support"]))
+      visual = clip(ClipSegModel.visual_embeddings, batch["support"])  # normalised by prompt engineering
       cond = prompts.interpolate(cond, visual, batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)

@@ -2,7 +2,9 @@
 
 Manual directory: `annotations/instances_{train,val}2014.json`, `train2014/`, `val2014/`. Category ids
 map to contiguous 1..80 (sorted by id); crowd regions become 255 (ignored); where instances of
-different classes overlap, the later annotation wins.
+different classes overlap, the later annotation wins. Masks are rasterised by pycocotools exactly as
+`COCO.annToMask` does (polygons, uncompressed and compressed RLEs); images are stored as their files'
+bytes (`common.source_image`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from pycocotools import mask as mask_utils
 
-from clipseg_jax.input_pipeline.builders.common import SkipCounter, manual_dir, require, semantic_features
-from clipseg_jax.input_pipeline.rasterize import coco_polygons, rle_to_mask
+from clipseg_jax.input_pipeline.builders.common import (
+  SkipCounter,
+  manual_dir,
+  require,
+  semantic_features,
+  source_image,
+)
+from clipseg_jax.input_pipeline.rasterize import rle_counts_from_string
 
 WHERE = (
   "Get COCO 2014 (train2014.zip, val2014.zip, annotations_trainval2014.zip) from "
@@ -29,7 +37,11 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
   """COCO 2014 instance annotations rendered to 81-class semantic maps."""
 
   name = "clipseg_coco"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.1.0": "images stored as their files' bytes (no JPEG re-encoding); masks drawn by pycocotools as COCO.annToMask.",
+    "1.0.0": "First release.",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
@@ -61,9 +73,12 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
         skips.skip("image without annotations")
         continue
       path = require(root / name / info["file_name"], f"image {info['file_name']}", WHERE)
-      with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
-      h, w = image.shape[:2]
+      image, h, w = source_image(path)
+      if (info.get("height", h), info.get("width", w)) != (h, w):
+        raise ValueError(
+          f"{ann_path.name}: image {info['id']} is {info.get('height')}x{info.get('width')} (HxW) there, "
+          f"but {path} is {h}x{w}"
+        )
       seg = np.zeros((h, w), np.uint8)
       for ann in anns:
         seg[annotation_mask(ann, h, w, ann_path.name)] = IGNORE if ann.get("iscrowd") else index[ann["category_id"]]
@@ -76,13 +91,25 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
 
 
 def annotation_mask(ann: dict, h: int, w: int, source: str) -> np.ndarray:
+  """Bool [h, w] mask of a COCO annotation, as `pycocotools.coco.COCO.annToMask` draws it."""
   seg = ann["segmentation"]
   try:
-    if isinstance(seg, list):
-      return coco_polygons(seg, h, w)
-    mask = rle_to_mask(seg)
-  except (TypeError, ValueError, KeyError) as e:
-    raise ValueError(f"{source}: annotation {ann.get('id')!r} has a malformed segmentation: {e}") from None
-  if mask.shape != (h, w):
-    raise ValueError(f"{source}: annotation {ann.get('id')!r} RLE is {mask.shape}, image is {(h, w)}")
-  return mask
+    if isinstance(seg, list):  # polygons [x0, y0, x1, y1, ...]
+      rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    else:
+      check_rle(seg, h, w)
+      rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+    return mask_utils.decode(rle).astype(bool)
+  except Exception as e:  # pycocotools raises bare Exception ("input type is not supported.") too
+    raise ValueError(f"{source}: annotation {ann.get('id')!r} has a malformed segmentation: {e}") from e
+
+
+def check_rle(rle: dict, h: int, w: int):
+  """pycocotools decodes runs without bounds checks: reject an RLE whose runs do not cover [h, w]."""
+  if [int(v) for v in rle["size"]] != [h, w]:
+    raise ValueError(f"RLE is {rle['size'][0]}x{rle['size'][1]}, image is {h}x{w}")
+  counts = rle["counts"]
+  if isinstance(counts, (str, bytes)):
+    counts = rle_counts_from_string(counts.decode() if isinstance(counts, bytes) else counts)
+  if any(int(c) < 0 for c in counts) or sum(int(c) for c in counts) != h * w:
+    raise ValueError(f"RLE runs sum to {sum(int(c) for c in counts)} (or are negative), expected {h}x{w}={h * w}")

@@ -4,15 +4,21 @@ Referring datasets (synthetic, PhraseCut, folder) store one record per image wit
 and one mask per phrase, so an image is stored once however many phrases name it; `raw_examples`
 and the loader flatten them to (image, phrase) pairs. Semantic datasets (PASCAL VOC, COCO) store
 one record per image with a class-index map (255 = ignore).
+
+Images from files are stored as the file's own bytes (`source_image`), not decoded and encoded again,
+so training and evaluation see the file's pixels; the `encoding_format` below only applies to arrays
+(the synthetic builder's images, and masks).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,33 @@ def manual_dir(dl_manager, name: str, where: str) -> Path:
   except Exception as e:  # tfds raises AssertionError when no manual dir was given
     raise FileNotFoundError(f"{name} needs --manual-dir pointing at its files.\n{where}") from e
   return require(d, f"{name} manual directory", where)
+
+
+# (format, mode) stored byte for byte: readers decode them to uint8 [H, W, 3] as PIL's convert("RGB")
+# would (TFDS repeats a greyscale image's one channel, as convert("RGB") does).
+STORED_AS_IS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
+
+
+def source_image(path: Path) -> tuple[bytes, int, int]:
+  """(bytes to store, height, width) for the image file `path`.
+
+  An RGB or greyscale JPEG or PNG is stored unchanged, byte for byte. Anything else (a CMYK JPEG, a
+  palette or alpha PNG, 16-bit, another format) would not decode to [H, W, 3] uint8, so it is
+  converted with PIL's convert("RGB") and stored as a lossless PNG: its pixels are still exactly PIL's.
+  The file is decoded once here so that a truncated or corrupt file fails the build, not training.
+  """
+  data = path.read_bytes()
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      w, h = im.size
+      if (im.format, im.mode) in STORED_AS_IS:
+        return data, h, w
+      buf = io.BytesIO()
+      im.convert("RGB").save(buf, format="PNG")
+  except OSError as e:  # PIL's UnidentifiedImageError and truncated-file errors
+    raise ValueError(f"{path}: not a readable image: {e}") from None
+  return buf.getvalue(), h, w
 
 
 def mask_feature(mask: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Manual directory: `VOCdevkit/VOC2012/` (or `VOC2012/`, or that folder itself) with `JPEGImages/`,
 `SegmentationClass/` (palette PNGs: 0 background, 1-20 classes, 255 void) and
-`ImageSets/Segmentation/{train,val}.txt`. PASCAL-5i folds: `input_pipeline.classes.pascal5i_fold`.
+`ImageSets/Segmentation/{train,val}.txt`. Images are stored as their files' bytes
+(`common.source_image`). PASCAL-5i folds: `input_pipeline.classes.pascal5i_fold`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from clipseg_jax.input_pipeline.builders.common import manual_dir, require, semantic_features
+from clipseg_jax.input_pipeline.builders.common import manual_dir, require, semantic_features, source_image
 
 WHERE = (
   "Get VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site "
@@ -34,7 +35,8 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
   """PASCAL VOC 2012 semantic segmentation (21 classes with background)."""
 
   name = "clipseg_pascal_voc"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "images stored as their files' bytes (no JPEG re-encoding).", "1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
@@ -54,13 +56,12 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
     for image_id in list_file.read_text().split():
       image_path = require(root / "JPEGImages" / f"{image_id}.jpg", f"image {image_id}", WHERE)
       label_path = require(root / "SegmentationClass" / f"{image_id}.png", f"label map of {image_id}", WHERE)
-      with Image.open(image_path) as im:
-        image = np.asarray(im.convert("RGB"))
+      image, h, w = source_image(image_path)
       with Image.open(label_path) as lab:
         if lab.mode not in ("P", "L"):
           raise ValueError(f"{label_path}: expected a palette (class index) PNG, got mode {lab.mode}")
         seg = np.asarray(lab, np.uint8)
-      if seg.shape != image.shape[:2]:
-        raise ValueError(f"{label_path}: {seg.shape} does not match its image {image.shape[:2]}")
+      if seg.shape != (h, w):
+        raise ValueError(f"{label_path}: {seg.shape} does not match its image {(h, w)}")
       classes = sorted(int(c) for c in np.unique(seg) if 0 < c < 21)
       yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None], "classes": classes}

@@ -2,7 +2,8 @@
 
 Manual directory: `refer_train.json`, `refer_val.json`, `refer_test.json`, `image_data_split.json`
 and `images/<image_id>.jpg` (Visual Genome images). One record per image with all its phrases; a
-phrase's mask is the union of its instances' polygons at the image's own size.
+phrase's mask is the union of its instances' polygons at the image's own size. Images are stored as
+their files' bytes (`common.source_image`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from clipseg_jax.input_pipeline.builders.common import (
   SkipCounter,
@@ -21,6 +21,7 @@ from clipseg_jax.input_pipeline.builders.common import (
   mask_feature,
   referring_features,
   require,
+  source_image,
 )
 from clipseg_jax.input_pipeline.rasterize import phrasecut_mask
 
@@ -35,7 +36,8 @@ class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
   """PhraseCut referring expressions with masks rasterised from their polygons."""
 
   name = "clipseg_phrasecut"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "images stored as their files' bytes (no JPEG re-encoding).", "1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
@@ -63,9 +65,7 @@ class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
       path = require(
         root / "images" / f"{image_id}.jpg", f"image of PhraseCut task {image_tasks[0].get('task_id')}", WHERE
       )
-      with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
-      h, w = image.shape[:2]
+      image, h, w = source_image(path)
       phrases, masks = [], []
       for task in image_tasks:
         mask = phrasecut_mask(task["Polygons"], h, w)
