@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from typing import Any
 
@@ -25,6 +26,38 @@ class _SubConfig:
   def from_dict(cls, d: dict):
     known, extra = _split_known(cls, d)
     return cls(**known, extra=extra)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_types(obj, prefix: str, positive=(), ints=(), optional_ints=(), numbers_=(), strings=(), bools=()):
+  """ValueError naming the first field of `obj` whose value has the wrong type (or is not > 0)."""
+
+  def bad(name, want):
+    raise ValueError(f"{prefix}{name} must be {want}, got {getattr(obj, name)!r}")
+
+  for name in positive:
+    value = getattr(obj, name)
+    if not _is_int(value) or value <= 0:
+      bad(name, "a positive integer")
+  for name in ints:
+    if not _is_int(getattr(obj, name)):
+      bad(name, "an integer")
+  for name in optional_ints:
+    if getattr(obj, name) is not None and not _is_int(getattr(obj, name)):
+      bad(name, "an integer or null")
+  for name in numbers_:
+    value = getattr(obj, name)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+      bad(name, "a number")
+  for name in strings:
+    if not isinstance(getattr(obj, name), str):
+      bad(name, "a string")
+  for name in bools:
+    if not isinstance(getattr(obj, name), bool):
+      bad(name, "true or false")
 
 
 @dataclasses.dataclass
@@ -87,10 +120,64 @@ class ClipSegConfig:
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
-    self.extract_layers = tuple(int(i) for i in self.extract_layers)
+    layers = self.extract_layers
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__") or not all(_is_int(i) for i in layers):
+      raise ValueError(f"extract_layers must be a list of integers, got {layers!r}")
+    self.extract_layers = tuple(int(i) for i in layers)
     self.validate()
 
+  def check_types(self):
+    """ValueError naming the field and its value where one has the wrong type, or is not > 0 where it
+    must be (a `config.json` with `"32"`, `[16]`, `null` or `0` where a size belongs)."""
+    for name, sub, kind in (
+      ("text_config", self.text_config, TextConfig),
+      ("vision_config", self.vision_config, VisionConfig),
+    ):
+      if not isinstance(sub, kind):
+        raise ValueError(f"{name} must be a {kind.__name__} (a JSON object in config.json), got {sub!r}")
+    _check_types(
+      self.text_config,
+      "text_config.",
+      positive=(
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+      ),
+      ints=("eos_token_id",),
+      optional_ints=("pad_token_id", "bos_token_id"),
+      numbers_=("layer_norm_eps",),
+      strings=("hidden_act",),
+    )
+    _check_types(
+      self.vision_config,
+      "vision_config.",
+      positive=(
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_channels",
+        "image_size",
+        "patch_size",
+      ),
+      numbers_=("layer_norm_eps",),
+      strings=("hidden_act",),
+    )
+    _check_types(
+      self,
+      "",
+      positive=("projection_dim", "reduce_dim", "decoder_num_attention_heads", "decoder_intermediate_size"),
+      ints=("conditional_layer",),
+      numbers_=("logit_scale_init_value",),
+      strings=("decoder_hidden_act",),
+      bools=("use_complex_transposed_convolution", "use_decoder_blocks"),
+    )
+
   def validate(self):
+    self.check_types()
     v = self.vision_config
     if not self.extract_layers:
       raise ValueError("extract_layers must name at least one vision block")
@@ -127,9 +214,17 @@ class ClipSegConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> ClipSegConfig:
+    if not isinstance(d, dict):
+      raise ValueError(f"a CLIPSeg config must be a JSON object, got {type(d).__name__}")
     d = dict(d)
-    text = TextConfig.from_dict(d.pop("text_config", None) or {})
-    vision = VisionConfig.from_dict(d.pop("vision_config", None) or {})
+    subs = {}
+    for name in ("text_config", "vision_config"):
+      sub = d.pop(name, None) or {}
+      if not isinstance(sub, dict):
+        raise ValueError(f"{name} must be a JSON object, got {sub!r}")
+      subs[name] = sub
+    text = TextConfig.from_dict(subs["text_config"])
+    vision = VisionConfig.from_dict(subs["vision_config"])
     known, extra = _split_known(cls, d)
     return cls(text_config=text, vision_config=vision, **known, extra=extra)
 

@@ -21,7 +21,8 @@ def save_tokenizer(tokenizer, out: Path):
 
 def export_hf(model, out_dir: str | os.PathLike) -> Path:
   """`config.json` + `model.safetensors` (+ tokenizer) loadable by
-  `transformers.CLIPSegForImageSegmentation.from_pretrained(out_dir)`; weights bit-identical."""
+  `transformers.CLIPSegForImageSegmentation.from_pretrained(out_dir)`; weights bit-identical, with a
+  sha256 digest in the safetensors header that `load_model` checks (`io.write_safetensors`)."""
   if not model.config.use_decoder_blocks:
     raise ValueError("transformers' CLIPSeg has no decoder without blocks (CLIP-Deconv); use save()")
   out = Path(out_dir)
@@ -33,7 +34,8 @@ def export_hf(model, out_dir: str | os.PathLike) -> Path:
 
 
 def export_original(model, path: str | os.PathLike) -> Path:
-  """The decoder as a state dict in the original `.pth` layout (q/k/v fused)."""
+  """The decoder as a state dict in the original `.pth` layout (q/k/v fused), with a `<path>.sha256`
+  sidecar that reading checks."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   state = hf.to_hf(jax.device_get(model.params))

@@ -62,18 +62,41 @@ def limit_size(image: Image.Image, max_side: int | None = None, what: str = "ima
   return image.resize(size, Image.BILINEAR)
 
 
+def to_8bit(values: np.ndarray, max_value: int) -> np.ndarray:
+  """Integer samples in [0, max_value] -> uint8, scaled by the bit depth (value * 255 / max_value, rounded)."""
+  scaled = np.round(np.clip(values.astype(np.float64), 0, max_value) * (255.0 / max_value))
+  return scaled.astype(np.uint8)
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+  """A 16-bit (`I;16*`) or 32-bit integer (`I`) greyscale image as 8-bit `L`, scaled by its bit depth
+  (PIL's own conversion clips at 255, which turns almost every pixel of a 16-bit image white). `I` images
+  are how PIL opens 16-bit PNGs: one whose values fit 16 bits is scaled as 16-bit, else as 32-bit."""
+  arr = np.asarray(image)
+  if image.mode.startswith("I;16"):
+    max_value = 65535
+  else:
+    max_value = 65535 if arr.size == 0 or arr.max() <= 65535 else 2**31 - 1
+  return Image.fromarray(to_8bit(arr, max_value), "L")
+
+
 def to_rgb(image) -> Image.Image:
-  """PIL image (any mode) or uint8 array (HxW, HxWx1/3/4) -> RGB PIL image."""
+  """PIL image (any mode; 16-bit ones scaled to 8 bits by their depth) or uint8/uint16 array (HxW,
+  HxWx1/3/4; uint16 scaled by 255 / 65535) -> RGB PIL image."""
   if isinstance(image, Image.Image):
     image = ImageOps.exif_transpose(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+      image = _high_depth_to_l(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
       image = image.convert("RGBA")
       background = Image.new("RGBA", image.size, (255, 255, 255, 255))
       image = Image.alpha_composite(background, image)
     return image.convert("RGB")
   arr = np.asarray(image)
+  if arr.dtype == np.uint16:
+    arr = to_8bit(arr, 65535)
   if arr.dtype != np.uint8:
-    raise ValueError(f"image arrays must be uint8 HxWx3, got dtype {arr.dtype}")
+    raise ValueError(f"image arrays must be uint8 (or uint16) HxWx3, got dtype {arr.dtype}")
   if arr.ndim == 3 and arr.shape[-1] == 1:
     arr = arr[..., 0]
   if arr.ndim == 2:

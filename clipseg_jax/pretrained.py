@@ -51,8 +51,20 @@ def read_config(config_path: Path, expect: str = "clipseg") -> dict:
   return raw
 
 
+def config_from(what: str, make, *args, **kwargs):
+  """`make(*args, **kwargs)` (a config constructor), its type and value errors (a `config.json` with a
+  string, list, null or 0 where a size belongs) re-raised as one ValueError that starts with `what`."""
+  try:
+    return make(*args, **kwargs)
+  except (ValueError, TypeError, AttributeError, KeyError) as e:
+    raise ValueError(f"{what}: {e}") from e
+
+
 def load_hf(path: Path, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
-  config = ClipSegConfig.from_dict(read_config(path / "config.json"))
+  config_path = path / "config.json"
+  config = config_from(
+    f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
+  )
   if extract_layers is not None:
     config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
   params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
@@ -62,7 +74,10 @@ def load_hf(path: Path, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
 def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
   import orbax.checkpoint as ocp
 
-  config = ClipSegConfig.from_json(path / "config.json")
+  config_path = path / "config.json"
+  config = config_from(
+    f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
+  )
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(path.absolute() / "params", hf.param_template(config))
   return ClipSeg(config, params, load_tokenizer(path), dtype)
@@ -73,7 +88,8 @@ def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None) -> C
   clip_config = read_config(clip_dir / "config.json", expect="clip")
   decoder_state = io.read_state(path)
   overrides = {} if extract_layers is None else {"extract_layers": tuple(extract_layers)}
-  config = original.decoder_config(clip_config, decoder_state, **overrides)
+  what = f"{clip_dir / 'config.json'} with the decoder {path} gives no valid config"
+  config = config_from(what, original.decoder_config, clip_config, decoder_state, **overrides)
   decoder, extras = original.original_to_hf(decoder_state, source=str(path))
   state = {f"clip.{k}": v for k, v in io.read_state(clip_dir).items()}
   state.update(decoder)

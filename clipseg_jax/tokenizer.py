@@ -16,6 +16,7 @@ import functools
 import html
 import os
 import re
+import warnings
 from pathlib import Path
 
 import ftfy
@@ -59,20 +60,50 @@ def clean_text(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
+class PromptTruncatedWarning(UserWarning):
+  """A text had more tokens than the text tower's context and was cut (filter it to silence)."""
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def warn_truncated(tokenizer, cleaned, mask, max_length: int):
+  """One warning naming the texts `tokenize` cut to `max_length` tokens (a full mask may just fit: those
+  are counted again, untruncated)."""
+  full = [i for i, n in enumerate(mask.sum(axis=1)) if n >= max_length]
+  if not full:
+    return
+  counts = tokenizer([cleaned[i] for i in full], truncation=False, verbose=False)["input_ids"]
+  cut = [(cleaned[i], len(c)) for i, c in zip(full, counts) if len(c) > max_length]
+  if not cut:
+    return
+  text, n = cut[0]
+  more = f" (and {len(cut) - 1} more prompt(s))" if len(cut) > 1 else ""
+  warnings.warn(
+    f"prompt {_shorten(text)!r} is {n} tokens; truncated to {max_length} (the text context){more}",
+    PromptTruncatedWarning,
+    stacklevel=3,
+  )
+
+
 def tokenize(tokenizer, texts, max_length: int = MAX_LENGTH, *, multiple: int | None = None):
   """int32 (ids, attention mask) [N, L] for `texts`, each truncated to `max_length` tokens.
 
   L is `max_length` (fixed shapes for training), or with `multiple` the longest text's length rounded up
   to that multiple (capped at `max_length`): jit then sees a few lengths, not one per prompt. Padding
-  sits after the end-of-text token, where causal attention keeps it out of the pooled embedding."""
+  sits after the end-of-text token, where causal attention keeps it out of the pooled embedding.
+  Texts longer than `max_length` tokens are truncated with one `PromptTruncatedWarning` per call."""
+  cleaned = [clean_text(t) for t in texts]
   out = tokenizer(
-    [clean_text(t) for t in texts],
+    cleaned,
     padding="longest" if multiple else "max_length",
     truncation=True,
     max_length=max_length,
     return_tensors="np",
   )
   ids, mask = out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+  warn_truncated(tokenizer, cleaned, mask, max_length)
   if multiple:
     length = min(max_length, -(-ids.shape[1] // multiple) * multiple)
     pad = ((0, 0), (0, length - ids.shape[1]))

@@ -29,7 +29,8 @@ def test_tokenizer_offline():
   assert len(tok) == 49408
   assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
   assert tok.model_max_length == 77
-  ids, mask = tokenize(tok, ["a photo of a cat", "word " * 200])
+  with pytest.warns(UserWarning, match="202 tokens; truncated to 77"):
+    ids, mask = tokenize(tok, ["a photo of a cat", "word " * 200])
   assert ids.shape == mask.shape == (2, 77) and ids.dtype == np.int32
   assert ids[1, -1] == 49407 and mask[1].all()  # truncated, still ending with end-of-text
   assert ids[0, 7:].tolist() == [tok.pad_token_id] * 70 and mask[0].sum() == 7

@@ -1,22 +1,28 @@
-"""`clipseg-jax serve`: the JSON API (good and bad requests, the server keeps serving) and the page
-end to end in headless Chromium, with a screenshot for people to look at."""
+"""`clipseg-jax serve`: the JSON API (good and bad requests, the server keeps serving), fault
+injection for every resource a client can spend (each bad request answered or dropped while a good
+one sent meanwhile is served within 2 s), and the page end to end in headless Chromium, with a
+screenshot for people to look at."""
 
 import base64
+import http.client
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_jax.web.server import make_server
+from clipseg_jax.web.server import ServerLimits, make_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(os.environ.get("CLIPSEG_ARTIFACTS", "out/test-artifacts")) / "serve_page.png"
@@ -166,3 +172,289 @@ def test_page_in_headless_chromium(server, tmp_path):
   finally:
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+# ---- fault injection: every resource a client can spend is bounded --------------------------------
+
+GOOD = json.dumps({"image": png_b64(np.zeros((16, 16, 3), np.uint8)), "prompts": ["a"]}).encode()
+SERVED_WITHIN_S = 2.0  # a well-formed request sent while a bad one is in flight
+
+
+@pytest.fixture
+def make(tiny_model):
+  """Servers with their own limits (and hooks), shut down after the test."""
+  servers = []
+
+  def start(**kwargs):
+    srv = make_server(tiny_model, "tiny", port=0, quiet=True, **kwargs)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    servers.append(srv)
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+  yield start
+  for srv in servers:
+    srv.shutdown()
+    srv.server_close()
+
+
+def port_of(url: str) -> int:
+  return int(url.rsplit(":", 1)[1])
+
+
+def connect(url: str, timeout: float = 10) -> socket.socket:
+  return socket.create_connection(("127.0.0.1", port_of(url)), timeout=timeout)
+
+
+def head(url: str, lines=(), method="POST", path="/api/segment", host: str | None = "default") -> bytes:
+  host = f"127.0.0.1:{port_of(url)}" if host == "default" else host
+  start = [f"{method} {path} HTTP/1.1"] + ([f"Host: {host}"] if host is not None else [])
+  return ("\r\n".join(start + list(lines)) + "\r\n\r\n").encode()
+
+
+def response(sock: socket.socket):
+  """(status, headers, JSON body or None) of the response on `sock`."""
+  r = http.client.HTTPResponse(sock)
+  r.begin()
+  body = r.read()
+  return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(body) if body else None
+
+
+def served_in_time(url: str):
+  """A good request, sent now, is answered 200 within SERVED_WITHIN_S."""
+  start = time.monotonic()
+  status, out = post(url, GOOD)
+  took = time.monotonic() - start
+  assert status == 200 and took < SERVED_WITHIN_S, (status, out, took)
+
+
+def raw_case(url: str, request: bytes, read_timeout: float = 5):
+  """Send `request` on a socket held open, serve a good request meanwhile, then read the answer."""
+  with connect(url, read_timeout) as sock:
+    sock.sendall(request)
+    served_in_time(url)
+    return response(sock)
+
+
+@pytest.mark.parametrize(
+  "lines,status,match",
+  [
+    (["Content-Type: application/json", "Content-Length: -1"], 400, "non-negative integer"),
+    (["Content-Type: application/json", "Content-Length: 12abc"], 400, "non-negative integer"),
+    (["Content-Type: application/json"], 411, "Content-Length"),
+    (["Content-Type: application/json", "Transfer-Encoding: chunked"], 411, "chunked"),
+    (["Content-Type: application/json", f"Content-Length: {(40 << 20) + 1}"], 413, "limit is 40 MB"),
+    (["Content-Type: application/json", "Content-Length: 99999999999999999999999"], 413, "limit"),
+    (["Content-Type: text/plain", "Content-Length: 2"], 415, "application/json"),
+    (["Content-Length: 2"], 415, "application/json"),
+  ],
+)
+def test_body_headers_are_checked_before_the_body_is_read(server, lines, status, match):
+  # The body is never sent: an answer proves nothing waited for it (today -1 reads to the end of the
+  # stream and a missing length reads nothing and answers 400 about JSON).
+  got, _, out = raw_case(server, head(server, lines))
+  assert got == status and match in out["error"], (got, out)
+
+
+@pytest.mark.parametrize(
+  "host,status",
+  [("evil.example:{port}", 421), ("127.0.0.1:1", 421), ("localhost:{port}", 200), (None, 400)],
+)
+def test_host_header_must_name_this_server(server, host, status):
+  host = host.format(port=port_of(server)) if host else None
+  got, _, out = raw_case(server, head(server, ["Connection: close"], "GET", "/api/info", host=host))
+  assert got == status, (got, out)
+
+
+def test_no_cors_headers_by_default(server):
+  origin = ["Origin: http://evil.example", "Connection: close"]
+  got, headers, _ = raw_case(server, head(server, origin + ["Access-Control-Request-Method: POST"], "OPTIONS"))
+  assert got == 403 and "access-control-allow-origin" not in headers
+  got, headers, _ = raw_case(server, head(server, origin, "GET", "/api/info"))
+  assert got == 200 and "access-control-allow-origin" not in headers
+
+
+def test_allow_origin_names_the_one_origin(make):
+  _, url = make(allow_origin="http://app.example:3000")
+  pre = ["Access-Control-Request-Method: POST", "Access-Control-Request-Headers: content-type"]
+  got, headers, _ = raw_case(url, head(url, ["Origin: http://app.example:3000"] + pre, "OPTIONS"))
+  assert got == 204 and headers["access-control-allow-origin"] == "http://app.example:3000"
+  assert "POST" in headers["access-control-allow-methods"] and "Content-Type" in headers["access-control-allow-headers"]
+  got, headers, _ = raw_case(url, head(url, ["Origin: http://other.example"] + pre, "OPTIONS"))
+  assert got == 403 and "access-control-allow-origin" not in headers
+  body = GOOD
+  lines = ["Origin: http://app.example:3000", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+  got, headers, out = raw_case(url, head(url, lines) + body)
+  assert got == 200 and headers["access-control-allow-origin"] == "http://app.example:3000", out
+
+
+def test_data_url_without_comma_is_a_400(server):
+  got, out = post(server, json.dumps({"image": "data:image/png;base64", "prompts": ["a"]}).encode())
+  assert got == 400 and "no ','" in out["error"], out  # today: IndexError, a 500
+  served_in_time(server)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+  """A PNG whose header says width x height, with no pixel data (nothing to decode)."""
+
+  def chunk(kind, data):
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+  ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_pixel_count_is_checked_from_the_header_before_decoding(server):
+  # A real 12000x12000 PNG (~150 KB; today it decodes to 1.7 GB), and a header alone.
+  buf = io.BytesIO()
+  Image.new("1", (12000, 12000)).save(buf, "PNG")
+  for raw in (buf.getvalue(), png_header_only(9000, 9000)):
+    body = json.dumps({"image": base64.b64encode(raw).decode(), "prompts": ["a"]}).encode()
+    start = time.monotonic()
+    got, out = post(server, body)
+    assert got == 413 and "megapixels" in out["error"] and time.monotonic() - start < 1.0, out
+  served_in_time(server)
+
+
+@pytest.mark.parametrize(
+  "prompts,match",
+  [
+    (["x" * 301], "prompt 1 has 301 characters"),
+    (["y", "x" * (512 << 10)], "prompt 2 has"),
+    (["p"] * 11, "at most 10"),
+  ],
+)
+def test_prompts_are_capped(server, prompts, match):
+  body = json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), "prompts": prompts}).encode()
+  start = time.monotonic()
+  got, out = post(server, body)
+  assert got == 400 and match in out["error"] and time.monotonic() - start < 1.0, out
+  served_in_time(server)
+
+
+def test_overlay_and_masks_are_drawn_downscaled(server):
+  # Today a 3000-pixel-wide upload is drawn (and sent back, per prompt) at 3000 wide.
+  status, out = post(
+    server, json.dumps({"image": png_b64(np.zeros((60, 3000, 3), np.uint8)), "prompts": ["a", "b"]}).encode()
+  )
+  assert status == 200 and out["size"] == [2048, 41] and "downscaled to 2048x41" in out["notes"][0], out
+  assert decode_png(out["overlay"]).size == (2048, 41) and decode_png(out["masks"][1]["mask"]).size == (2048, 41)
+
+
+def test_deeply_nested_json_is_a_400(server):
+  got, out = post(server, b"[" * 100_000 + b"]" * 100_000)
+  assert got == 400 and "not JSON" in out["error"], out
+
+
+def server_threads() -> int:
+  return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def test_half_open_connections_are_capped_and_do_not_lock_others_out(make):
+  # Today each connection holds a thread of its own, for as long as the client likes.
+  srv, url = make(limits=ServerLimits(max_connections=8))
+  socks = []
+  try:
+    for _ in range(60):
+      s = connect(url)
+      s.sendall(b"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+      socks.append(s)
+    time.sleep(0.3)
+    assert server_threads() <= 8
+    served_in_time(url)  # the oldest half-open connection makes room
+    assert server_threads() <= 8
+  finally:
+    for s in socks:
+      s.close()
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+  """Whether the server ends the connection (any answer read and dropped) within `timeout`."""
+  sock.settimeout(timeout)
+  try:
+    while sock.recv(1 << 16):
+      pass
+  except ConnectionResetError:
+    pass
+  except TimeoutError:
+    return False
+  return True
+
+
+def test_a_stalled_body_is_dropped(make):
+  srv, url = make(limits=ServerLimits(socket_timeout_s=1, read_timeout_s=2))
+  lines = ["Content-Type: application/json", "Content-Length: 1000"]
+  with connect(url) as stalled, connect(url) as dripping:
+    start = time.monotonic()
+    stalled.sendall(head(url, lines) + b'{"image": ')
+    dripping.sendall(head(url, lines) + b"{")
+    served_in_time(url)
+    for _ in range(8):  # a byte each 0.4 s: never silent for a second, yet cut at the 2 s deadline
+      time.sleep(0.4)
+      try:
+        dripping.sendall(b" ")
+      except OSError:
+        break
+    for sock in (stalled, dripping):
+      assert closed_by_server(sock, 5)
+    assert time.monotonic() - start < 4.5  # today both hold a thread for as long as they like
+    served_in_time(url)
+
+
+def blocking(srv):
+  """Make the server's worker wait on an event for prompts named "block"."""
+  segmenter = srv.RequestHandlerClass.segmenter
+  run, release = segmenter.run, threading.Event()
+
+  def slow_run(job):
+    if job.prompts == ["block"]:
+      release.wait(20)
+    return run(job)
+
+  segmenter.run = slow_run
+  return release
+
+
+def post_async(url, prompts):
+  body = json.dumps({"image": png_b64(np.zeros((16, 16, 3), np.uint8)), "prompts": prompts}).encode()
+  results = []
+  thread = threading.Thread(target=lambda: results.append(post(url, body)), daemon=True)
+  thread.start()
+  return thread, results
+
+
+def test_a_full_queue_is_a_503_with_retry_after(make):
+  srv, url = make(limits=ServerLimits(workers=1, queue_size=1, retry_after_s=3))
+  release = blocking(srv)
+  running, _ = post_async(url, ["block"])
+  time.sleep(0.3)
+  queued, queued_result = post_async(url, ["block"])
+  time.sleep(0.3)
+  body = GOOD
+  lines = ["Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
+  with connect(url) as sock:
+    sock.sendall(head(url, lines) + body)
+    status, headers, out = response(sock)
+  assert status == 503 and headers["retry-after"] == "3" and "busy" in out["error"], out
+  release.set()
+  running.join(5)
+  queued.join(5)
+  assert queued_result[0][0] == 200
+  served_in_time(url)
+
+
+def test_connections_beyond_the_cap_get_a_503_when_none_can_be_cut(make):
+  srv, url = make(limits=ServerLimits(workers=1, queue_size=4, max_connections=2, retry_after_s=4))
+  release = blocking(srv)
+  busy = [post_async(url, ["block"]) for _ in range(2)]  # both connections wait on the model: not cut
+  time.sleep(0.5)
+  try:
+    with connect(url) as sock:
+      sock.sendall(head(url, ["Connection: close"], "GET", "/api/info"))
+      status, headers, _ = response(sock)
+    assert status == 503 and headers["retry-after"] == "4"
+  finally:
+    release.set()
+  for thread, results in busy:
+    thread.join(5)
+    assert results[0][0] == 200
+  served_in_time(url)

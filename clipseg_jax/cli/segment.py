@@ -4,10 +4,16 @@ Example: clipseg-jax segment photos/ --prompt "a cat" --prompt "a sofa" --out ma
 Per image it also writes one overlay of all prompts with a legend, and with --logits the raw logits
 at the model's resolution (`STEM_logits.npz`: `logits` [P, S, S] and `prompts`). Unreadable images
 are reported and skipped; the exit status is then 2.
+
+Output names start with the image's stem (`photo` for `photo.jpg`) where that is unique among the images
+given; images whose outputs would share names are told apart by their extension (`x-jpg`, `x-png`), then
+by their parent directories (`a_x-jpg`, `b_x-jpg`). Files already in --out are never overwritten: the
+command refuses before it writes anything, naming the first such file, unless --overwrite is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import glob
 import sys
@@ -42,8 +48,19 @@ def add_arguments(p):
   p.add_argument("--out", required=True, help="output directory")
   p.add_argument("--threshold", type=float, default=None, help="write binary masks at this probability")
   p.add_argument("--logits", action="store_true", help="also write raw logits (STEM_logits.npz)")
-  p.add_argument("--batch-size", type=int, default=4, help="images per vision-tower call")
+  p.add_argument("--batch-size", type=positive_int, default=4, help="images per vision-tower call")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+  p.add_argument("--overwrite", action="store_true", help="replace output files left in --out by an earlier run")
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
 
 
 def expand_images(specs) -> list[Path]:
@@ -63,7 +80,61 @@ def expand_images(specs) -> list[Path]:
       raise FileNotFoundError(f"image not found: {spec}")
   if not paths:
     raise FileNotFoundError(f"no images found in {' '.join(specs)}")
-  return paths
+  unique = {}  # the same file named twice (a directory and a glob, say) is segmented once
+  for p in paths:
+    unique.setdefault(p.resolve(), p)
+  return list(unique.values())
+
+
+def output_files(name: str, labels, logits: bool) -> list[str]:
+  """The files written for one image whose outputs are named `name`."""
+  files = [
+    f"{name}_{i}_{visualize.slug(label)}_{kind}.png" for i, label in enumerate(labels) for kind in ("mask", "overlay")
+  ]
+  files.append(f"{name}_overlay.png")
+  if logits:
+    files.append(f"{name}_logits.npz")
+  return files
+
+
+def _candidate(path: Path, level: int) -> str:
+  """Level 0: the stem; 1: stem and extension; n >= 2: that after the n - 1 innermost parent directories."""
+  if level == 0:
+    return path.stem
+  name = f"{path.stem}-{path.suffix[1:]}" if path.suffix else path.stem
+  parents = [q.name for q in path.resolve().parents if q.name][: level - 1]
+  return "_".join([*reversed(parents), name])
+
+
+def output_names(paths, labels, logits: bool = False) -> list[str]:
+  """A name per image such that no two images' output files coincide: the stem where that is unique,
+  else the stem and extension, else those after as many parent directory names as it takes (all
+  deterministic, from the paths alone); a numeric suffix as the last resort."""
+  levels = [0] * len(paths)
+  max_level = [len(p.resolve().parents) + 1 for p in paths]
+  while True:
+    names = [_candidate(p, lv) for p, lv in zip(paths, levels)]
+    owners = collections.defaultdict(set)
+    for i, name in enumerate(names):
+      for f in output_files(name, labels, logits):
+        owners[f].add(i)
+    clash = {i for group in owners.values() if len(group) > 1 for i in group}
+    if not clash:
+      return names
+    if all(levels[i] >= max_level[i] for i in clash):
+      break
+    for i in clash:
+      levels[i] = min(levels[i] + 1, max_level[i])
+  # Distinct paths whose full names still clash (`a_b/x` and `a/b_x`): number them in order.
+  taken, out = set(), []
+  for name in names:
+    candidate, k = name, 1
+    while any(f in taken for f in output_files(candidate, labels, logits)):
+      k += 1
+      candidate = f"{name}~{k}"
+    taken.update(output_files(candidate, labels, logits))
+    out.append(candidate)
+  return out
 
 
 def run(args):
@@ -81,9 +152,17 @@ def run(args):
   if not prompts:
     raise ValueError("give at least one --prompt (or --support with --support-mask)")
   paths = expand_images(args.images)
+  out = Path(args.out)
+  names = dict(zip(paths, output_names(paths, labels, args.logits)))
+  if not args.overwrite:
+    for path in paths:
+      for f in output_files(names[path], labels, args.logits):
+        if (out / f).exists():
+          raise FileExistsError(
+            f"{out / f} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
+          )
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
   cond = model.encode_prompts(prompts)
-  out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   loaded, failures = collections.deque(), []
 
@@ -102,14 +181,15 @@ def run(args):
   results = model.predict_iter(images(), cond, threshold=args.threshold, batch_size=args.batch_size)
   for done, result in enumerate(results, 1):
     path, image = loaded.popleft()
+    name = names[path]
     shown = result["masks"]
     for i, (label, mask) in enumerate(zip(labels, shown)):
-      stem = f"{path.stem}_{i}_{visualize.slug(label)}"
+      stem = f"{name}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")
       visualize.overlay(image, mask, [label]).save(out / f"{stem}_overlay.png")
-    visualize.overlay(image, shown, labels).save(out / f"{path.stem}_overlay.png")
+    visualize.overlay(image, shown, labels).save(out / f"{name}_overlay.png")
     if args.logits:
-      np.savez_compressed(out / f"{path.stem}_logits.npz", logits=result["logits"], prompts=np.array(labels))
+      np.savez_compressed(out / f"{name}_logits.npz", logits=result["logits"], prompts=np.array(labels))
     bar.update(done + len(failures) - bar.n)  # skipped files count as seen
   bar.close()
   done = len(paths) - len(failures)

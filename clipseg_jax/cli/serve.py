@@ -1,12 +1,21 @@
 """Serve a web page to segment an uploaded image with typed prompts; the model stays warm.
 
 Example: clipseg-jax serve --checkpoint CIDAS/clipseg-rd64-refined --port 7860, then open
-http://127.0.0.1:7860 in a browser.
+http://127.0.0.1:7860 in a browser. Every resource a client can spend is bounded: see
+`clipseg_jax.web.server.ServerLimits` (a --flag for each of its fields).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from clipseg_jax.cli.segment import DEFAULT_CHECKPOINT
+
+
+def _limit_fields():
+  from clipseg_jax.web.server import ServerLimits
+
+  return ServerLimits, dataclasses.fields(ServerLimits)
 
 
 def add_arguments(p):
@@ -15,6 +24,34 @@ def add_arguments(p):
   p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
   p.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+  p.add_argument(
+    "--allow-origin",
+    default=None,
+    metavar="ORIGIN",
+    help="the one origin (scheme://host[:port]) whose pages may call the API (CORS); none by default",
+  )
+  p.add_argument(
+    "--allowed-host",
+    action="append",
+    default=[],
+    metavar="NAME",
+    help="another name this server answers to in the Host header (repeatable; 127.0.0.1, localhost and "
+    "--host are always accepted): e.g. the machine's name with --host 0.0.0.0",
+  )
+  _, fields = _limit_fields()
+  group = p.add_argument_group("limits (what clients can make the server spend)")
+  for f in fields:
+    group.add_argument(
+      "--" + f.name.replace("_", "-"),
+      type=type(f.default),
+      default=f.default,
+      help=f"{f.metadata['help']} (default: %(default)s)",
+    )
+
+
+def limits_from_args(args):
+  limits_type, fields = _limit_fields()
+  return limits_type(**{f.name: getattr(args, f.name) for f in fields})
 
 
 def run(args):
@@ -23,8 +60,17 @@ def run(args):
   from clipseg_jax import load_model
   from clipseg_jax.web.server import make_server
 
+  limits = limits_from_args(args)  # bad limits fail before the model loads
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
-  server = make_server(model, str(args.checkpoint), args.host, args.port)
+  server = make_server(
+    model,
+    str(args.checkpoint),
+    args.host,
+    args.port,
+    limits=limits,
+    allow_origin=args.allow_origin,
+    extra_hosts=args.allowed_host,
+  )
   host, port = server.server_address[:2]
   print(f"serving {args.checkpoint} on http://{host}:{port} (Ctrl-C stops)", flush=True)
   try:

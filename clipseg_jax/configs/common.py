@@ -60,6 +60,9 @@ def base() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.01
   c.optim.grad_clip_norm = 0.0  # 0: no clipping
+  # A step with a non-finite loss, gradient norm or update stops the run (before anything is saved);
+  # up to this many such steps (per invocation) are skipped instead: the update is dropped.
+  c.optim.skip_nonfinite_steps = 0
   c.optim.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 params
 
   c.mesh = ml_collections.ConfigDict()

@@ -20,6 +20,7 @@ from clipseg_jax.tokenizer import load_tokenizer
 from clipseg_jax.train import checkpoints, configs, sharding
 from clipseg_jax.train import step as steps
 from clipseg_jax.train.model import check_fingerprint, fingerprint, initial_params, model_config, resolve_clip
+from clipseg_jax.train.workdir import WorkdirLock
 
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
@@ -33,7 +34,77 @@ RESUMABLE = {
   "sample_every",
   "data.workers",
   "data.data_dir",
+  "optim.skip_nonfinite_steps",
 }
+
+
+class TrainingDiverged(ValueError):
+  """A step's loss, gradient norm or update was not finite (the CLI: an error, exit status 2)."""
+
+
+def guarded(fn, max_skips: int = 0):
+  """`fn(state, ...) -> (state, metrics)` as `(state, guard, ...) -> (state, guard, metrics)`: the guard,
+  a few device scalars carried from step to step, records the first step whose loss, gradient norm or
+  new state is not finite (`bad_step`, -1: none) with its loss and gradient norm. Reading it is one
+  small transfer, done at log steps and before every save, not a sync per step. With `max_skips`, up
+  to that many such steps keep the old params and optimiser state instead (`skipped` counts them)."""
+
+  def step(state, guard, *args):
+    new, metrics = fn(state, *args)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    for x in jax.tree.leaves((new.params, new.opt_state)):
+      if jnp.issubdtype(x.dtype, jnp.inexact):
+        finite &= jnp.all(jnp.isfinite(x))
+    applied = ~finite
+    if max_skips:
+      skip = applied & (guard["skipped"] < max_skips)
+      keep = lambda old, upd: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, upd)
+      new = new.replace(params=keep(state.params, new.params), opt_state=keep(state.opt_state, new.opt_state))
+      guard = {**guard, "skipped": guard["skipped"] + skip.astype(jnp.int32)}
+      applied &= ~skip
+    first = applied & (guard["bad_step"] < 0)
+    guard = {
+      **guard,
+      "bad_step": jnp.where(first, new.step, guard["bad_step"]),
+      "loss": jnp.where(first, metrics["loss"].astype(jnp.float32), guard["loss"]),
+      "grad_norm": jnp.where(first, metrics["grad_norm"].astype(jnp.float32), guard["grad_norm"]),
+    }
+    return new, guard, metrics
+
+  return step
+
+
+def initial_guard() -> dict:
+  return {
+    "bad_step": jnp.int32(-1),
+    "skipped": jnp.int32(0),
+    "loss": jnp.float32(0),
+    "grad_norm": jnp.float32(0),
+  }
+
+
+def check_guard(guard, max_skips: int, reported: int = 0, last_saved: int | None = None) -> int:
+  """Raises TrainingDiverged if a non-finite step went into the state; warns of newly skipped steps.
+  Returns the count of skipped steps."""
+  g = {k: v.item() for k, v in jax.device_get(guard).items()}
+  if g["bad_step"] >= 0:
+    kept = f"the last checkpoint saved is step {last_saved}" if last_saved else "no checkpoint was saved"
+    skipped = f" after skipping {g['skipped']} (optim.skip_nonfinite_steps={max_skips})" if max_skips else ""
+    values = f"loss {g['loss']:.4g}, gradient norm {g['grad_norm']:.4g}"
+    finite = np.isfinite([g["loss"], g["grad_norm"]]).all()
+    what = "a non-finite update" if finite else "a non-finite loss or gradient norm"
+    raise TrainingDiverged(
+      f"training diverged at step {g['bad_step']}{skipped}: {what} ({values}); stopped before saving it "
+      f"({kept}); lower optim.learning_rate, or set optim.grad_clip_norm or optim.skip_nonfinite_steps"
+    )
+  if g["skipped"] > reported:
+    log.warning(
+      "skipped %d step(s) with a non-finite loss, gradient norm or update so far (at most %d: "
+      "optim.skip_nonfinite_steps)",
+      g["skipped"],
+      max_skips,
+    )
+  return g["skipped"]
 
 
 def _flat(d, prefix=""):
@@ -96,6 +167,11 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   sharding.check_batch(cfg.batch_size, mesh)
   lead = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
+  with WorkdirLock(workdir, enabled=lead):  # a second trainer on this workdir fails here
+    return _train(cfg, workdir, mesh, lead, show_progress)
+
+
+def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
 
   config = model_config(cfg.model)
   # What the decoder will have seen, for `evaluation.protocols.check_model_fits` and `predictor_for`.
@@ -127,7 +203,23 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   ckpt = checkpoints.Checkpointer(workdir / "checkpoints", cfg.keep_checkpoints)
   start = ckpt.latest_step() or 0
   if start:
-    state, data_state = ckpt.restore(jax.eval_shape(lambda: state), state_sh, start)
+    try:
+      # The newest step that restores and matches its digest; newer damaged ones: a warning each.
+      state, data_state, start = ckpt.restore(jax.eval_shape(lambda: state), state_sh)
+    except BaseException:
+      ckpt.close()
+      raise
+    if start < ckpt.latest_step():
+      # Steps after `start` will be saved again: set the damaged ones aside (kept, never rotated
+      # out in place of a good one).
+      if lead:
+        moved = ckpt.quarantine_newer(start)
+        log.warning("moved the checkpoints that do not restore aside: %s", ", ".join(map(str, moved)))
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("clipseg_jax.quarantine")
+      ckpt.reload()
     data.restore(data_state)
     log.info("resumed %s at step %d", workdir, start)
   state = jax.device_put(state, state_sh)
@@ -138,7 +230,9 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     (workdir / "model" / "base.json").write_text(json.dumps(base) + "\n")
     tokenizer.save_pretrained(str(workdir / "model"))  # a workdir tokenizes with nothing else
 
-  step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep)
+  max_skips = int(cfg.optim.get("skip_nonfinite_steps", 0) or 0)
+  step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips)
+  guard, skipped, last_saved = jax.device_put(initial_guard(), rep), 0, start or None
   # Every process evaluates its share of the held-out images (the metrics are summed across them).
   evaluator = Evaluator(cfg, config, host_frozen, tokenizer, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
@@ -153,24 +247,30 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
   )
   try:
     for step in bar:
-      state, metrics = step_fn(state, frozen, *data.batch(step, batch_sh))
+      state, guard, metrics = step_fn(state, guard, frozen, *data.batch(step, batch_sh))
       seen += cfg.batch_size
       done = step + 1
-      if done % cfg.log_every == 0 or done == cfg.total_steps:
+      stop = preempted.agreed()
+      logs = done % cfg.log_every == 0 or done == cfg.total_steps
+      evals = evaluator and (done % cfg.eval_every == 0 or done == cfg.total_steps)
+      saves = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop
+      if logs or evals or saves:  # never log, evaluate or save a diverged state
+        skipped = check_guard(guard, max_skips, skipped, last_saved)
+      if logs:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics["images_per_s"] = seen / (time.perf_counter() - t0)
         t0, seen = time.perf_counter(), 0
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
         if writer:
           writer.scalars(done, metrics)
-      if evaluator and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+      if evals:
         result = evaluator(state.params, done)
         if writer:
           writer.scalars(done, result)
         metrics.update(result)
-      stop = preempted.agreed()
-      if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop:
+      if saves:
         ckpt.save(done, state, data.state(done), force=True)
+        last_saved = done
       if stop:
         log.warning("SIGTERM: saved step %d, exiting", done)
         break
@@ -178,6 +278,8 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
     ckpt.wait()
     ckpt.close()
     preempted.restore()
+  if skipped:
+    metrics["skipped_steps"] = skipped
   return {"step": done, **metrics}
 
 
@@ -227,17 +329,23 @@ class Data:
       )
       self.iterator = iter(loader)
 
-  def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep):
+  def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips: int = 0):
+    """The jitted `(state, guard, frozen, ...) -> (state, guard, metrics)` (see `guarded`)."""
+    guard_sh = jax.tree.map(lambda _: rep, initial_guard())
     if self.cached:
       fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale)
-      tables_sh = jax.tree.map(lambda _: rep, self.tables)
-      return jax.jit(
-        fn, in_shardings=(state_sh, frozen_sh, tables_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,)
+      rest = (jax.tree.map(lambda _: rep, self.tables), batch_sh)
+    else:
+      fn = steps.make_stream_step(
+        module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale
       )
-    fn = steps.make_stream_step(
-      module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale
+      rest = (batch_sh,)
+    return jax.jit(
+      guarded(fn, max_skips),
+      in_shardings=(state_sh, guard_sh, frozen_sh, *rest),
+      out_shardings=(state_sh, guard_sh, rep),
+      donate_argnums=(0, 1),
     )
-    return jax.jit(fn, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=(0,))
 
   def batch(self, step: int, batch_sh):
     if self.cached:

@@ -1,8 +1,15 @@
 """Reading and writing state dicts (safetensors without torch; `.bin`/`.pth` through torch) and
-resolving a `source` (local path or hub id) to local files."""
+resolving a `source` (local path or hub id) to local files.
+
+What this module writes carries a content digest that reading checks: safetensors files a sha256 in
+their header metadata (`DIGEST_KEY`, beside `"format": "pt"`, so transformers loads them as before),
+`.pth` files a `<file>.sha256` sidecar (`sha256sum` format). Files without one (transformers' own,
+downloads) load unchecked. Errors reading a file are ValueErrors that name it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,6 +24,31 @@ HF_WEIGHT_FILES = (
   "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+# sha256 over the tensors in sorted-key order: each key, dtype, shape and C-order bytes (`state_digest`).
+DIGEST_KEY = "clipseg_jax.sha256"
+FILE_MODE = 0o644  # what written files get (mkstemp's temporaries are 0600)
+
+
+def state_digest(state: dict[str, np.ndarray]) -> str:
+  """sha256 hex digest of a state dict: for each key in sorted order, the key, dtype, shape and bytes."""
+  h = hashlib.sha256()
+  for k in sorted(state):
+    v = np.ascontiguousarray(state[k])
+    h.update(json.dumps([k, v.dtype.str, list(v.shape)]).encode())
+    h.update(v.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+  return path.with_name(path.name + ".sha256")
 
 
 def read_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -28,17 +60,39 @@ def read_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_state(path / name)
     raise FileNotFoundError(f"{path} holds none of {', '.join(HF_WEIGHT_FILES)}")
   if path.name.endswith(".index.json"):
-    with open(path) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
+    try:
+      with open(path) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+      raise ValueError(f"{path} is not a valid shard index (JSON with a 'weight_map' object): {e!r}") from e
     state = {}
     for shard in shards:
       state.update(read_state(path.parent / shard))
     return state
+  if not path.is_file():
+    raise FileNotFoundError(f"no such weights file: {path}")
   if path.suffix == ".safetensors":
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
+    return _read_safetensors(path)
   return _read_torch(path)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError, safe_open
+  from safetensors.numpy import load_file
+
+  try:
+    with safe_open(str(path), framework="numpy") as f:
+      metadata = f.metadata() or {}
+    state = load_file(str(path))
+  except (SafetensorError, ValueError, TypeError, OverflowError) as e:
+    raise ValueError(f"cannot read {path}: not a complete safetensors file (truncated or corrupt?): {e}") from e
+  want = metadata.get(DIGEST_KEY)
+  if want is not None and state_digest(state) != want:
+    raise ValueError(
+      f"{path} is corrupt: its tensors do not match the sha256 digest recorded when it was written "
+      f"({DIGEST_KEY} in its header); export or download it again"
+    )
+  return state
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
@@ -48,13 +102,29 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     raise ImportError(
       f"reading {path.name} needs PyTorch: pip install 'clipseg-jax[torch]' (safetensors files need no torch)"
     ) from None
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  check = sidecar(path)
+  if check.is_file():
+    want = check.read_text().split()[:1]
+    if want != [file_digest(path)]:
+      raise ValueError(
+        f"{path} is corrupt or was replaced: its sha256 does not match {check.name} (written with it); "
+        f"export it again, or delete {check.name} if the new file is intended"
+      )
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 - torch raises many types here (UnpicklingError, RuntimeError, EOFError...)
+    raise ValueError(
+      f"cannot read {path} as a PyTorch state dict (not a torch.save file, truncated, or holding "
+      f"more than tensors): {_torch_reason(e)}"
+    ) from e
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
   if not isinstance(obj, dict):
     raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
   out = {}
   for k, v in obj.items():
+    if not isinstance(v, torch.Tensor):
+      raise ValueError(f"{path} does not hold a state dict: {k!r} is a {type(v).__name__}, not a tensor")
     if v.dtype == torch.bfloat16:  # numpy has no bfloat16
       v = v.float()
     out[k] = v.detach().cpu().numpy()
@@ -68,30 +138,56 @@ def atomic_path(final: Path):
   return Path(tmp)
 
 
+def _publish(tmp: Path, path: Path):
+  os.chmod(tmp, FILE_MODE)
+  os.replace(tmp, path)
+
+
+def _torch_reason(error: Exception) -> str:
+  """The useful part of a torch.load error (its weights-only message opens with advice to load unsafely)."""
+  text = str(error)
+  if "WeightsUnpickler error:" in text:
+    text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+  text = " ".join(text.split())
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, metadata=None):
+  """`state` as a safetensors file (atomically, mode 0644) whose header metadata holds `"format": "pt"`
+  (transformers needs it), `metadata`, and the `state_digest` that `read_state` checks."""
   from safetensors.numpy import save_file
 
   path = Path(path)
+  arrays = {k: np.array(v, order="C") for k, v in state.items()}
+  meta = {"format": "pt", **(metadata or {}), DIGEST_KEY: state_digest(arrays)}
   tmp = atomic_path(path)
   try:
-    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
-    os.replace(tmp, path)
+    save_file(arrays, str(tmp), metadata=meta)
+    _publish(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
 
 
 def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
+  """`state` as a `torch.save` file (atomically, mode 0644) with a `<file>.sha256` sidecar that
+  `read_state` checks."""
   try:
     import torch
   except ImportError:
     raise ImportError("writing a .pth file needs PyTorch: pip install 'clipseg-jax[torch]'") from None
   path = Path(path)
+  check = sidecar(path)
   tmp = atomic_path(path)
+  tmp_check = atomic_path(check)
   try:
     torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    tmp_check.write_text(f"{file_digest(tmp)}  {path.name}\n")
+    check.unlink(missing_ok=True)  # never a stale sidecar beside the new file
+    _publish(tmp, path)
+    _publish(tmp_check, check)
   finally:
     tmp.unlink(missing_ok=True)
+    tmp_check.unlink(missing_ok=True)
 
 
 def is_hub_id(source: str) -> bool:
