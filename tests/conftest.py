@@ -70,7 +70,8 @@ def tiny_dir(tmp_path_factory) -> str:
 
   config = tiny_config(use_complex_transposed_convolution=True)
   d = tmp_path_factory.mktemp("tiny_jax")
-  ClipSeg(config, init_params(config, jax.random.PRNGKey(0))).export_hf(d)
+  params = jax.jit(lambda key: init_params(config, key))(jax.random.PRNGKey(0))  # one compile, not 100s of ops
+  ClipSeg(config, params).export_hf(d)
   return str(d)
 
 

@@ -217,6 +217,7 @@ def test_exif_rotated_image_is_upright(tiny_model, tmp_path):
     assert tiny_model.predict(raw, ["a cat"]).shape == (1, 1, 40, 30)
 
 
+@pytest.mark.slow  # a second compile of every stage in bfloat16
 def test_bfloat16_compute(tiny_dir, tiny_model):
   """dtype=bfloat16 computes in bf16 with float32 params and stays close to the float32 model."""
   import jax.numpy as jnp

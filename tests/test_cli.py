@@ -77,6 +77,7 @@ def test_segment_bad_inputs(tiny_dir, tmp_path, capsys):
   assert "threshold must be a probability" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # compares against predict image by image
 def test_segment_directory_logits_and_skipped_images(tiny_dir, tiny_model, tmp_path, capsys):
   """A directory of images, one unreadable: the rest are written, the bad one named, exit status 2."""
   images = tmp_path / "imgs"

@@ -143,6 +143,7 @@ def test_one_shot_protocol(data_dir):
     run_protocol(SemanticOracle(source), "pascal5i", dataclasses.replace(opts, fold=2))
 
 
+@pytest.mark.slow  # builds a dataset and runs the CLI end to end
 def test_eval_command(tiny_dir, data_dir, tmp_path, capsys):
   out = tmp_path / "eval"
   assert (

@@ -40,7 +40,7 @@ def text_batch(model, prompts):
 PROMPTS = ["a cat", "a photo of a large brown dog on a sofa", "the red one on the left"]
 
 
-@pytest.mark.parametrize("refined", [False, True])
+@pytest.mark.parametrize("refined", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_tiny_text(tmp_path, refined):
   ref = save_hf(make_hf_model(tiny_config(use_complex_transposed_convolution=refined), seed=1), tmp_path)
   model = load_model(tmp_path)

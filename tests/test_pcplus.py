@@ -175,6 +175,7 @@ def assert_same(a, b):
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow  # iterates the grain loader twice
 def test_loader_resume_is_exact():
   source = MemorySource()
   loader = make_loader(source, PCPlusOptions(image_size=32), batch_size=8, seed=3)

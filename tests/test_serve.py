@@ -112,6 +112,7 @@ def test_large_upload_is_downscaled_with_a_note(server, monkeypatch):
   not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and os.environ.get("CLIPSEG_REQUIRE_BROWSER") != "1",
   reason="Debian's chromium and chromium-driver are not installed (make test installs them)",
 )
+@pytest.mark.slow  # starts a browser
 def test_page_in_headless_chromium(server, tmp_path):
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
