@@ -82,6 +82,29 @@ def tiny_model(tiny_dir):
   return load_model(tiny_dir)
 
 
+@pytest.fixture(scope="session")
+def training_root(tmp_path_factory):
+  """A tiny random CLIP (HF CLIPModel layout, `clip/`) and the tiny synthetic dataset (`tfds/`), for the
+  training tests."""
+  import torch
+  from transformers import CLIPConfig, CLIPModel
+
+  from clipseg_jax.input_pipeline import build
+
+  torch.manual_seed(0)
+  root = tmp_path_factory.mktemp("train")
+  config = CLIPConfig(
+    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    vision_config=dict(
+      hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=16
+    ),
+    projection_dim=24,
+  )
+  CLIPModel(config).save_pretrained(root / "clip")
+  build("synthetic/tiny", data_dir=root / "tfds")
+  return root
+
+
 @pytest.fixture
 def torch():
   """PyTorch for the tests that compare against it; they skip where it is not installed."""

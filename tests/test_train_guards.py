@@ -18,7 +18,6 @@ import pytest
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
-from clipseg_jax.input_pipeline import build
 
 pytestmark = pytest.mark.slow  # training runs in subprocesses
 
@@ -26,23 +25,8 @@ CONFIG = "synthetic"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  """A tiny random CLIP (HF CLIPModel layout) and the tiny synthetic dataset (as test_training's)."""
-  import torch
-  from transformers import CLIPConfig, CLIPModel
-
-  torch.manual_seed(0)
-  root = tmp_path_factory.mktemp("guards")
-  config = CLIPConfig(
-    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-    vision_config=dict(
-      hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=16
-    ),
-    projection_dim=24,
-  )
-  CLIPModel(config).save_pretrained(root / "clip")
-  build("synthetic/tiny", data_dir=root / "tfds")
-  return root
+def setup(training_root):
+  return training_root  # conftest.py: a tiny random CLIP and the tiny synthetic dataset
 
 
 def overrides(setup, **extra):
