@@ -105,6 +105,25 @@ def training_root(tmp_path_factory):
   return root
 
 
+def training_overrides(root, **extra) -> list[str]:
+  """`--config.KEY=VALUE` arguments that train the synthetic recipe on `training_root`'s tiny CLIP and
+  dataset in a few seconds; `extra` adds or replaces keys."""
+  values = {
+    "model.clip": str(root / "clip"),
+    "data.name": "synthetic/tiny",
+    "data.data_dir": str(root / "tfds"),
+    "data.pcplus.image_size": 64,
+    "batch_size": 8,
+    "total_steps": 6,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "eval_every": 0,
+    "model.decoder_intermediate_size": 64,
+    **extra,
+  }
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
 @pytest.fixture
 def torch():
   """PyTorch for the tests that compare against it; they skip where it is not installed."""

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import training_overrides
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
@@ -29,21 +30,7 @@ def setup(training_root):
   return training_root  # conftest.py: a tiny random CLIP and the tiny synthetic dataset
 
 
-def overrides(setup, **extra):
-  values = {
-    "model.clip": str(setup / "clip"),
-    "data.name": "synthetic/tiny",
-    "data.data_dir": str(setup / "tfds"),
-    "data.pcplus.image_size": 64,
-    "batch_size": 8,
-    "total_steps": 6,
-    "checkpoint_every": 2,
-    "log_every": 2,
-    "eval_every": 0,
-    "model.decoder_intermediate_size": 64,
-    **extra,
-  }
-  return [f"--config.{k}={v}" for k, v in values.items()]
+overrides = training_overrides
 
 
 def run_cli(setup, workdir, expect=0, **extra):

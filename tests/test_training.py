@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import training_overrides
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
@@ -26,24 +27,10 @@ def setup(training_root):
 
 
 def overrides(setup, **extra):
-  values = {
-    "model.clip": str(setup / "clip"),
-    "data.name": "synthetic/tiny",
-    "data.data_dir": str(setup / "tfds"),
-    "data.pcplus.image_size": 64,
-    "batch_size": 8,
-    "total_steps": 6,
-    "checkpoint_every": 2,
-    "log_every": 2,
-    "eval_every": 0,
-    "model.decoder_intermediate_size": 64,
-    # PC+ negatives and prompt templates on (the synthetic recipe turns both off): the sampler's
-    # full path runs under every mesh and process count.
-    "data.pcplus.q_neg": 0.1,
-    "data.pcplus.templates": "('{}','a photo of a {}.')",
-    **extra,
-  }
-  return [f"--config.{k}={v}" for k, v in values.items()]
+  # PC+ negatives and prompt templates on (the synthetic recipe turns both off): the sampler's
+  # full path runs under every mesh and process count.
+  extra = {"data.pcplus.q_neg": 0.1, "data.pcplus.templates": "('{}','a photo of a {}.')", **extra}
+  return training_overrides(setup, **extra)
 
 
 def run_cli(setup, workdir, *args, devices=None, env=None, wait=True, **extra):
