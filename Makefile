@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,data,train,test,dev]' '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[torch,data,train,test,dev,demo]' '$(TORCH_SPEC)'
 	touch $@
 
 # Debian's chromium + chromedriver for the web demo's browser test (skipped where they are missing).

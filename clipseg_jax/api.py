@@ -193,11 +193,18 @@ class ClipSeg:
 
   # ---- stages (functional building blocks for predict, evaluation, training) --------------------
 
-  def encode_text(self, texts: Sequence[str]) -> jax.Array:
-    """[P, E] CLIP text embeddings of the raw strings; repeated prompts come from a cache."""
+  def encode_text(self, texts: Sequence[str], *, templates: Sequence[str] | None = None) -> jax.Array:
+    """[P, E] CLIP text embeddings of the raw strings; repeated prompts come from a cache. With
+    `templates` ("a photo of a {}.", ...) each prompt's embedding is the mean over its templates, as in
+    CLIP's zero-shot prompt ensembles; the raw embeddings are averaged (not unit-normalised first):
+    FiLM is linear in them, so this averages the templates' modulations."""
     texts = list(texts)
     if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
       raise ValueError(f"text prompts must be non-empty strings, got {texts!r}")
+    if templates is not None:
+      filled = prompt_lib.fill_templates(texts, templates)
+      per_text = len(filled) // len(texts)
+      return self.encode_text(filled).reshape(len(texts), per_text, -1).mean(1)
     cache = self._text_cache
     if self._text_cache_params is not self.params:  # new weights: old embeddings are stale
       cache.clear()
@@ -223,8 +230,9 @@ class ClipSeg:
     supports = [prompt_lib.crop_blur_highlight(image, mask, self.image_size) for image, mask in pairs]
     return self._visual(self.params, jnp.asarray(np.stack(supports)))
 
-  def encode_prompts(self, prompts: Sequence) -> jax.Array:
-    """Strings, (image, mask) pairs and `prompts.Mixed`, in order -> [P, E]."""
+  def encode_prompts(self, prompts: Sequence, *, templates: Sequence[str] | None = None) -> jax.Array:
+    """Strings, (image, mask) pairs and `prompts.Mixed`, in order -> [P, E]; `templates`: a prompt
+    ensemble for the texts (`encode_text`)."""
     prompts = list(prompts)
     if not prompts:
       raise ValueError("no prompts given")
@@ -244,7 +252,7 @@ class ClipSeg:
     e = self.config.projection_dim
     text, visual = np.zeros((len(prompts), e), np.float32), np.zeros((len(prompts), e), np.float32)
     if t_idx := [i for i, t in enumerate(texts) if t is not None]:
-      text[t_idx] = np.asarray(self.encode_text([texts[i] for i in t_idx]))
+      text[t_idx] = np.asarray(self.encode_text([texts[i] for i in t_idx], templates=templates))
     if v_idx := [i for i, q in enumerate(pairs) if q is not None]:
       visual[v_idx] = np.asarray(self.encode_visual([pairs[i] for i in v_idx]))
     return prompt_lib.interpolate(jnp.asarray(text), jnp.asarray(visual), np.asarray(weights, np.float32))
@@ -265,9 +273,18 @@ class ClipSeg:
 
   # ---- for people -------------------------------------------------------------------------------
 
-  def predict(self, images, prompts, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+  def predict(
+    self,
+    images,
+    prompts,
+    *,
+    threshold: float | None = None,
+    batch_size: int = PREDICT_BATCH,
+    templates: Sequence[str] | None = None,
+  ) -> np.ndarray:
     """[n_images, n_prompts, H, W] probabilities (bool masks with `threshold`) at each image's own
     size; all images must then share a size, else a list of [n_prompts, H_i, W_i] is returned.
+    `templates`: average each text prompt's embedding over these ("a photo of a {}.", ...).
     Each image goes through the vision tower once, whatever the number of prompts. Maps are resized
     back with torch-style bilinear interpolation, align_corners=False, as transformers/HF pipelines
     post-process (the paper's evaluation uses align_corners=True: `predict_conditions(...,
@@ -277,7 +294,8 @@ class ClipSeg:
       isinstance(prompts, tuple) and len(prompts) == 2 and not isinstance(prompts[0], str)
     ):
       prompts = [prompts]
-    return self.predict_conditions(images, self.encode_prompts(prompts), threshold=threshold, batch_size=batch_size)
+    cond = self.encode_prompts(prompts, templates=templates)
+    return self.predict_conditions(images, cond, threshold=threshold, batch_size=batch_size)
 
   def predict_conditions(
     self, images, cond, *, threshold: float | None = None, batch_size: int = PREDICT_BATCH, align_corners: bool = False
@@ -326,17 +344,24 @@ class ClipSeg:
 
   # ---- writing (clipseg_jax.export) --------------------------------------------------------------
 
-  def export_hf(self, out_dir: str | os.PathLike):
-    """An HF directory `transformers.CLIPSegForImageSegmentation.from_pretrained` loads."""
-    return export.export_hf(self, out_dir)
+  def export_hf(self, out_dir: str | os.PathLike, **options):
+    """An HF directory transformers' `CLIPSegProcessor` + `CLIPSegForImageSegmentation` load, with a model
+    card; options: `export.export_hf` (evaluation=, name=, license=)."""
+    return export.export_hf(self, out_dir, **options)
 
   def export_original(self, path: str | os.PathLike):
-    """The decoder as a state dict in the original `.pth` layout (q/k/v fused)."""
+    """The decoder as a state dict in the original `.pth` layout (q/k/v fused), the CLIP it needs named
+    in a `<path>.json` sidecar."""
     return export.export_original(self, path)
 
-  def save(self, out_dir: str | os.PathLike):
-    """This project's Flax checkpoint: `config.json` + Orbax `params/` (+ tokenizer)."""
-    return export.save(self, out_dir)
+  def save(self, out_dir: str | os.PathLike, **options):
+    """This project's Flax checkpoint: `config.json` + Orbax `params/` (+ tokenizer, model card)."""
+    return export.save(self, out_dir, **options)
+
+  def push_to_hub(self, repo_id: str, **options) -> str:
+    """Upload this model with its card to the Hub repository `repo_id`; options: `export.push_to_hub`
+    (format="hf"|"flax", private=, revision=, token=, commit_message=, evaluation=). Returns the commit URL."""
+    return export.push_to_hub(self, repo_id, **options)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

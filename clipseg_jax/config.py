@@ -115,6 +115,10 @@ class ClipSegConfig:
   decoder_hidden_act: str = "quick_gelu"
   conditional_layer: int = 0
   use_complex_transposed_convolution: bool = False
+  # Not in HF: the refined head's two upsampling kernels (k1, k2) with k1 * k2 = patch size (patch 14:
+  # (7, 2), patch 32: (8, 4)). None: transformers' (patch // 4, patch // 4), which upsamples by the patch
+  # size only for patch 16 (patch 32 by 64, patch 12 by 9); exported HF configs need None.
+  transposed_convolution_kernels: tuple[int, int] | None = None
   # Not in HF: False gives the paper's CLIP-Deconv baseline (FiLM, projection, head; no blocks).
   use_decoder_blocks: bool = True
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -124,6 +128,9 @@ class ClipSegConfig:
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__") or not all(_is_int(i) for i in layers):
       raise ValueError(f"extract_layers must be a list of integers, got {layers!r}")
     self.extract_layers = tuple(int(i) for i in layers)
+    kernels = self.transposed_convolution_kernels
+    if kernels is not None and not isinstance(kernels, (str, bytes)) and hasattr(kernels, "__iter__"):
+      self.transposed_convolution_kernels = tuple(kernels)
     self.validate()
 
   def check_types(self):
@@ -191,8 +198,20 @@ class ClipSegConfig:
       raise ValueError(
         f"conditional_layer={self.conditional_layer} must index one of the {len(self.extract_layers)} decoder blocks"
       )
-    if self.use_complex_transposed_convolution and v.patch_size % 4:
-      raise ValueError(f"the refined head needs a patch size divisible by 4, got {v.patch_size}")
+    kernels = self.transposed_convolution_kernels
+    if kernels is not None:
+      if len(kernels) != 2 or not all(_is_int(k) and k > 0 for k in kernels):
+        raise ValueError(f"transposed_convolution_kernels must be two positive integers, got {kernels!r}")
+      if kernels[0] * kernels[1] != v.patch_size:
+        raise ValueError(
+          f"transposed_convolution_kernels {list(kernels)} upsample by {kernels[0] * kernels[1]}, not by the "
+          f"patch size {v.patch_size}"
+        )
+    elif self.use_complex_transposed_convolution and v.patch_size % 4:
+      raise ValueError(
+        f"the refined head needs a patch size divisible by 4, got {v.patch_size}; set "
+        "transposed_convolution_kernels to two kernels whose product is the patch size (e.g. [7, 2] for 14)"
+      )
     for name, hidden, heads in (
       ("text", self.text_config.hidden_size, self.text_config.num_attention_heads),
       ("vision", v.hidden_size, v.num_attention_heads),
@@ -200,6 +219,19 @@ class ClipSegConfig:
     ):
       if hidden % heads:
         raise ValueError(f"{name} width {hidden} is not divisible by its {heads} attention heads")
+
+  @property
+  def head_kernels(self) -> tuple[int, int]:
+    """The refined head's upsampling kernels: the configured ones, else transformers' (p // 4, p // 4)."""
+    p = self.vision_config.patch_size
+    return self.transposed_convolution_kernels or (p // 4, p // 4)
+
+  @property
+  def hf_compatible(self) -> bool:
+    """Whether transformers' CLIPSeg builds this model (it has no CLIP-Deconv and only p // 4 kernels)."""
+    p = self.vision_config.patch_size
+    kernels_ok = self.transposed_convolution_kernels in (None, (p // 4, p // 4))
+    return self.use_decoder_blocks and (kernels_ok or not self.use_complex_transposed_convolution)
 
   @property
   def decoder_depth(self) -> int:
@@ -255,6 +287,10 @@ class ClipSegConfig:
     out["extract_layers"] = list(self.extract_layers)
     if self.use_decoder_blocks:
       out.pop("use_decoder_blocks")
+    if self.transposed_convolution_kernels is None:
+      out.pop("transposed_convolution_kernels")
+    else:
+      out["transposed_convolution_kernels"] = list(self.transposed_convolution_kernels)
     out["text_config"] = text
     out["vision_config"] = vision
     out["model_type"] = "clipseg"

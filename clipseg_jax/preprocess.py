@@ -172,3 +172,28 @@ def resize_map(prob: np.ndarray, height: int, width: int, *, align_corners: bool
   rows = bilinear_matrix(prob.shape[-2], height, align_corners).astype(np.float32)
   cols = bilinear_matrix(prob.shape[-1], width, align_corners).astype(np.float32)
   return rows @ prob @ cols.T
+
+
+def aligned_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lo, hi, weight of hi) along one axis for torch's bilinear `interpolate(align_corners=True)`:
+  src = dst * (in - 1) / (out - 1) in float32 (scale 0 when out == 1), lo = floor(src), hi = lo + 1,
+  both clamped to the last index, weight src - lo clipped to [0, 1]."""
+  scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+  src = np.arange(n_out, dtype=np.float32) * scale
+  lo = np.minimum(src.astype(np.int64), n_in - 1)  # src >= 0: truncation is floor
+  hi = np.minimum(lo + 1, n_in - 1)
+  return lo, hi, np.clip(src - lo.astype(np.float32), 0, 1)
+
+
+def resize_aligned(image, size: int) -> np.ndarray:
+  """HxWx3 (uint8 or float, 0..255) -> float32 [size, size, 3] in 0..255: torch's bilinear
+  `F.interpolate(..., mode="bilinear", align_corners=True)` on float pixels, no antialiasing, as the
+  original CLIPSeg training data (datasets/phrasecut.py `load_sample`) resized its crops. Training only:
+  inference and evaluation keep `resize_square` (the reference processor's resize)."""
+  image = np.asarray(image)
+  lo, hi, w = aligned_taps(image.shape[0], size)
+  w = w[:, None, None]
+  rows = image[lo] * (1 - w) + image[hi] * w  # uint8 * float32 -> float32: no separate casts
+  lo, hi, w = aligned_taps(image.shape[1], size)
+  w = w[None, :, None]
+  return (rows[:, lo] * (1 - w) + rows[:, hi] * w).astype(np.float32, copy=False)

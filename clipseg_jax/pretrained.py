@@ -1,5 +1,6 @@
-"""Reading a model: a hub id, an HF-format directory, this project's Flax checkpoint, or an original
-decoder file (`rd64-uni.pth`, ...) with the HF CLIP it was trained on. Training workdirs are read by
+"""Reading a model: a hub id, an HF-format directory, this project's Flax checkpoint, a decoder-only
+directory with the CLIP it names (the embedded `embedded:synthetic`), or an original decoder file
+(`rd64-uni.pth`, ...) with the HF CLIP it was trained on. Training workdirs are read by
 `clipseg_jax.train.workdir`; `clipseg_jax.load_model` takes all of them."""
 
 from __future__ import annotations
@@ -7,31 +8,74 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
 
+from clipseg_jax import preprocess
 from clipseg_jax.api import ClipSeg
 from clipseg_jax.config import ClipSegConfig
-from clipseg_jax.export import FLAX_MARKER
-from clipseg_jax.tokenizer import load_tokenizer
+from clipseg_jax.export import (
+  DECODER_MARKER,
+  DECODER_WEIGHTS,
+  FLAX_MARKER,
+  PREPROCESSOR_CONFIG,
+  PROVENANCE,
+  original_sidecar,
+)
+from clipseg_jax.tokenizer import has_tokenizer, load_tokenizer
 from clipseg_jax.weights import hf, io, original
 
 
-def load_pretrained(source: str | os.PathLike, *, clip=None, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
-  """A ClipSeg from a hub id, a local HF directory, a Flax checkpoint, or an original decoder file with
-  `clip=` (an HF CLIP hub id or directory)."""
-  path = io.resolve(source)
+def load_pretrained(
+  source: str | os.PathLike,
+  *,
+  clip=None,
+  dtype=jnp.float32,
+  extract_layers=None,
+  revision: str | None = None,
+  token: str | None = None,
+  cache_dir: str | os.PathLike | None = None,
+) -> ClipSeg:
+  """A ClipSeg from a hub id, a local HF directory, a Flax checkpoint, a decoder-only directory, or an
+  original decoder file with `clip=` (an HF CLIP hub id or directory; optional when the file's
+  `<file>.json` sidecar names it). revision/token/cache_dir go to huggingface_hub for hub ids, `clip=`'s
+  too."""
+  hub = {"revision": revision, "token": token, "cache_dir": cache_dir}
+  path = io.resolve(source, **hub)
   if path.is_file():
-    if clip is None:
-      raise ValueError(
-        f"{path.name} looks like an original CLIPSeg decoder file; pass clip= with an HF "
-        "CLIP checkpoint (e.g. clip='openai/clip-vit-base-patch16')"
-      )
-    return load_original(path, clip, dtype, extract_layers)
-  if (path / FLAX_MARKER).exists():
-    return load_flax(path, dtype)
-  return load_hf(path, dtype, extract_layers)
+    model = load_original(path, clip, dtype, extract_layers, hub=hub)
+  elif (path / DECODER_MARKER).exists():
+    model = load_decoder(path, dtype, extract_layers, hub=hub)
+  elif (path / FLAX_MARKER).exists():
+    model = load_flax(path, dtype)
+  else:
+    model = load_hf(path, dtype, extract_layers)
+  s = str(source)
+  if io.is_hub_id(s) and not s.startswith(io.EMBEDDED_PREFIX):  # fetched from the Hub: what it derives from
+    model.config.extra[PROVENANCE] = {**model.config.extra.get(PROVENANCE, {}), "base_model": s}
+  return model
+
+
+def image_size(path: Path, default: int = preprocess.IMAGE_SIZE) -> int:
+  """The square input size in `path/preprocessor_config.json` (what transformers' processor resizes to),
+  else `default` (352, the released models' size)."""
+  config = path / PREPROCESSOR_CONFIG
+  if not config.is_file():
+    return default
+  try:
+    size = json.loads(config.read_text()).get("size")
+  except (ValueError, AttributeError) as e:
+    raise ValueError(f"{config} is not a valid preprocessor config: {e}") from None
+  if isinstance(size, int):  # the older layout: one number
+    size = {"height": size, "width": size}
+  if not isinstance(size, dict):
+    return default
+  h, w = size.get("height"), size.get("width")
+  if h != w or not isinstance(h, int) or h <= 0:
+    return default  # e.g. {"shortest_edge": ...}: not the square resize the model expects
+  return h
 
 
 def read_config(config_path: Path, expect: str = "clipseg") -> dict:
@@ -68,7 +112,7 @@ def load_hf(path: Path, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
   if extract_layers is not None:
     config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
   params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
-  return ClipSeg(config, params, load_tokenizer(path), dtype)
+  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path))
 
 
 def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
@@ -80,18 +124,84 @@ def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
   )
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(path.absolute() / "params", hf.param_template(config))
-  return ClipSeg(config, params, load_tokenizer(path), dtype)
+  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path))
 
 
-def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
-  clip_dir = io.resolve(clip)
+def clip_state(clip_dir: Path) -> dict:
+  """The `clip.*` tensors of an HF CLIP (`openai/clip-vit-base-patch16` layout) or CLIPSeg checkpoint."""
+  state = io.read_state(clip_dir)
+  if not any(k.startswith("clip.") for k in state):
+    state = {f"clip.{k}": v for k, v in state.items()}
+  return {k: v for k, v in state.items() if k.startswith("clip.")}
+
+
+def check_clip(what: Path, clip: str, want: str | None, params: dict, *, strict: bool):
+  """A decoder recorded the fingerprint of the CLIP it was trained on; `clip` now gives other weights."""
+  if not want or io.fingerprint(params["clip"]) == want:
+    return
+  message = (
+    f"{what} was trained on other weights of the CLIP {clip!r} than it loads now (fingerprints differ): "
+    "its masks will be wrong"
+  )
+  if strict:
+    raise ValueError(message)
+  warnings.warn(message, stacklevel=3)
+
+
+def load_decoder(path: Path, dtype=jnp.float32, extract_layers=None, *, hub=None) -> ClipSeg:
+  """A decoder-only directory (`export.export_decoder`) composed with the CLIP its marker names."""
+  marker_path = path / DECODER_MARKER
+  try:
+    marker = json.loads(marker_path.read_text())
+    clip = str(marker["clip"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{marker_path} is not a valid decoder marker (JSON naming its 'clip'): {e!r}") from None
+  clip_dir = io.resolve(clip, **(hub or {}))
+  config_path = path / "config.json"
+  config = config_from(
+    f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
+  )
+  if extract_layers is not None:
+    config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
+  state = {**clip_state(clip_dir), **io.read_state(path / DECODER_WEIGHTS)}
+  params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
+  check_clip(path, clip, marker.get("clip_sha256"), params, strict=True)
+  tokenizer = load_tokenizer(path if has_tokenizer(path) else clip_dir)
+  return ClipSeg(config, params, tokenizer, dtype, image_size=image_size(path))
+
+
+def read_sidecar(path: Path) -> dict:
+  """What `export.export_original` recorded beside a decoder file (the CLIP it needs), or {}."""
+  side = original_sidecar(path)
+  if not side.is_file():
+    return {}
+  try:
+    raw = json.loads(side.read_text())
+  except ValueError as e:
+    raise ValueError(f"{side} (written with {path.name}) is not valid JSON: {e}") from None
+  return raw if isinstance(raw, dict) else {}
+
+
+def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None, *, hub=None) -> ClipSeg:
+  side = read_sidecar(path)
+  clip = clip if clip is not None else side.get("clip")
+  if clip is None:
+    raise ValueError(
+      f"{path.name} looks like an original CLIPSeg decoder file; pass clip= with an HF "
+      "CLIP checkpoint (e.g. clip='openai/clip-vit-base-patch16')"
+    )
+  clip = str(clip)
+  clip_dir = io.resolve(clip, **(hub or {}))
   clip_config = read_config(clip_dir / "config.json", expect="clip")
   decoder_state = io.read_state(path)
+  original.check_backbone(decoder_state, clip_config, str(path), str(clip))
   overrides = {} if extract_layers is None else {"extract_layers": tuple(extract_layers)}
   what = f"{clip_dir / 'config.json'} with the decoder {path} gives no valid config"
   config = config_from(what, original.decoder_config, clip_config, decoder_state, **overrides)
   decoder, extras = original.original_to_hf(decoder_state, source=str(path))
-  state = {f"clip.{k}": v for k, v in io.read_state(clip_dir).items()}
-  state.update(decoder)
+  state = {**clip_state(clip_dir), **decoder}
   params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
-  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, original_extras=extras)
+  check_clip(path, clip, side.get("clip_sha256"), params, strict=False)  # the paper's files: any CLIP goes
+  config.extra[PROVENANCE] = {**config.extra.get(PROVENANCE, {}), "clip": clip}
+  size = side.get("image_size", preprocess.IMAGE_SIZE)
+  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, image_size=size, original_extras=extras)

@@ -31,6 +31,7 @@ vision tower cannot take) and `blur_highlight_random` (random recipe).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -274,3 +275,15 @@ class Mixed:
   def __post_init__(self):
     if not 0.0 <= self.text_weight <= 1.0:
       raise ValueError(f"text_weight must be in [0, 1], got {self.text_weight}")
+
+
+def fill_templates(texts: Sequence[str], templates: Sequence[str]) -> list[str]:
+  """Each text in each template, text-major ([t0(x0), t1(x0), ..., t0(x1), ...]), for prompt ensembles;
+  a template must hold exactly one `{}`."""
+  templates = [templates] if isinstance(templates, str) else list(templates)
+  if not templates:
+    raise ValueError("templates must not be empty (None: no ensemble)")
+  for t in templates:
+    if not isinstance(t, str) or "{}" not in t or t.count("{") != 1 or t.count("}") != 1:
+      raise ValueError(f"a prompt template must hold exactly one '{{}}' and no other braces, got {t!r}")
+  return [t.replace("{}", x) for x in texts for t in templates]

@@ -89,6 +89,42 @@ def test_referring_protocol(data_dir, mode):
     assert numbers["miou"]["value"] == pytest.approx(np.mean(per_sample), rel=1e-12)
 
 
+def test_report_curves_and_pictures(data_dir, tmp_path):
+  """The precision/recall curves the PR picture draws are the original's (tp / (1 + tp + fp), tp / (1 +
+  tp + fn)); the report writes both curve PNGs."""
+  from PIL import Image
+
+  from clipseg_jax.evaluation import plots, report
+
+  source = open_source("synthetic/tiny", "test", data_dir=data_dir)
+  masks = [m for i in range(len(source)) for m in source[i]["masks"]]
+  fg, kept = sum(int(m.sum()) for m in masks), sum(int(top_half(m).sum()) for m in masks)
+  opts = EvalOptions(data_dir=str(data_dir), dataset="synthetic/tiny", progress=False)
+  numbers, examples = run_protocol(ReferringOracle(source, "half"), "synthetic", opts)
+  curves = numbers["curves"]
+  np.testing.assert_allclose(curves["precision"], kept / (1 + kept), rtol=1e-12)  # fp = 0 at every threshold
+  np.testing.assert_allclose(curves["recall"], kept / (1 + fg), rtol=1e-12)
+  report.write(tmp_path, "synthetic", numbers, examples, {})
+  for name in ("synthetic_iou_threshold.png", "synthetic_precision_recall.png"):
+    with Image.open(tmp_path / name) as im:
+      assert im.size == (round(plots.FIGSIZE[0] * plots.DPI), round(plots.FIGSIZE[1] * plots.DPI))
+      assert np.asarray(im.convert("L")).std() > 10  # something is drawn
+
+
+def test_zero_shot_report_has_a_per_class_table(data_dir, tmp_path):
+  from clipseg_jax.evaluation import report
+
+  source = prepared_source("pascal_voc", "val", data_dir)
+  numbers, examples = run_protocol(SemanticOracle(source), "pascal_zeroshot", EvalOptions(data_dir=str(data_dir)))
+  table = report.write(tmp_path, "pascal_zeroshot", numbers, examples, {})
+  rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+  assert rows["aeroplane"].split(" | ")[1] == "100.0"  # perfect on the fixture
+  assert "unseen-4" in rows["aeroplane"] and "unseen-2" not in rows["aeroplane"]
+  assert rows["cow"].endswith("unseen-2, unseen-4, unseen-6, unseen-8, unseen-10 |")
+  assert rows["dog"].split(" | ")[1] == "–"  # absent everywhere
+  assert not list(tmp_path.glob("pascal_zeroshot_*curve*.png"))  # argmax scoring: no threshold curves
+
+
 def test_top_half_rule():
   m = np.zeros((6, 4), bool)
   m[1:5, 1:3] = True  # rows 1-4: the top half is rows 1-2
@@ -171,6 +207,7 @@ def test_eval_command(tiny_dir, data_dir, tmp_path, capsys):
   result = json.loads((out / "synthetic.json").read_text())
   assert len(result["results"]["curves"]["iou_fg"]) == 49
   assert (out / "synthetic_predictions.png").stat().st_size > 0 and (out / "synthetic.md").exists()
+  assert (out / "synthetic_iou_threshold.png").exists() and (out / "synthetic_precision_recall.png").exists()
 
 
 def test_visual_task_on_text_only_checkpoint(tiny_dir, tmp_path, capsys):
@@ -183,3 +220,72 @@ def test_visual_task_on_text_only_checkpoint(tiny_dir, tmp_path, capsys):
   (d / "config.json").write_text(json.dumps(config))
   assert main(["eval", "--checkpoint", str(d), "--task", "pascal5i", "--data-dir", str(tmp_path)]) == 2
   assert "trained on text prompts only" in capsys.readouterr().err
+
+
+def test_phrasecut_probabilities_are_the_originals_test_inputs(tiny_checkpoint, torch):
+  """PhraseCut is scored as the original's score.py does: the image squashed to S x S by torch's
+  bilinear interpolate (align_corners=True) on float pixels, normalised, through the model."""
+  import torch.nn.functional as F
+
+  from clipseg_jax import load_model
+  from clipseg_jax.evaluation.protocols import ModelPredictor
+  from clipseg_jax.preprocess import MEAN, STD
+  from clipseg_jax.tokenizer import tokenize
+
+  directory, ref = tiny_checkpoint
+  model = load_model(directory)
+  image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), np.uint8)
+  phrases = ["a cat", "the left sofa"]
+  size = model.image_size
+  x = F.interpolate(
+    torch.from_numpy(image).permute(2, 0, 1)[None].float(), (size, size), mode="bilinear", align_corners=True
+  )
+  x = (x / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+  ids, mask = tokenize(model.tokenizer, phrases, model.config.text_config.max_position_embeddings)
+  with torch.no_grad():
+    logits = ref(
+      input_ids=torch.from_numpy(ids).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      pixel_values=x.expand(len(phrases), -1, -1, -1),
+    ).logits
+  predictor = ModelPredictor(model)
+  ours = predictor.square_probabilities(image, predictor.text(phrases))
+  # The resized pixels agree with torch's to float32 rounding (< 1e-4 of 255, summed in another order),
+  # which the random-weight model amplifies to ~2e-5 here.
+  np.testing.assert_allclose(ours, torch.sigmoid(logits).numpy(), atol=1e-4)
+  assert np.abs(ours - torch.sigmoid(logits).numpy()).mean() < 1e-6
+
+
+def test_phrasecut_protocol_scores_at_the_model_size(monkeypatch, torch):
+  """Truth masks are resized to S x S as torch's nearest interpolate does, and scored there."""
+  import torch.nn.functional as F
+
+  import clipseg_jax.input_pipeline as pipeline
+
+  rng = np.random.default_rng(0)
+  records = [
+    {
+      "image": rng.integers(0, 256, (30, 47, 3), np.uint8),
+      "phrases": ["a", "b"],
+      "masks": [rng.random((30, 47)) > 0.5 for _ in range(2)],
+    },
+    {"image": rng.integers(0, 256, (41, 23, 3), np.uint8), "phrases": ["c"], "masks": [rng.random((41, 23)) > 0.7]},
+  ]
+  size = 16
+
+  def torch_nearest(m):
+    return F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], (size, size), mode="nearest")[0, 0].numpy()
+
+  class Oracle:  # predicts the truth as torch would resize it
+    def text(self, phrases):
+      return phrases
+
+    def square_probabilities(self, image, phrases):
+      r = next(r for r in records if r["image"] is image)
+      return np.stack([torch_nearest(m) for m in r["masks"]])
+
+  monkeypatch.setattr(pipeline, "open_source", lambda *a, **k: records)
+  numbers, _ = run_protocol(Oracle(), "phrasecut", EvalOptions(data_dir="unused", progress=False))
+  fg = sum(torch_nearest(m).sum() for r in records for m in r["masks"])
+  assert numbers["iou_fg"]["value"] == pytest.approx(fg / (1 + fg), rel=1e-12)  # perfect at S x S
+  assert numbers["samples"] == 3

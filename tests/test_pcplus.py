@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_jax import prompts
+from clipseg_jax import preprocess, prompts
 from clipseg_jax.input_pipeline.heldout import make_filter
 from clipseg_jax.input_pipeline.loader import make_loader
 from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform, object_aware_crop
@@ -91,13 +91,51 @@ def test_options_reject_unknown_keys():
     PCPlusOptions.from_config({"q_negative": 0.1})
 
 
-def test_support_is_normalised_prompt_of_the_resized_pair():
-  """Supports come out of prompt engineering normalised (float32), made from the support pair resized
-  to the image size first (the original's order); zeros (the mean colour) without a support."""
-  from clipseg_jax.input_pipeline.pcplus import resize_pair
+def torch_resize(torch, image, size, mode):
+  """The original's `load_sample` resizes: F.interpolate on float NCHW (bilinear: align_corners=True)."""
+  x = torch.from_numpy(np.asarray(image, np.float32))
+  x = x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]
+  kw = {"align_corners": True} if mode == "bilinear" else {}
+  out = torch.nn.functional.interpolate(x, (size, size), mode=mode, **kw)[0]
+  return (out.permute(1, 2, 0) if image.ndim == 3 else out[0]).numpy()
 
+
+@pytest.mark.parametrize(
+  "shape,size", [((48, 64), 32), ((17, 17), 40), ((40, 23), 64), ((1, 5), 7), ((5, 1), 3), ((9, 9), 1), ((1, 1), 4)]
+)
+def test_resize_aligned_is_torch_align_corners(torch, shape, size):
+  """Down- and upscales, non-square, size-1 edges: torch's bilinear with align_corners=True, 0..255 float."""
+  image = np.random.default_rng(size).integers(0, 256, shape + (3,), np.uint8)
+  out = preprocess.resize_aligned(image, size)
+  assert out.dtype == np.float32 and out.shape == (size, size, 3)
+  np.testing.assert_allclose(out, torch_resize(torch, image, size, "bilinear"), atol=1e-4, rtol=0)
+
+
+def test_resize_aligned_keeps_an_image_at_its_size():
+  image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+  np.testing.assert_array_equal(preprocess.resize_aligned(image, 32), image)
+
+
+def test_query_and_mask_are_resized_as_the_original(torch):
+  """Without augmentation the crop is the whole 48 x 64 image: pixels are its torch bilinear resize
+  (align_corners=True, unrounded float32), the mask its torch nearest resize."""
+  source = MemorySource(n=8)
+  transform = PCPlusTransform(source, PairIndex(source), PCPlusOptions(image_size=32, augment=False, q_neg=0.0))
+  for i in range(4):
+    sample = transform(i, np.random.default_rng(i))
+    image, mask = transform._pair(i)
+    assert sample["pixels"].dtype == np.float32
+    np.testing.assert_allclose(sample["pixels"], torch_resize(torch, image, 32, "bilinear"), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(sample["mask"], torch_resize(torch, mask, 32, "nearest"))
+
+
+def test_support_is_normalised_prompt_of_the_resized_pair(torch):
+  """Supports come out of prompt engineering normalised (float32), made from the support pair resized
+  to the image size first as the original (torch's align_corners=True bilinear, unrounded; nearest
+  mask); zeros (the mean colour) without a support."""
   source = MemorySource()
   transform = PCPlusTransform(source, PairIndex(source), PCPlusOptions(image_size=32, augment=False, q_neg=0.0))
+  recipe, _ = prompts.parse_mode("crop_blur_highlight", 32)
   seen = set()
   for i in range(40):
     rng = np.random.default_rng(i)
@@ -107,8 +145,10 @@ def test_support_is_normalised_prompt_of_the_resized_pair():
     if choice.support is None:
       assert not sample["support"].any()
     else:
-      want = prompts.visual_prompt(*resize_pair(*transform._pair(choice.support), 32), "crop_blur_highlight", 32)
-      np.testing.assert_array_equal(sample["support"], want)
+      image, mask = transform._pair(choice.support)
+      resized = torch_resize(torch, image, 32, "bilinear")
+      want = prompts._crop_prompt(resized, torch_resize(torch, mask, 32, "nearest") > 0, recipe, 32)
+      np.testing.assert_allclose(sample["support"], want, atol=2e-5, rtol=0)
     seen.add(choice.support is None)
   assert seen == {True, False}
 
@@ -187,7 +227,7 @@ def test_loader_resume_is_exact():
   b = straight[0]
   assert b["pixels"].shape == (8, 32, 32, 3) and b["input_ids"].shape == (8, 77)
   assert b["input_ids"].dtype == np.int32 and b["text_weight"].shape == (8,)
-  assert b["pixels"].dtype == np.uint8 and b["support"].dtype == b["mask"].dtype == np.float32
+  assert b["pixels"].dtype == b["support"].dtype == b["mask"].dtype == np.float32  # pixels 0..255, unrounded
   other, _ = batches(make_loader(source, PCPlusOptions(image_size=32), batch_size=8, seed=4), 1)
   assert not np.array_equal(other[0]["pixels"], b["pixels"])  # the seed matters
 

@@ -1,5 +1,7 @@
 """Checkpoint import/export: HF round trip, original decoder files, Flax checkpoints, bad checkpoints."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import make_hf_model, rel_err, save_hf, torch_nchw
@@ -8,6 +10,7 @@ from safetensors.numpy import load_file, save_file
 from clipseg_jax import load_model
 from clipseg_jax.config import tiny_config
 from clipseg_jax.weights.errors import CheckpointMismatchError
+from clipseg_jax.weights.io import fingerprint
 
 torch = pytest.importorskip("torch")  # every test here compares against PyTorch
 
@@ -118,6 +121,13 @@ def test_original_decoder_file(tmp_path, refined, reduce_dim):
   assert set(back) == set(state)
   for key, tensor in state.items():
     assert torch.equal(back[key], tensor), key
+  # The sidecar names the CLIP the decoder needs (the file holds the decoder only), with its fingerprint,
+  # so the file loads without clip=.
+  side = json.loads((tmp_path / "back.pth.json").read_text())
+  assert side["clip"] == str(tmp_path / "clip") and "decoder only" in side["contents"]
+  assert side["clip_sha256"] == fingerprint(model.params["clip"])
+  again = load_model(tmp_path / "back.pth", extract_layers=(1, 2, 3))
+  assert rel_err(again(pixels, input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]), want) <= 1e-5
 
 
 def test_flax_checkpoint_round_trip(tiny_model, tmp_path):

@@ -1,6 +1,8 @@
 """Convert a checkpoint between formats: hf (transformers dir), original (decoder .pth), flax (ours).
 
 Example: clipseg-jax convert CIDAS/clipseg-rd64-refined rd64-refined.pth --to original
+hf and flax directories get a model card (README.md) with the evaluations kept in SRC/eval/ and given
+with --eval; original files get a `<file>.json` naming the CLIP they need (they hold the decoder only).
 """
 
 from __future__ import annotations
@@ -11,11 +13,24 @@ def add_arguments(p):
   p.add_argument("out", help="output directory (hf, flax) or .pth file (original)")
   p.add_argument("--to", required=True, choices=["hf", "original", "flax"])
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, when SRC is an original .pth")
+  p.add_argument("--revision", default=None, help="the hub revision (branch, tag or commit) of a hub id SRC")
+  p.add_argument(
+    "--eval",
+    action="append",
+    default=[],
+    metavar="REPORT",
+    help="an evaluation report for the model card (`clipseg-jax eval`'s TASK.json or its --out directory)",
+  )
 
 
 def run(args):
   from clipseg_jax import load_model
+  from clipseg_jax.export import read_reports, reports_beside
 
-  model = load_model(args.src, clip=args.clip)
-  written = {"hf": model.export_hf, "original": model.export_original, "flax": model.save}[args.to](args.out)
+  reports = reports_beside(args.src) + read_reports(args.eval)
+  model = load_model(args.src, clip=args.clip, revision=args.revision)
+  if args.to == "original":
+    written = model.export_original(args.out)
+  else:
+    written = {"hf": model.export_hf, "flax": model.save}[args.to](args.out, evaluation=reports)
   print(f"wrote {args.to} checkpoint to {written}")

@@ -24,6 +24,14 @@ def add_arguments(p):
   p.add_argument("--episodes", type=int, default=1000, help="one-shot episodes per fold")
   p.add_argument("--limit", type=int, default=None, help="only the first N images/episodes")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument(
+    "--templates",
+    nargs="+",
+    default=None,
+    metavar="TEMPLATE",
+    help="a prompt ensemble: average each text prompt over these templates ('a photo of a {}.' ...); "
+    "'pcplus': the PhraseCut+ training templates",
+  )
   p.add_argument("--out", default="out/eval", help="output directory")
 
 
@@ -43,6 +51,7 @@ def run(args):
     fold=args.fold,
     episodes=args.episodes,
     seed=args.seed,
+    templates=ensemble(args.templates),
   )
   start = time.perf_counter()
   numbers, examples = run_protocol(model, args.task, opts)
@@ -52,4 +61,13 @@ def run(args):
     "options": {k: v for k, v in vars(opts).items() if k != "progress"},
   }
   print(report.write(args.out, args.task, numbers, examples, meta))
-  print(f"\nwrote {args.out}/{args.task}.json, .md and _predictions.png")
+  print(f"\nwrote {args.out}/{args.task}.json, .md, _predictions.png and the curves' PNGs")
+
+
+def ensemble(templates):
+  """--templates as given, 'pcplus' standing for the PhraseCut+ training templates."""
+  if templates == ["pcplus"]:
+    from clipseg_jax.input_pipeline.pcplus import TEMPLATES
+
+    return tuple(TEMPLATES)
+  return None if templates is None else tuple(templates)

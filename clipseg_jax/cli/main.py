@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipseg_jax.cli import convert, data, demo, evaluate, pretrain_clip, segment, serve, train
+from clipseg_jax.cli import convert, data, demo, demo_app, evaluate, pretrain_clip, push, segment, serve, train
 
 COMMANDS = {
   "segment": segment,
@@ -16,6 +16,8 @@ COMMANDS = {
   "demo": demo,
   "pretrain-clip": pretrain_clip,
   "serve": serve,
+  "push": push,
+  "demo-app": demo_app,
 }
 TAKES_OVERRIDES = ("train", "pretrain-clip")  # these pass --config.KEY[=]VALUE on to config_flags
 # Optional dependencies -> the extra that installs them.
@@ -25,8 +27,11 @@ EXTRAS = {
   "grain": "data",
   "array_record": "data",
   "importlib_resources": "data",
+  "matplotlib": "data",
   "torch": "torch",
   "tensorboard": "train",
+  "gradio": "demo",
+  "clu": "train",
 }
 # What a user's input or environment can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)

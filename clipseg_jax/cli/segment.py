@@ -1,6 +1,9 @@
 """Segment images with text or visual prompts; writes a mask PNG and an overlay PNG per (image, prompt).
 
-Example: clipseg-jax segment photos/ --prompt "a cat" --prompt "a sofa" --out masks/
+Example: clipseg-jax segment photos/ --prompt "a cat" --prompt "a sofa" --out masks/ \
+           --checkpoint CIDAS/clipseg-rd64-refined
+Without --checkpoint it runs offline on the embedded model (`embedded:synthetic`, trained on the built-in
+synthetic scenes only: `clipseg-jax segment scene.png --prompt "a red circle" --out masks/`).
 Per image it also writes one overlay of all prompts with a legend, and with --logits the raw logits
 at the model's resolution (`STEM_logits.npz`: `logits` [P, S, S] and `prompts`). Unreadable images
 are reported and skipped; the exit status is then 2.
@@ -25,7 +28,9 @@ from tqdm import tqdm
 from clipseg_jax import visualize
 from clipseg_jax.preprocess import load_image
 
-DEFAULT_CHECKPOINT = "CIDAS/clipseg-rd64-refined"
+# Offline out of the box: the embedded demo model (synthetic scenes only); photos want a released model,
+# one argument away (--checkpoint CIDAS/clipseg-rd64-refined).
+DEFAULT_CHECKPOINT = "embedded:synthetic"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -42,7 +47,8 @@ def add_arguments(p):
   p.add_argument(
     "--checkpoint",
     default=DEFAULT_CHECKPOINT,
-    help="anything load_model takes: hub id, HF dir, clipseg-jax checkpoint, original .pth",
+    help="anything load_model takes: hub id, HF dir, clipseg-jax checkpoint, original .pth (default: the "
+    "embedded model, offline, for synthetic scenes; photos: CIDAS/clipseg-rd64-refined)",
   )
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
   p.add_argument("--out", required=True, help="output directory")

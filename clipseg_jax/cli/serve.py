@@ -7,15 +7,8 @@ http://127.0.0.1:7860 in a browser. Every resource a client can spend is bounded
 
 from __future__ import annotations
 
-import dataclasses
-
+from clipseg_jax.cli.limits import add_limit_flags, limits_from_args
 from clipseg_jax.cli.segment import DEFAULT_CHECKPOINT
-
-
-def _limit_fields():
-  from clipseg_jax.web.server import ServerLimits
-
-  return ServerLimits, dataclasses.fields(ServerLimits)
 
 
 def add_arguments(p):
@@ -38,29 +31,18 @@ def add_arguments(p):
     help="another name this server answers to in the Host header (repeatable; 127.0.0.1, localhost and "
     "--host are always accepted): e.g. the machine's name with --host 0.0.0.0",
   )
-  _, fields = _limit_fields()
-  group = p.add_argument_group("limits (what clients can make the server spend)")
-  for f in fields:
-    group.add_argument(
-      "--" + f.name.replace("_", "-"),
-      type=type(f.default),
-      default=f.default,
-      help=f"{f.metadata['help']} (default: %(default)s)",
-    )
+  from clipseg_jax.web.server import ServerLimits
 
-
-def limits_from_args(args):
-  limits_type, fields = _limit_fields()
-  return limits_type(**{f.name: getattr(args, f.name) for f in fields})
+  add_limit_flags(p, ServerLimits, "server")
 
 
 def run(args):
   import jax.numpy as jnp
 
   from clipseg_jax import load_model
-  from clipseg_jax.web.server import make_server
+  from clipseg_jax.web.server import ServerLimits, make_server
 
-  limits = limits_from_args(args)  # bad limits fail before the model loads
+  limits = limits_from_args(args, ServerLimits)  # bad limits fail before the model loads
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
   server = make_server(
     model,

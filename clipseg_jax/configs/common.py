@@ -3,6 +3,7 @@
 import ml_collections
 
 from clipseg_jax.input_pipeline.pcplus import TEMPLATES
+from clipseg_jax.train.freeze import DEFAULT_RULES
 
 
 def base() -> ml_collections.ConfigDict:
@@ -25,6 +26,9 @@ def base() -> ml_collections.ConfigDict:
   c.model.decoder_intermediate_size = 2048
   c.model.conditional_layer = 0
   c.model.use_complex_transposed_convolution = False
+  # The refined head's two upsampling kernels (k1, k2), k1 * k2 = the patch size (e.g. (7, 2) for patch 14,
+  # (8, 4) for patch 32); () is transformers' (patch // 4, patch // 4), exact for patch 16 only.
+  c.model.transposed_convolution_kernels = ()
   c.model.use_decoder_blocks = True  # False: the CLIP-Deconv baseline (no decoder blocks)
   c.model.withhold_prompt = False  # ablation: the decoder never sees the prompt
   c.model.activation_scale = 1.0  # the reduce layers train on s x CLIP's activations
@@ -48,6 +52,12 @@ def base() -> ml_collections.ConfigDict:
       min_mask_fraction=0.05,
       augment=True,
       templates=TEMPLATES,
+      # Supports' prompt engineering inside the jitted step (input_pipeline/device.py): the same samples
+      # (to float32 rounding), 2.3x the loader's throughput per worker; False: all on the host.
+      device_augment=True,
+      # device_augment: crops up to this side ship as padded uint8 and are resized on the device; larger
+      # ones are resized on the host (PhraseCut's images are mostly 500-800 px)
+      max_crop_side=512,
     )
   )  # prompt engineering: one drawn per sample
   c.data.cache_features = "auto"  # "auto": on when query images are not augmented
@@ -64,6 +74,10 @@ def base() -> ml_collections.ConfigDict:
   # up to this many such steps (per invocation) are skipped instead: the update is dropped.
   c.optim.skip_nonfinite_steps = 0
   c.optim.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 params
+  # What trains: (regex over '/'-joined parameter paths, learning-rate multiplier or "frozen"), first
+  # match wins (clipseg_jax/train/freeze.py). E.g. the last vision block at a tenth of the rate:
+  # (("decoder/.*", 1.0), ("clip/vision_model/encoder/layers_11/.*", 0.1), ("clip/.*", "frozen")).
+  c.optim.freeze_rules = DEFAULT_RULES
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)  # (data, model); -1: all remaining devices

@@ -14,8 +14,10 @@ import dataclasses
 import numpy as np
 from tqdm import tqdm
 
+from clipseg_jax import preprocess
 from clipseg_jax.metrics import FIXED_THRESHOLDS, Accumulator, ConfusionMatrix
 from clipseg_jax.metrics.binary import at_threshold, confusion_counts
+from clipseg_jax.prompts import resize_nearest
 
 N_EXAMPLES = 6  # predictions kept for the picture
 
@@ -32,6 +34,7 @@ class EvalOptions:
   seed: int = 0
   background_scale: float = 3.0  # zero-shot: the background prompt's probability is scaled by this
   unseen: tuple[int, ...] = (2, 4, 6, 8, 10)
+  templates: tuple[str, ...] | None = None  # a prompt ensemble for text prompts (None: the raw prompt)
   progress: bool = True
 
 
@@ -39,11 +42,11 @@ class ModelPredictor:
   """What the protocols need from a model: prompt conditions, and probabilities at the image's size.
   (Tests substitute an oracle with the same three methods.)"""
 
-  def __init__(self, model):
-    self.model = model
+  def __init__(self, model, templates=None):
+    self.model, self.templates = model, templates
 
   def text(self, prompts):
-    return self.model.encode_text(prompts)
+    return self.model.encode_text(prompts, templates=self.templates)
 
   def visual(self, pairs):
     return self.model.encode_visual(pairs)
@@ -52,6 +55,15 @@ class ModelPredictor:
     """[P, H, W] probabilities at the image's own size for P conditions (one vision pass), resized
     with align_corners=True as the original evaluation (`FixedIntervalMetrics(resize_pred=True)`)."""
     return self.model.predict_conditions([image], cond, align_corners=True)[0]
+
+  def square_probabilities(self, image: np.ndarray, cond) -> np.ndarray:
+    """[P, S, S] probabilities for the image squashed to the model's S x S as the original's PhraseCut
+    test set feeds it (datasets/phrasecut.py `load_sample` with aug_crop=False: torch bilinear,
+    align_corners=True, on float pixels, then ImageNet normalisation)."""
+    size = self.model.image_size
+    pixels = preprocess.normalize(preprocess.resize_aligned(np.asarray(image), size))
+    logits = np.asarray(self.model.decode(self.model.encode_images(pixels[None]), cond)[0], np.float32)
+    return 0.5 * (np.tanh(0.5 * logits) + 1.0)  # the sigmoid, overflow-free
 
 
 class NoPromptPredictor(ModelPredictor):
@@ -93,7 +105,10 @@ def _mine(i: int) -> bool:
 # ---- referring segmentation (PhraseCut, synthetic) -------------------------------------------------
 
 
-def referring(model, opts: EvalOptions, default_dataset: str, default_split: str):
+def referring(model, opts: EvalOptions, default_dataset: str, default_split: str, *, at_model_size: bool = False):
+  """Referring segmentation: every phrase of every image. at_model_size: score at the model's S x S
+  against masks resized there (nearest, as torch), as the original's PhraseCut evaluation does;
+  otherwise at each image's own size."""
   from clipseg_jax.input_pipeline import open_source
 
   source = open_source(opts.dataset or default_dataset, opts.split or default_split, data_dir=opts.data_dir)
@@ -103,11 +118,17 @@ def referring(model, opts: EvalOptions, default_dataset: str, default_split: str
     if not _mine(i):
       continue
     record = source[i]
-    probs = model.probabilities(record["image"], model.text(record["phrases"]))
-    for k, (mask, prob) in enumerate(zip(record["masks"], probs)):
+    image, masks, cond = record["image"], record["masks"], model.text(record["phrases"])
+    if at_model_size:
+      probs = model.square_probabilities(image, cond)
+      size = probs.shape[-1]  # the truth goes to the model's size (the image too, for the picture)
+      image, masks = resize_nearest(image, size), [resize_nearest(np.asarray(m), size) for m in masks]
+    else:
+      probs = model.probabilities(image, cond)
+    for k, (mask, prob) in enumerate(zip(masks, probs)):
       acc.add(confusion_counts(prob, mask.astype(np.uint8))[None], [("sample", i, k)])  # class = sample
     if len(examples) < N_EXAMPLES:  # one per image, for variety
-      examples.append((record["image"], probs[0], record["masks"][0], record["phrases"][0]))
+      examples.append((image, probs[0], masks[0], record["phrases"][0]))
   acc = acc.allreduce()
   numbers = binary_numbers(acc, opts.threshold)
   numbers["samples"], numbers["images"] = len(acc.per_class), n
@@ -115,7 +136,8 @@ def referring(model, opts: EvalOptions, default_dataset: str, default_split: str
 
 
 def phrasecut(model, opts):
-  return referring(model, opts, "phrasecut", "test")
+  """As the original's score.py: the test images squashed to the model's size, scored there."""
+  return referring(model, opts, "phrasecut", "test", at_model_size=True)
 
 
 def synthetic(model, opts):
@@ -152,7 +174,11 @@ def pascal_zeroshot(model, opts: EvalOptions):
   for k in opts.unseen:
     unseen = {classes.index(c) + 1 for c in pascal_zero_shot_unseen(k)}
     seen = [c for c in range(21) if c not in unseen]
-    numbers[f"unseen-{k}"] = {"miou_seen": cm.mean_iou(seen), "miou_unseen": cm.mean_iou(sorted(unseen))}
+    numbers[f"unseen-{k}"] = {
+      "miou_seen": cm.mean_iou(seen),
+      "miou_unseen": cm.mean_iou(sorted(unseen)),
+      "unseen_classes": list(pascal_zero_shot_unseen(k)),
+    }
   return numbers, examples
 
 
@@ -226,12 +252,13 @@ PROTOCOLS = {
 VISUAL_TASKS = {"pascal5i", "coco20i"}
 
 
-def predictor_for(model, withhold_prompt: bool | None = None) -> ModelPredictor:
+def predictor_for(model, withhold_prompt: bool | None = None, templates=None) -> ModelPredictor:
   """The predictor for a ClipSeg: the prompt-withheld ablation when asked, or when the checkpoint was
-  trained that way (its config records `withhold_prompt`, written by the trainer)."""
+  trained that way (its config records `withhold_prompt`, written by the trainer); `templates`: a
+  prompt ensemble for the text prompts."""
   if withhold_prompt is None:
     withhold_prompt = bool(model.config.extra.get("withhold_prompt", False))
-  return (NoPromptPredictor if withhold_prompt else ModelPredictor)(model)
+  return (NoPromptPredictor if withhold_prompt else ModelPredictor)(model, templates)
 
 
 def check_model_fits(model, task: str):
@@ -251,5 +278,5 @@ def run_protocol(model, task: str, opts: EvalOptions):
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PROTOCOLS)}")
   if hasattr(model, "config"):
     check_model_fits(model, task)
-    model = predictor_for(model)
+    model = predictor_for(model, templates=opts.templates)
   return PROTOCOLS[task](model, opts)

@@ -1,4 +1,5 @@
-"""The evaluation report: all numbers as JSON, a Markdown table beside the paper's, a PNG of predictions."""
+"""The evaluation report: all numbers as JSON, a Markdown table beside the paper's, a PNG of predictions,
+and the IoU-threshold and precision-recall curves as PNGs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clipseg_jax import visualize
+from clipseg_jax.evaluation import plots
 
 # Published numbers (Lüddecke & Ecker 2022), percent. CLIPSeg trained on PC+ unless noted.
 PAPER = {
@@ -48,7 +50,21 @@ def markdown(task: str, numbers: dict) -> str:
     lines.append(f"| {name} | {fmt(ours)} | {fmt(ref)} |")
   if "_note" in PAPER.get(task, {}):
     lines += ["", f"Paper: {PAPER[task]['_note']}."]
+  if "per_class_iou" in numbers:
+    lines += ["", *per_class_table(numbers)]
   return "\n".join(lines)
+
+
+def per_class_table(numbers: dict) -> list[str]:
+  """Zero-shot: each class's IoU (%) and the unseen-n splits that hold it out."""
+  held_out = {}
+  for split, v in numbers.items():
+    for c in v.get("unseen_classes", ()) if isinstance(v, dict) else ():
+      held_out.setdefault(c, []).append(split)
+  lines = ["| class | IoU | unseen in |", "| --- | ---: | --- |"]
+  for c, iou in numbers["per_class_iou"].items():
+    lines.append(f"| {c} | {'–' if iou is None else f'{100 * iou:.1f}'} | {', '.join(held_out.get(c, [])) or '–'} |")
+  return lines
 
 
 def picture(examples, size: int = 160) -> Image.Image:
@@ -81,6 +97,7 @@ def write(out_dir, task: str, numbers: dict, examples, meta: dict) -> str:
     json.dumps({"task": task, **meta, "results": numbers}, indent=2, default=_json) + "\n"
   )
   picture(examples).save(out / f"{task}_predictions.png")
+  plots.write(out, task, numbers)
   table = markdown(task, numbers)
   (out / f"{task}.md").write_text(table + "\n")
   return table

@@ -12,16 +12,26 @@ Batches are dicts of numpy arrays (B = batch size per host, S = image size, L = 
   support        float32 [B, S, S, 3]  visual prompt after prompt engineering, ImageNet-normalised
                                        (zeros, the mean colour, if none)
   text_weight    float32 [B]           w in w * text + (1 - w) * visual (1 = text only)
+With `options.device_augment` the support is shipped raw (uint8, `device.RAW_KEYS`) and the mask as
+uint8; `clipseg_jax.input_pipeline.device.finish`, inside the jitted step, makes the batch above.
+
+Throughput (experiments/bench/pcplus_throughput.py): each process maps with `read_threads` threads
+and reads two batches ahead (grain's defaults, 16 threads and 500 elements, made one worker 3x slower
+than the same work in a plain loop), tokenization is cached per text (templated phrases repeat), and
+batches are built in the workers straight into shared memory.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 
-from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusRawTransform, PCPlusTransform
 from clipseg_jax.tokenizer import MAX_LENGTH, load_tokenizer, tokenize
 
 _TOKENIZER_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()
+TOKEN_CACHE_SIZE = 16384  # texts kept per worker (about 10 MB of ids); PhraseCut has ~70k phrases x 10 templates
 
 
 class Tokenize:
@@ -29,17 +39,35 @@ class Tokenize:
 
   def __init__(self, max_length: int = MAX_LENGTH, tokenizer_dir=None):
     self.max_length, self.tokenizer_dir, self._tok = max_length, tokenizer_dir, None
+    self._cache = collections.OrderedDict()  # text -> (ids, mask), least recently used first
 
   def __getstate__(self):
     return {"max_length": self.max_length, "tokenizer_dir": self.tokenizer_dir, "_tok": None}
 
-  def __call__(self, sample: dict) -> dict:
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._cache = collections.OrderedDict()
+
+  def encode(self, text: str):
+    """(ids, mask) int32 [L] of one text, cached (the arrays are shared: callers must not write them)."""
+    with _CACHE_LOCK:
+      hit = self._cache.get(text)
+      if hit is not None:
+        self._cache.move_to_end(text)
+        return hit
     if self._tok is None:
       with _TOKENIZER_LOCK:  # grain maps in threads; transformers' lazy imports are not thread-safe
         if self._tok is None:
           self._tok = load_tokenizer(self.tokenizer_dir)
-    ids, mask = tokenize(self._tok, [sample.pop("text")], self.max_length)
-    sample["input_ids"], sample["attention_mask"] = ids[0], mask[0]
+    ids, mask = tokenize(self._tok, [text], self.max_length)
+    with _CACHE_LOCK:
+      self._cache[text] = hit = (ids[0], mask[0])
+      if len(self._cache) > TOKEN_CACHE_SIZE:
+        self._cache.popitem(last=False)
+    return hit
+
+  def __call__(self, sample: dict) -> dict:
+    sample["input_ids"], sample["attention_mask"] = self.encode(sample.pop("text"))
     return sample
 
 
@@ -58,8 +86,12 @@ def make_loader(
   max_length: int = MAX_LENGTH,
   tokenizer_dir=None,
   drop_remainder: bool = True,
+  read_threads: int = 1,
+  worker_buffer: int = 2,
 ):
-  """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator."""
+  """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator. `read_threads`:
+  threads mapping samples in each process (the main one without workers), `worker_buffer`: batches
+  each worker keeps ready. Neither changes the batches."""
   import grain
 
   index = PairIndex(source, keep)
@@ -69,14 +101,18 @@ def make_loader(
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.random_map(PCPlusTransform(source, index, options), seed=seed + 1)
+  transform = (PCPlusRawTransform if options.device_augment else PCPlusTransform)(source, index, options)
+  ds = ds.random_map(transform, seed=seed + 1)
   ds = ds.map(Tokenize(max_length, tokenizer_dir))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  it = ds.to_iter_dataset()
+  # A small read-ahead: grain's default (500 elements per process) held ~1 GB of float32 samples per
+  # worker and halved its throughput; two batches keep the workers busy.
+  ahead = 2 * batch_size if read_threads else 0
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=ahead))
   if worker_count > 0:
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer))
   return it

@@ -1,22 +1,30 @@
 """PhraseCut+ sampling (paper section 3.1), as the original code did it.
 
 Per sample: an object-aware random square crop (side min(H, W); up to `crop_tries` tries for one
-keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` (image
-bilinear, mask nearest), ImageNet normalisation; with probability `q_neg` the phrase is swapped for
-another and the mask zeroed; a visual support from another sample with the same phrase, cropped the
-same way and passed through visual prompt engineering (ImageNet-normalised float32); query images
-stay uint8 (4x less to move between processes; the model step normalises them); a prompt template
+keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` as the
+original's `load_sample` (image: torch's bilinear with align_corners=True on float pixels, no
+antialiasing; mask: torch's nearest); with probability `q_neg` the phrase is swapped for another and
+the mask zeroed; a visual support from another sample with the same phrase, cropped and resized the
+same way and passed through visual prompt engineering (ImageNet-normalised float32); query pixels
+float32 0..255, unrounded as the original's (the model step normalises them); a prompt template
 ("shuffle+"); and the text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`)
 (1 without support).
+
+`PCPlusTransform.draw` makes every random draw; `PCPlusTransform` finishes a sample on the host,
+`PCPlusRawTransform` (`device_augment`) ships the same draws as uint8 crops for `device.finish`,
+which resizes them and runs the prompt engineering in the step. Records may carry encoded
+`image_bytes` instead of `image`: they are decoded once the crop is drawn.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import logging
 
 import numpy as np
+from PIL import Image
 
 from clipseg_jax import preprocess, prompts
 
@@ -45,6 +53,12 @@ class PCPlusOptions:
   crop_tries: int = 50
   min_mask_fraction: float = 0.05
   augment: bool = True  # False: no random crop (query images fixed: CLIP features cacheable)
+  # True: workers ship uint8 arrays and the prompt engineering runs inside the jitted step
+  # (clipseg_jax.input_pipeline.device); same samples, far less host work per sample.
+  device_augment: bool = False
+  # device_augment: crops are shipped as uint8 padded to this side and resized on the device; larger
+  # ones are resized on the host (a bigger buffer moves more bytes per sample between processes).
+  max_crop_side: int = 512
 
   @classmethod
   def from_config(cls, cfg) -> PCPlusOptions:
@@ -85,14 +99,21 @@ class PairIndex:
 
 
 def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, min_fraction: float):
-  """(top, left, side) of a square crop keeping > min_fraction of the mask if one is found."""
+  """(top, left, side) of a square crop keeping > min_fraction of the mask if one is found.
+
+  The square spans the shorter side, so only one offset varies: the mask kept by each try is a
+  difference of prefix sums of the mask's profile along the longer side (the same integers as summing
+  the crop, the same random draws)."""
   h, w = mask.shape
   side = min(h, w)
-  total = mask.sum()
+  profile = mask.sum(axis=0 if h == side else 1, dtype=np.int64)
+  prefix = np.concatenate([[0], np.cumsum(profile)])
+  total = prefix[-1]
   best, best_kept = (0, 0), -1.0
   for _ in range(tries if total else 1):
     top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    kept = mask[top : top + side, left : left + side].sum() / total if total else 0.0
+    start = left if h == side else top
+    kept = (prefix[start + side] - prefix[start]) / total if total else 0.0
     if kept > best_kept:
       best, best_kept = (top, left), kept
     if kept > min_fraction:
@@ -100,15 +121,63 @@ def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, mi
   return best[0], best[1], side
 
 
-def random_crop(image, mask, rng, opts: PCPlusOptions):
-  if not opts.augment:
-    return image, mask
-  top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
-  return image[top : top + side, left : left + side], mask[top : top + side, left : left + side]
-
-
 def resize_pair(image, mask, size: int):
+  """The reference processor's resizes (PIL bilinear, PIL nearest); training crops use `resize_crop`."""
   return preprocess.resize_square(image, size), preprocess.resize_square(np.asarray(mask, bool), size, nearest=True)
+
+
+def resize_crop(image: np.ndarray, mask: np.ndarray, size: int):
+  """A crop resized as the original's `load_sample` did for training: the image by torch's bilinear
+  with align_corners=True (float32 0..255, `preprocess.resize_aligned`), the mask by torch's nearest."""
+  return preprocess.resize_aligned(image, size), prompts.resize_nearest(np.asarray(mask, bool), size)
+
+
+def support_prompt(image: np.ndarray, mask: np.ndarray, mode: str, size: int) -> np.ndarray:
+  """Visual prompt engineering (`prompts.visual_prompt`) on a support resized by `resize_crop`: its
+  float pixels blended as they are (the original did not round them)."""
+  recipe, out = prompts.parse_mode(mode, size)
+  if recipe.context is not None:
+    return prompts._crop_prompt(image, mask, recipe, out).astype(np.float32)  # float-safe; the public one takes uint8
+  if out == image.shape[0]:
+    return prompts.blend(preprocess.normalize(image), mask.astype(np.float32), recipe).astype(np.float32)
+  # A non-cropping mode at another size (not a recipe of the paper): the public path, on rounded pixels.
+  return prompts.visual_prompt(to_uint8(image), mask, mode, size)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """Float 0..255 pixels rounded to uint8."""
+  return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def crop_buffer(opts: PCPlusOptions) -> int:
+  """Side of the uint8 buffer each crop is shipped in on the device path (at least the image size)."""
+  return max(opts.max_crop_side, opts.image_size)
+
+
+def ship_crop(image: np.ndarray, opts: PCPlusOptions) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 [B, B, 3] with B = `crop_buffer`, int32 [2] height and width): the crop at the top left,
+  zeros elsewhere (the device never reads them). A crop with a side over `max_crop_side` is resized
+  here (`preprocess.resize_aligned`, rounded to uint8: within 0.5 of the host path) and shipped at
+  the image size, which the device's resize keeps exactly."""
+  h, w = image.shape[:2]
+  if max(h, w) > opts.max_crop_side:
+    image = to_uint8(preprocess.resize_aligned(image, opts.image_size))
+    h = w = opts.image_size
+  side = crop_buffer(opts)
+  out = np.zeros((side, side, 3), np.uint8)
+  out[:h, :w] = image
+  return out, np.array([h, w], np.int32)
+
+
+def image_of(record: dict, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+  """A record's uint8 HxWx3 image (`image`, or `image_bytes` decoded), or its region `box` = (top,
+  left, bottom, right): a decoded image is cropped before it becomes an array (fewer bytes copied)."""
+  if "image" in record:
+    image = record["image"]
+    return image if box is None else image[box[0] : box[2], box[1] : box[3]]
+  with Image.open(io.BytesIO(record["image_bytes"])) as im:
+    im = im if im.mode == "RGB" else im.convert("RGB")
+    return np.asarray(im if box is None else im.crop((box[1], box[0], box[3], box[2])))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,28 +220,84 @@ class PCPlusTransform:
     self.source, self.opts = source, opts
     self.sampler = PCPlusSampler(index, opts)
 
-  def _pair(self, pair_id: int):
+  def _record(self, pair_id: int):
     r, k = self.sampler.index.pairs[pair_id]
     record = self.source[r]
-    return record["image"], record["masks"][k]
+    return record, record["masks"][k]
 
-  def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
-    opts, pair_id = self.opts, int(pair_id)
+  def _pair(self, pair_id: int):
+    record, mask = self._record(pair_id)
+    return image_of(record), mask
+
+  def _crop(self, record: dict, mask: np.ndarray, rng: np.random.Generator):
+    """The object-aware crop of one pair at the source's resolution: (uint8 image, bool mask).
+    Records carrying encoded `image_bytes` are decoded here, at full scale, as the original."""
+    opts = self.opts
+    if not opts.augment:
+      return image_of(record), mask
+    top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
+    return image_of(record, (top, left, top + side, left + side)), mask[top : top + side, left : left + side]
+
+  def draw(self, pair_id: int, rng: np.random.Generator):
+    """The random part of a sample, shared by both paths (same draws, same order): the choice, the
+    query crop and the support crop (None without one), each (uint8 image, bool mask), not resized."""
+    pair_id = int(pair_id)
     choice = self.sampler.choose(pair_id, rng)
-    image, mask = self._pair(pair_id)
+    record, mask = self._record(pair_id)
     if choice.negative:
       mask = np.zeros_like(mask)
-    image, mask = resize_pair(*random_crop(image, mask, rng, opts), opts.image_size)
+    query = self._crop(record, mask, rng)
+    support = None
+    if choice.support is not None:
+      # As the original: the support is cropped and resized to the image size like a query, then
+      # goes through prompt engineering.
+      support = self._crop(*self._record(choice.support), rng)
+    return choice, query, support
+
+  def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
+    opts = self.opts
+    choice, query, support = self.draw(pair_id, rng)
+    image, mask = resize_crop(*query, opts.image_size)
+    out = prompts.parse_mode(opts.prompt_mode, opts.image_size)[1]
     sample = {
       "pixels": image,
       "mask": mask.astype(np.float32),
       "text": opts.templates[choice.template].format(choice.phrase),
-      "support": np.zeros(image.shape, np.float32),  # normalised 0: the mean colour
+      # normalised 0 (the mean colour), at the prompt's size (a mode may name one: crop_blur_highlight224)
+      "support": np.zeros((out, out, 3), np.float32),
       "text_weight": np.float32(choice.text_weight),
     }
-    if choice.support is not None:
-      # As the original: the support is cropped and resized to the image size like a query, then
-      # goes through prompt engineering (normalised float32 out).
-      s_image, s_mask = resize_pair(*random_crop(*self._pair(choice.support), rng, opts), opts.image_size)
-      sample["support"] = prompts.visual_prompt(s_image, s_mask, opts.prompt_mode, opts.image_size)
+    if support is not None:
+      sample["support"] = support_prompt(*resize_crop(*support, opts.image_size), opts.prompt_mode, opts.image_size)
     return sample
+
+
+class PCPlusRawTransform(PCPlusTransform):
+  """The host half of `device_augment`: the same draws as `PCPlusTransform`; each crop shipped as uint8
+  padded to `crop_buffer` (with its height and width) for the device's resize, the masks resized here
+  (nearest, cheap) and the support's mask box computed here; `device.finish` does the rest."""
+
+  def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
+    opts = self.opts
+    size = opts.image_size
+    choice, (image, mask), support = self.draw(pair_id, rng)
+    recipe, _ = prompts.parse_mode(opts.prompt_mode, size)
+    pixels, pixels_hw = ship_crop(image, opts)
+    if support is None:
+      s_pixels, s_hw = np.zeros_like(pixels), np.array([size, size], np.int32)
+      s_mask = np.zeros((size, size), bool)
+    else:
+      (s_pixels, s_hw), s_mask = ship_crop(support[0], opts), prompts.resize_nearest(support[1], size)
+    box = prompts.mask_box(s_mask, recipe.context) if recipe.context is not None else (0, 0, size, size)
+    return {
+      "pixels": pixels,
+      "pixels_hw": pixels_hw,
+      "mask": prompts.resize_nearest(mask, size).view(np.uint8),
+      "text": opts.templates[choice.template].format(choice.phrase),
+      "text_weight": np.float32(choice.text_weight),
+      "support_pixels": s_pixels,
+      "support_hw": s_hw,
+      "support_mask": s_mask.view(np.uint8),
+      "support_box": np.asarray(box, np.int32),
+      "has_support": np.bool_(support is not None),
+    }

@@ -130,15 +130,19 @@ def simps_avg(y, x) -> float:
   return float(simpson / 2.0 + (last + first) / 2.0)
 
 
-def average_precision(tp, fp, fn) -> float:
-  """The original's AP: precision tp / (1 + tp + fp) and recall tp / (1 + tp + fn) at the thresholds
-  with tp + fp > 0, (recall, precision) pairs deduplicated by a Python set and sorted by recall alone
-  (stable: tied recalls keep the set's iteration order, deterministic for floats under any
-  PYTHONHASHSEED), then `simps_avg(precision, recall)`. 0 when no threshold predicts anything."""
+def precision_recall(tp, fp, fn) -> tuple[np.ndarray, np.ndarray]:
+  """The original's smoothed precision tp / (1 + tp + fp) and recall tp / (1 + tp + fn) per threshold."""
   tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
-  keep = (tp + fp) > 0
-  precision = tp[keep] / (1.0 + tp[keep] + fp[keep])
-  recall = tp[keep] / (1.0 + tp[keep] + fn[keep])
+  return tp / (1.0 + tp + fp), tp / (1.0 + tp + fn)
+
+
+def average_precision(tp, fp, fn) -> float:
+  """The original's AP: `precision_recall` at the thresholds with tp + fp > 0, (recall, precision)
+  pairs deduplicated by a Python set and sorted by recall alone (stable: tied recalls keep the set's
+  iteration order, deterministic for floats under any PYTHONHASHSEED), then
+  `simps_avg(precision, recall)`. 0 when no threshold predicts anything."""
+  keep = (np.asarray(tp) + np.asarray(fp)) > 0
+  precision, recall = (a[keep] for a in precision_recall(tp, fp, fn))
   pairs = sorted(set(zip(recall.tolist(), precision.tolist())), key=lambda rp: rp[0])
   if len(pairs) < 2:
     return 0.0
@@ -147,7 +151,8 @@ def average_precision(tp, fp, fn) -> float:
 
 
 def summarize(total, per_class=None) -> dict:
-  """Sums [T, 4] (+ per-class [C, T, 4]) -> metric curves over thresholds and their best values."""
+  """Sums [T, 4] (+ per-class [C, T, 4]) -> metric curves over thresholds (with the precision and
+  recall curves) and the AP."""
   total = np.asarray(total, np.float64)
   tp, fp, fn, tn = total.T
   iou_fg = _iou(tp, fp, fn)
@@ -157,14 +162,16 @@ def summarize(total, per_class=None) -> dict:
     miou = _iou(pc[..., TP], pc[..., FP], pc[..., FN]).mean(0)
   else:
     miou = iou_fg
-  out = {
+  precision, recall = precision_recall(tp, fp, fn)
+  return {
     "thresholds": THRESHOLDS.astype(np.float64),
     "iou_fg": iou_fg,
     "iou_bin": iou_bin,
     "miou": miou,
+    "precision": precision,
+    "recall": recall,
     "ap": average_precision(tp, fp, fn),
   }
-  return out
 
 
 def at_threshold(result: dict, name: str, t: float | None = None) -> tuple[float, float]:

@@ -38,11 +38,13 @@ class Decoder(nn.Module):
     ]
     p = cfg.vision_config.patch_size
     if cfg.use_complex_transposed_convolution:
-      # Names keep the indices of HF's nn.Sequential (1 and 3 are the ReLUs).
+      # Names keep the indices of HF's nn.Sequential (1 and 3 are the ReLUs). Kernels: transformers'
+      # (p // 4, p // 4) unless the config names two whose product is p (e.g. 7 x 2 for patch 14).
+      k1, k2 = cfg.head_kernels
       self.head = [
         nn.Conv(d, (3, 3), padding=1, dtype=self.dtype, name="transposed_convolution_0"),
-        Unpatchify(d // 2, p // 4, self.dtype, name="transposed_convolution_2"),
-        Unpatchify(1, p // 4, self.dtype, name="transposed_convolution_4"),
+        Unpatchify(d // 2, k1, self.dtype, name="transposed_convolution_2"),
+        Unpatchify(1, k2, self.dtype, name="transposed_convolution_4"),
       ]
     else:
       self.head = [Unpatchify(1, p, self.dtype, name="transposed_convolution")]

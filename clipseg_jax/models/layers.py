@@ -185,8 +185,10 @@ class Patchify(nn.Module):
 
   @nn.compact
   def __call__(self, x):  # [B, H, W, C] -> [B, H/p, W/p, features]
-    b, h, w, c = x.shape
     p = self.patch
+    # A stride-p convolution (torch's too) never reads the last h % p rows and w % p columns.
+    x = x[:, : x.shape[1] // p * p, : x.shape[2] // p * p]
+    b, h, w, c = x.shape
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
     x = x.reshape(b, h // p, p, w // p, p, c)
     dtype = self.dtype or x.dtype

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import re
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.models.clipseg import init_params
+from clipseg_jax.train import freeze
 from clipseg_jax.weights import hf, io
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"  # inside the installed package
-EMBEDDED = {"embedded:synthetic-clip": ASSETS / "synthetic_clip"}
+# The embedded models and the CLIP fingerprint live in clipseg_jax.weights.io (loading and export use them too).
+ASSETS, EMBEDDED, fingerprint = io.ASSETS, io.EMBEDDED, io.fingerprint
 
 DECODER_FIELDS = (
   "extract_layers",
@@ -25,6 +25,7 @@ DECODER_FIELDS = (
   "conditional_layer",
   "use_complex_transposed_convolution",
   "use_decoder_blocks",
+  "transposed_convolution_kernels",
 )
 
 
@@ -50,6 +51,7 @@ def model_config(model_cfg) -> ClipSegConfig:
   raw = json.loads((clip_dir / "config.json").read_text())
   fields = {k: model_cfg[k] for k in DECODER_FIELDS}
   fields["extract_layers"] = tuple(fields["extract_layers"])
+  fields["transposed_convolution_kernels"] = tuple(fields["transposed_convolution_kernels"]) or None  # (): HF's
   if raw.get("model_type") == "clipseg":  # towers of a CLIPSeg checkpoint
     base = ClipSegConfig.from_dict(raw)
     return dataclasses.replace(base, **fields)
@@ -58,6 +60,54 @@ def model_config(model_cfg) -> ClipSegConfig:
       f"{model_cfg.clip}: expected an HF CLIP or CLIPSeg checkpoint, got model_type {raw.get('model_type')!r}"
     )
   return ClipSegConfig.from_clip_dict(raw, **fields)
+
+
+def trains_clip(cfg) -> bool:
+  """Whether a training config's freeze rules leave any CLIP parameter trainable (read off the shapes)."""
+  rules = freeze.rules_of(cfg.optim)
+  if rules == freeze.DEFAULT_RULES:
+    return False
+  template = hf.param_template(model_config(cfg.model))
+  return freeze.trains_clip(freeze.split(template, freeze.labels(template, rules))[0])
+
+
+def unreached(trainable: dict, config: ClipSegConfig, visual_prompts: bool) -> list[str]:
+  """Trainable CLIP paths the loss never reads: without visual prompts the vision tower runs only up to
+  the deepest extracted block, and its pooled output and projection are unused (AdamW's weight decay
+  would still move them)."""
+  if visual_prompts or "vision_model" not in trainable.get("clip", {}):
+    return []
+  late = re.compile(r"clip/vision_model/encoder/layers_(\d+)/.*")
+  out = []
+  for path in freeze.paths({"clip": trainable["clip"]}):
+    m = late.fullmatch(path)
+    pooled = path.startswith(("clip/vision_model/post_layernorm", "clip/visual_"))
+    if pooled or (m and int(m[1]) >= config.vision_depth):
+      out.append(path)
+  return out
+
+
+def check_image_size(config: ClipSegConfig, image_size: int, clip: str):
+  """The training image size must tile into whole patches (352 fits patch 16 and 32, not 14: use 336 or 364)."""
+  p = config.vision_config.patch_size
+  if image_size % p:
+    below, above = image_size // p * p, (image_size // p + 1) * p
+    raise ValueError(
+      f"data.pcplus.image_size {image_size} is not a multiple of the patch size {p} of the CLIP {clip!r}; "
+      f"use {below} or {above}"
+    )
+
+
+def check_backbone(config: ClipSegConfig, clip_config: ClipSegConfig, what: str, clip: str):
+  """A decoder trained on one CLIP cannot read another's activations: one line naming both."""
+  mine, theirs = config.vision_config, clip_config.vision_config
+  got = (mine.hidden_size, mine.num_hidden_layers, mine.patch_size, config.projection_dim)
+  want = (theirs.hidden_size, theirs.num_hidden_layers, theirs.patch_size, clip_config.projection_dim)
+  if got != want:
+    raise ValueError(
+      f"{what} was trained on a CLIP of vision width {got[0]}, depth {got[1]}, patch {got[2]}, projection "
+      f"{got[3]}, but {clip!r} has width {want[0]}, depth {want[1]}, patch {want[2]}, projection {want[3]}"
+    )
 
 
 def clip_params(config: ClipSegConfig, source: str) -> dict:
@@ -73,20 +123,24 @@ def clip_params(config: ClipSegConfig, source: str) -> dict:
   return hf.from_hf(state, template, source=str(path))["clip"]
 
 
+def initial_decoder(config: ClipSegConfig, seed: int) -> dict:
+  return jax.jit(lambda key: init_params(config, key)["decoder"])(jax.random.PRNGKey(seed))
+
+
 def initial_params(config: ClipSegConfig, clip_source: str, seed: int) -> dict:
-  decoder = jax.jit(lambda key: init_params(config, key)["decoder"])(jax.random.PRNGKey(seed))
-  return {"clip": clip_params(config, clip_source), "decoder": decoder}
+  return {"clip": clip_params(config, clip_source), "decoder": initial_decoder(config, seed)}
 
 
-def fingerprint(tree) -> str:
-  """sha256 of a param tree's values. A workdir records its CLIP's: a decoder is only meaningful on
-  the exact backbone it was trained on, and a source such as the embedded CLIP can change under it."""
-  h = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)), key=lambda x: str(x[0])):
-    a = np.ascontiguousarray(leaf, np.float32)
-    h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
+def model_config_of(clip_source: str) -> ClipSegConfig | None:
+  """The towers a CLIP source describes now (decoder fields at their defaults), or None for a source
+  whose config cannot be read here (then the weights' shapes are checked as they load)."""
+  try:
+    raw = json.loads((resolve_clip(clip_source) / "config.json").read_text())
+  except (OSError, ValueError):
+    return None
+  if raw.get("model_type") == "clipseg":
+    return ClipSegConfig.from_dict(raw)
+  return ClipSegConfig.from_clip_dict(raw, extract_layers=(0,)) if raw.get("model_type") == "clip" else None
 
 
 def check_fingerprint(workdir: Path, base: dict, clip_tree, digest: str | None = None):

@@ -59,6 +59,12 @@ def param_shardings(params, mesh, mode: str = "replicated"):
   raise ValueError(f"unknown parameter sharding {mode!r}; use 'replicated' or 'fsdp'")
 
 
+def param_shardings_by_part(params: dict, mesh, clip_mode: str = "replicated"):
+  """Shardings for a (trainable or frozen) part of the params: CLIP's leaves by `clip_mode`
+  (`mesh.clip_sharding`), everything else (the small decoder) replicated."""
+  return {k: param_shardings(v, mesh, clip_mode if k == "clip" else "replicated") for k, v in params.items()}
+
+
 def check_batch(batch_size: int, mesh):
   data = mesh.shape[mesh.axis_names[0]]
   if batch_size % data:

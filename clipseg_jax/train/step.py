@@ -1,9 +1,11 @@
 """The train step: a jitted pure function (state, batch) -> (state, metrics).
 
-Freezing is expressed once, in `split`: CLIP parameters never enter the train state, so the optimiser
-holds no state for them and updates nothing of theirs, and the loss is differentiated with respect to
-the decoder parameters only. CLIP's forward pass runs outside `value_and_grad`: no backward pass
-through CLIP exists in the compiled step.
+Freezing is expressed once, by the rules of `clipseg_jax.train.freeze` (`split`): frozen parameters
+never enter the train state, so the optimiser holds no state for them and updates nothing of theirs,
+and the loss is differentiated with respect to the trainable parameters only. With every CLIP leaf
+frozen (the paper's recipe, the default rules) CLIP's forward pass runs outside `value_and_grad`: no
+backward pass through CLIP exists in the compiled step. With some CLIP leaves trainable, CLIP's forward
+runs inside it and the backward pass reaches only as deep as the deepest trainable leaf needs.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import optax
 
 from clipseg_jax import preprocess, prompts
 from clipseg_jax.models.clipseg import ClipSegModel
+from clipseg_jax.train import freeze
 
-TRAINABLE = ("decoder",)
+TRAINABLE = ("decoder",)  # what the default rules train (freeze.DEFAULT_RULES)
 
 
-def split(params: dict) -> tuple[dict, dict]:
-  """(trainable, frozen) parts of the params: the decoder trains, CLIP stays frozen."""
-  return ({k: v for k, v in params.items() if k in TRAINABLE}, {k: v for k, v in params.items() if k not in TRAINABLE})
+def split(params: dict, rules=freeze.DEFAULT_RULES) -> tuple[dict, dict]:
+  """(trainable, frozen) parts of the params by the freeze rules (default: the decoder trains, CLIP is
+  frozen)."""
+  return freeze.split(params, freeze.labels(params, rules))
 
 
 @flax.struct.dataclass
@@ -46,13 +50,15 @@ def make_schedule(peak: float, end: float, warmup_steps: int, total_steps: int) 
   )
 
 
-def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-  """AdamW on the schedule, optional gradient clipping."""
+def make_optimizer(optim, total_steps: int, trainable_labels=None) -> optax.GradientTransformation:
+  """AdamW on the schedule, optional gradient clipping, then the freeze rules' learning-rate
+  multipliers (`trainable_labels`: the labels of the trainable leaves; none or all 1: plain AdamW)."""
   schedule = make_schedule(optim.learning_rate, optim.end_learning_rate, optim.warmup_steps, total_steps)
-  adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+  tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
   if optim.grad_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), adamw)
-  return adamw
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  scale = None if trainable_labels is None else freeze.multiplier_transform(trainable_labels)
+  return tx if scale is None else optax.chain(tx, scale)
 
 
 def init_state(trainable: dict, tx) -> TrainState:
@@ -77,9 +83,28 @@ def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask, activati
 
   def loss_fn(trainable):
     logits = module.apply(
-      {"params": {**frozen, **trainable}}, activations, cond, method=ClipSegModel.decode_activations
+      {"params": freeze.merge(frozen, trainable)}, activations, cond, method=ClipSegModel.decode_activations
     )
     return bce(logits, mask)
+
+  return loss_fn
+
+
+def finetune_loss(module: ClipSegModel, frozen, batch, visual_prompts: bool, withhold_prompt: bool, activation_scale):
+  """The loss as a function of the trainable parameters, CLIP's trainable leaves among them: CLIP's
+  forward runs inside the differentiated function."""
+
+  def loss_fn(trainable):
+    params = freeze.merge(frozen, trainable)
+    clip = lambda method, *args: module.apply({"params": params}, *args, method=method)
+    acts = clip(ClipSegModel.activations, preprocess.normalize(batch["pixels"]))
+    cond = clip(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"])
+    if visual_prompts:
+      cond = prompts.interpolate(cond, clip(ClipSegModel.visual_embeddings, batch["support"]), batch["text_weight"])
+    if withhold_prompt:
+      cond = jnp.zeros_like(cond)
+    acts = [a * activation_scale for a in acts]
+    return bce(module.apply({"params": params}, acts, cond, method=ClipSegModel.decode_activations), batch["mask"])
 
   return loss_fn
 
@@ -95,7 +120,7 @@ def fold_activation_scale(trainable: dict, activation_scale: float) -> dict:
   if activation_scale == 1.0 or "decoder" not in trainable:
     return trainable
   decoder = {
-    name: ({**p, "kernel": p["kernel"] * activation_scale} if name.startswith("reduces_") else p)
+    name: ({**p, "kernel": p["kernel"] * activation_scale} if name.startswith("reduces_") and "kernel" in p else p)
     for name, p in trainable["decoder"].items()
   }
   return {**trainable, "decoder": decoder}
@@ -104,9 +129,13 @@ def fold_activation_scale(trainable: dict, activation_scale: float) -> dict:
 def make_stream_step(
   module: ClipSegModel, tx, visual_prompts: bool, withhold_prompt: bool = False, activation_scale: float = 1.0
 ):
-  """Step on raw batches (clipseg_jax.input_pipeline.loader): frozen CLIP forward, then the decoder's update."""
+  """Step on raw batches (clipseg_jax.input_pipeline.loader): frozen CLIP forward, then the decoder's
+  update; or, when the train state holds CLIP leaves (freeze rules), CLIP's forward under the gradient."""
 
   def step(state: TrainState, frozen, batch):
+    if freeze.trains_clip(state.params):
+      loss_fn = finetune_loss(module, frozen, batch, visual_prompts, withhold_prompt, activation_scale)
+      return _update(state, tx, loss_fn)
     clip = lambda method, *args: jax.lax.stop_gradient(module.apply({"params": frozen}, *args, method=method))
     acts = clip(ClipSegModel.activations, preprocess.normalize(batch["pixels"]))
     cond = clip(ClipSegModel.text_embeddings, batch["input_ids"], batch["attention_mask"])
@@ -124,6 +153,8 @@ def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False, ac
   """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
 
   def step(state: TrainState, frozen, tables, batch):
+    if freeze.trains_clip(state.params):
+      raise ValueError("cached CLIP features cannot train CLIP: set data.cache_features=False")
     acts = [a[batch["record"]] for a in tables["activations"]]
     cond = prompts.interpolate(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
     if withhold_prompt:

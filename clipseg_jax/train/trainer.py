@@ -17,9 +17,19 @@ from tqdm import tqdm
 from clipseg_jax.api import ClipSeg
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer
-from clipseg_jax.train import checkpoints, configs, sharding
+from clipseg_jax.train import checkpoints, configs, freeze, sharding
 from clipseg_jax.train import step as steps
-from clipseg_jax.train.model import check_fingerprint, fingerprint, initial_params, model_config, resolve_clip
+from clipseg_jax.train.logs import Writer
+from clipseg_jax.train.model import (
+  check_fingerprint,
+  check_image_size,
+  fingerprint,
+  initial_params,
+  model_config,
+  resolve_clip,
+  trains_clip,
+  unreached,
+)
 from clipseg_jax.train.workdir import WorkdirLock
 
 log = logging.getLogger("clipseg_jax.train")
@@ -35,6 +45,12 @@ RESUMABLE = {
   "data.workers",
   "data.data_dir",
   "optim.skip_nonfinite_steps",
+}
+
+# Keys added to the configs later, with the value that runs saved before them had (JSON form).
+ADDED_DEFAULTS = {
+  "optim.freeze_rules": [list(rule) for rule in freeze.DEFAULT_RULES],
+  "model.transposed_convolution_kernels": [],
 }
 
 
@@ -120,6 +136,7 @@ def check_workdir(cfg, workdir: Path):
   if not saved.exists():
     return
   old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(configs.to_json(cfg)))
+  old = {**ADDED_DEFAULTS, **old}  # runs saved before a key existed ran with its default
   diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE and old.get(k) != new.get(k))
   if diff:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
@@ -128,6 +145,13 @@ def check_workdir(cfg, workdir: Path):
 
 def use_cache(cfg) -> bool:
   mode = cfg.data.cache_features
+  if mode in ("auto", True) and trains_clip(cfg):  # CLIP's features change every step: none to cache
+    if mode is True:
+      raise ValueError(
+        "data.cache_features=True cannot fine-tune CLIP (optim.freeze_rules leave CLIP parameters trainable): "
+        "its features change every step; set data.cache_features to 'auto' or False"
+      )
+    return False
   if mode == "auto":
     return not cfg.data.pcplus.augment
   if isinstance(mode, bool):
@@ -181,16 +205,32 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
   )
   compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
   module = ClipSegModel(config, compute)
-  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, cfg.seed))
-  base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(frozen["clip"])}
+  check_image_size(config, cfg.data.pcplus.image_size, cfg.model.clip)
+  params = initial_params(config, cfg.model.clip, cfg.seed)
+  rules = freeze.rules_of(cfg.optim)
+  labels = freeze.labels(params, rules)  # what trains: the one place it is decided
+  trainable, frozen = freeze.split(params, labels)
+  if lead:
+    freeze.log_summary(params, rules)
+  # The fingerprint of the CLIP the run starts from (fine-tuned leaves included, before training).
+  base = {"clip": cfg.model.clip, "clip_sha256": fingerprint(params["clip"])}
+  if lead and (idle := unreached(trainable, config, cfg.data.pcplus.visual_prompts)):
+    log.warning("optim.freeze_rules train %d CLIP tensors the loss never reads (e.g. %s)", len(idle), idle[0])
+  if freeze.trains_clip(trainable):
+    base["clip_trained"] = freeze.paths({"clip": trainable["clip"]})  # the checkpoints hold these
+    config.extra["clip_finetuned"] = True  # export_original refuses: its format holds the decoder only
   if (recorded := workdir / "model" / "base.json").exists():
-    check_fingerprint(workdir, json.loads(recorded.read_text()), frozen["clip"], base["clip_sha256"])
-  tx = steps.make_optimizer(cfg.optim, cfg.total_steps)
+    check_fingerprint(workdir, json.loads(recorded.read_text()), params["clip"], base["clip_sha256"])
+  del params
+  tx = steps.make_optimizer(cfg.optim, cfg.total_steps, freeze.split(labels, labels)[0])
   state = steps.init_state(trainable, tx)
 
   rep = sharding.replicated(mesh)
-  state_sh = jax.tree.map(lambda _: rep, state)
-  frozen_sh = sharding.param_shardings(frozen, mesh, cfg.mesh.clip_sharding)
+  # Trainable CLIP leaves and their optimiser state shard as the frozen CLIP does; the decoder is replicated.
+  params_sh = sharding.param_shardings_by_part(trainable, mesh, cfg.mesh.clip_sharding)
+  opt_sh = freeze.opt_state_shardings(tx, jax.eval_shape(lambda: state.opt_state), params_sh, rep)
+  state_sh = steps.TrainState(step=rep, params=params_sh, opt_state=opt_sh)
+  frozen_sh = sharding.param_shardings_by_part(frozen, mesh, cfg.mesh.clip_sharding)
   # A host copy for the feature cache and the evaluator: with CLIP split over the processes of a
   # multi-host run (fsdp), no single process could read the sharded one back.
   host_frozen = jax.device_get(frozen)
@@ -236,6 +276,12 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
   # Every process evaluates its share of the held-out images (the metrics are summed across them).
   evaluator = Evaluator(cfg, config, host_frozen, tokenizer, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
+  if writer:
+    writer.hparams(json.loads(configs.to_json(cfg)))
+  # The schedule make_optimizer builds, for the learning-rate curve.
+  schedule = steps.make_schedule(
+    cfg.optim.learning_rate, cfg.optim.end_learning_rate, cfg.optim.warmup_steps, cfg.total_steps
+  )
   preempted = Preempted()
   metrics, t0, seen, done = {}, time.perf_counter(), 0, start
   bar = tqdm(
@@ -259,14 +305,16 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
       if logs:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics["images_per_s"] = seen / (time.perf_counter() - t0)
+        metrics["learning_rate"] = float(schedule(step))  # the rate this step's update used
         t0, seen = time.perf_counter(), 0
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.1f}")
         if writer:
           writer.scalars(done, metrics)
       if evals:
-        result = evaluator(state.params, done)
+        result, picture = evaluator(state.params, done)
         if writer:
           writer.scalars(done, result)
+          writer.images(done, {"eval/predictions": picture})
         metrics.update(result)
       if saves:
         ckpt.save(done, state, data.state(done), force=True)
@@ -275,6 +323,8 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
         log.warning("SIGTERM: saved step %d, exiting", done)
         break
   finally:
+    if writer:
+      writer.close()
     ckpt.wait()
     ckpt.close()
     preempted.restore()
@@ -339,6 +389,11 @@ class Data:
       fn = steps.make_stream_step(
         module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale
       )
+      if self.opts.device_augment:  # the loader shipped uint8 supports: prompt engineering runs here
+        from clipseg_jax.input_pipeline import device
+
+        stream, mode, size = fn, self.opts.prompt_mode, self.opts.image_size
+        fn = lambda state, frozen, batch: stream(state, frozen, device.finish(batch, mode, size))
       rest = (batch_sh,)
     return jax.jit(
       guarded(fn, max_skips),
@@ -364,24 +419,24 @@ class Data:
 
 
 class Evaluator:
-  """Periodic IoU on the held-out split, and a picture of predictions in workdir/samples (when given
-  a workdir: process 0)."""
+  """Periodic IoU on the held-out split -> (scalars, a picture of predictions); the picture is also saved
+  in workdir/samples every `sample_every` steps (when given a workdir: process 0)."""
 
   def __init__(self, cfg, config, frozen, tokenizer, workdir: Path | None):
     self.cfg, self.config, self.frozen, self.tokenizer, self.workdir = cfg, config, frozen, tokenizer, workdir
     self.model = None  # built at the first evaluation, from the trained params (then only updated)
 
-  def __call__(self, trainable, step: int) -> dict:
+  def __call__(self, trainable, step: int):
     from clipseg_jax.evaluation import report
     from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
 
-    trained = steps.fold_activation_scale(jax.device_get(trainable), self.cfg.model.activation_scale)
+    # The whole model (trained leaves over the frozen ones), its reduce kernels scaled (fold_activation_scale).
+    params = freeze.merge(self.frozen, jax.device_get(trainable))
+    params = steps.fold_activation_scale(params, self.cfg.model.activation_scale)
     if self.model is None:
-      self.model = ClipSeg(
-        self.config, {**self.frozen, **trained}, self.tokenizer, image_size=self.cfg.data.pcplus.image_size
-      )
+      self.model = ClipSeg(self.config, params, self.tokenizer, image_size=self.cfg.data.pcplus.image_size)
     else:
-      self.model.params = {**self.model.params, **trained}
+      self.model.params = params
     opts = EvalOptions(
       data_dir=os.path.expanduser(self.cfg.data.data_dir),
       dataset=self.cfg.data.name,
@@ -391,28 +446,15 @@ class Evaluator:
     )
     predictor = predictor_for(self.model, withhold_prompt=self.cfg.model.withhold_prompt)
     numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
+    picture = report.picture(examples)
     picture_due = self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps
     if self.workdir and picture_due:
       (self.workdir / "samples").mkdir(exist_ok=True)
-      report.picture(examples).save(self.workdir / "samples" / f"step_{step:07d}.png")
-    return {
+      picture.save(self.workdir / "samples" / f"step_{step:07d}.png")
+    scalars = {
       "eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"],
       "eval/iou_fg_best": numbers["iou_fg"]["value"],
       "eval/miou_best": numbers["miou"]["value"],
       "eval/ap": numbers["ap"],
     }
-
-
-class Writer:
-  """TensorBoard event files in workdir/tb (process 0 only)."""
-
-  def __init__(self, workdir: Path):
-    import tensorflow as tf
-
-    self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tb"))
-
-  def scalars(self, step: int, values: dict):
-    with self.writer.as_default():
-      for k, v in values.items():
-        self.tf.summary.scalar(k, float(v), step=step)
-    self.writer.flush()
+    return scalars, picture

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from clipseg_jax.api import ClipSeg
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.tokenizer import load_tokenizer
+from clipseg_jax.train import freeze
 from clipseg_jax.train.checkpoints import Checkpointer
-from clipseg_jax.train.model import check_fingerprint, clip_params
+from clipseg_jax.train.model import check_backbone, check_fingerprint, clip_params, initial_decoder, model_config_of
 from clipseg_jax.train.step import fold_activation_scale
 from clipseg_jax.weights import hf
 
@@ -114,24 +115,35 @@ def is_workdir(path: Path) -> bool:
 
 
 def load_workdir(path: Path, dtype=jnp.float32) -> ClipSeg:
-  """The latest checkpoint of the run in `path` as a ClipSeg."""
+  """The latest checkpoint of the run in `path` as a ClipSeg: its trained leaves (the decoder, and any
+  CLIP leaves the freeze rules fine-tuned) over the base CLIP."""
   config = ClipSegConfig.from_json(path / "model" / "config.json")
   base = json.loads((path / "model" / "base.json").read_text())
+  run = json.loads((path / "config.json").read_text())
+  template = hf.param_template(config)
+  labels = freeze.labels(template, freeze.rules_of(run.get("optim", {})))
+  trainable, frozen = freeze.split(template, labels)
   ckpt = Checkpointer(path / "checkpoints")
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"{path} holds no checkpoint yet")
     # The newest step that restores and matches its digest (a damaged newer one: a warning).
-    decoder = ckpt.restore_params({"decoder": hf.param_template(config)["decoder"]})
+    trained = ckpt.restore_params(trainable)
   finally:
     ckpt.close()
-  run = json.loads((path / "config.json").read_text())
-  decoder = fold_activation_scale(decoder, run["model"].get("activation_scale", 1.0))
+  clip_config = model_config_of(base["clip"])
+  if clip_config is not None:
+    check_backbone(config, clip_config, f"the decoder in {path}", base["clip"])
   clip = clip_params(config, base["clip"])
   check_fingerprint(path, base, clip)
+  params = {"clip": clip}
+  if "decoder" in frozen:  # decoder leaves the rules froze keep their initial values (the run's seed)
+    params["decoder"] = initial_decoder(config, run.get("seed", 0))
+  params = freeze.merge(freeze.split(params, labels)[1], trained)
+  params = fold_activation_scale(params, run["model"].get("activation_scale", 1.0))
   return ClipSeg(
     config,
-    {"clip": clip, **decoder},
+    params,
     load_tokenizer(path / "model"),
     dtype,
     image_size=run["data"]["pcplus"]["image_size"],

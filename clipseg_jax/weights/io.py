@@ -26,7 +26,21 @@ HF_WEIGHT_FILES = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 # sha256 over the tensors in sorted-key order: each key, dtype, shape and C-order bytes (`state_digest`).
 DIGEST_KEY = "clipseg_jax.sha256"
-FILE_MODE = 0o644  # what written files get (mkstemp's temporaries are 0600)
+NEW_FILE_MODE = 0o666  # what open() asks for a new file, before the umask (mkstemp's temporaries are 0600)
+# Models shipped inside the package, by name (`load_model("embedded:synthetic")`, `clip="embedded:synthetic-clip"`).
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED = {
+  "embedded:synthetic-clip": ASSETS / "synthetic_clip",  # small CLIP towers made by `clipseg-jax pretrain-clip`
+  "embedded:synthetic": ASSETS / "synthetic_clipseg",  # the demo's decoder on them (make_embedded.py)
+}
+
+
+def file_mode() -> int:
+  """The mode a plain `open(path, "w")` gives a new file: 0666 less the process umask (0644 usually)."""
+  mask = os.umask(0o022)  # the umask can only be read by setting it; restored at once
+  os.umask(mask)
+  return NEW_FILE_MODE & ~mask
 
 
 def state_digest(state: dict[str, np.ndarray]) -> str:
@@ -44,6 +58,20 @@ def file_digest(path: Path) -> str:
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
+  return h.hexdigest()
+
+
+def fingerprint(tree) -> str:
+  """sha256 of a param tree's values (float32), each leaf with its path and shape. A trained decoder is
+  only meaningful on the exact CLIP it was trained on: workdirs, exports and model cards record the
+  fingerprint of `params["clip"]`, and loading checks it where it was recorded."""
+  import jax
+
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)), key=lambda x: str(x[0])):
+    a = np.ascontiguousarray(leaf, np.float32)
+    h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
+    h.update(a.tobytes())
   return h.hexdigest()
 
 
@@ -139,7 +167,7 @@ def atomic_path(final: Path):
 
 
 def _publish(tmp: Path, path: Path):
-  os.chmod(tmp, FILE_MODE)
+  os.chmod(tmp, file_mode())
   os.replace(tmp, path)
 
 
@@ -153,8 +181,9 @@ def _torch_reason(error: Exception) -> str:
 
 
 def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, metadata=None):
-  """`state` as a safetensors file (atomically, mode 0644) whose header metadata holds `"format": "pt"`
-  (transformers needs it), `metadata`, and the `state_digest` that `read_state` checks."""
+  """`state` as a safetensors file (atomically, with `open()`'s mode: 0644 under the usual umask) whose
+  header metadata holds `"format": "pt"` (transformers needs it), `metadata`, and the `state_digest` that
+  `read_state` checks."""
   from safetensors.numpy import save_file
 
   path = Path(path)
@@ -169,7 +198,7 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, met
 
 
 def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
-  """`state` as a `torch.save` file (atomically, mode 0644) with a `<file>.sha256` sidecar that
+  """`state` as a `torch.save` file (atomically, with `open()`'s mode) with a `<file>.sha256` sidecar that
   `read_state` checks."""
   try:
     import torch
@@ -200,29 +229,47 @@ def is_hub_id(source: str) -> bool:
   )
 
 
-def resolve(source: str | os.PathLike) -> Path:
-  """A local path for `source`: itself if it exists, else a hub snapshot (cached by huggingface_hub)."""
+def embedded(name: str) -> Path:
+  """The directory of a model shipped in the package (`EMBEDDED`); a clear error for unknown names."""
+  if name not in EMBEDDED:
+    raise FileNotFoundError(f"no embedded model {name!r}; the package ships {', '.join(sorted(EMBEDDED))}")
+  path = EMBEDDED[name]
+  if not (path / "config.json").exists():
+    raise FileNotFoundError(f"the embedded model {name!r} is missing from {path} (a broken installation?)")
+  return path
+
+
+def resolve(source: str | os.PathLike, *, revision=None, token=None, cache_dir=None) -> Path:
+  """A local path for `source`: an embedded model's directory, the path itself if it exists, else a hub
+  snapshot fetched (or found in the cache, e.g. with HF_HUB_OFFLINE=1) by huggingface_hub, at
+  `revision` (branch, tag or commit), with `token`, in `cache_dir` (default: huggingface_hub's)."""
   s = os.path.expanduser(str(source))
+  if s.startswith(EMBEDDED_PREFIX):
+    return embedded(s)
   if os.path.exists(s):
     return Path(s)
   if not is_hub_id(s):
     raise FileNotFoundError(f"no such file or directory: {s}")
   from huggingface_hub import snapshot_download
 
+  hub = {"revision": revision, "token": token, "cache_dir": None if cache_dir is None else str(cache_dir)}
+  at = f" at revision {revision!r}" if revision else ""
   try:
-    local = snapshot_download(
-      s,
-      allow_patterns=[
-        "config.json",
-        "*.safetensors",
-        "*.safetensors.index.json",
-        *TOKENIZER_FILES,
-        "preprocessor_config.json",
-      ],
+    local = Path(
+      snapshot_download(
+        s,
+        allow_patterns=[
+          "config.json",
+          "*.safetensors",
+          "*.safetensors.index.json",
+          *TOKENIZER_FILES,
+          "preprocessor_config.json",
+        ],
+        **hub,
+      )
     )
+    if not any((local / n).exists() for n in HF_WEIGHT_FILES):  # an old repo with only .bin weights
+      local = Path(snapshot_download(s, allow_patterns=["pytorch_model.bin*"], **hub))
   except Exception as e:  # noqa: BLE001 - re-raised with the source named
-    raise OSError(f"could not fetch {s!r} from the Hugging Face hub: {e}") from e
-  local = Path(local)
-  if not any((local / n).exists() for n in HF_WEIGHT_FILES):  # an old repo with only .bin weights
-    local = Path(snapshot_download(s, allow_patterns=["pytorch_model.bin*"]))
+    raise OSError(f"could not fetch {s!r}{at} from the Hugging Face hub: {e}") from e
   return local

@@ -15,3 +15,7 @@ python3 -c "import jax, flax, optax, torch, transformers as t; print('jax', jax.
 filter() { grep -v -e "Loading weights" -e "^$"; }
 timeout 150 python3 -m experiments.bench.parity 2>&1 | filter
 timeout 300 python3 -m experiments.bench.train_step --gpu --batch "${1:-256}" --steps 5 2>&1 | filter
+# Training fed by the real PhraseCut+ loader (grain workers: grain must be installed or travel in .whl/)
+# against the step alone, then inference against transformers (1 x 21 zero-shot, 64 x 1; f32 and bf16).
+timeout 400 python3 -m experiments.bench.train_step --gpu --end-to-end --batch "${1:-256}" --steps 10 2>&1 | filter
+timeout 400 python3 -m experiments.bench.inference --gpu --repeats 3 2>&1 | filter

@@ -1,34 +1,54 @@
-"""Samples/second of the full PhraseCut+ transform per worker process at 352 px.
+"""Samples/second of the full PhraseCut+ transform at 352 px, in-process and through grain workers.
 
-Each sample decodes two JPEGs (query and support, Visual-Genome-like 500x375), crops, resizes,
-engineers the visual prompt (crop_blur_highlight) and tokenizes the templated phrase. Measured in
-this process (one worker's work) and through the grain loader with one worker process.
-Target: at least 40 samples/s per worker.
+Each sample decodes two JPEGs (query and support, Visual-Genome-like 500x375 by default), draws the
+object-aware crops, resizes, engineers the visual prompt (crop_blur_highlight) and tokenizes the
+templated phrase. Three paths, measured side by side in one run:
+  host         everything on the host (align_corners=True resizes, prompt engineering), float32 shipped;
+  device       `PCPlusOptions.device_augment`: uint8 crops padded to `max_crop_side` shipped, their
+               resize and the prompt engineering inside the jitted step (input_pipeline/device.py;
+               its cost per sample on this CPU is in the breakdown);
+  device-before  the device path as it was before the crops' resize moved to the device: every crop
+               resized on the host and shipped at the image size (`max_crop_side=0`).
+Targets on this 2-core machine: >= 250 samples/s per worker process, >= 400 with 2 workers.
 
-  python experiments/bench/pcplus_throughput.py [--n 400]
+  python -m experiments.bench.pcplus_throughput [--n 400] [--workers 0 1 2] [--path host device]
+      [--breakdown] [--read-threads 16]   # 16: grain's default threads per process (the old loader)
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import pickle
+import statistics
 import time
 
 import numpy as np
 from PIL import Image
 
+from clipseg_jax import preprocess, prompts
 from clipseg_jax.input_pipeline.loader import Tokenize, make_loader
-from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform
+from clipseg_jax.input_pipeline.pcplus import (
+  PairIndex,
+  PCPlusOptions,
+  PCPlusRawTransform,
+  PCPlusTransform,
+  object_aware_crop,
+  ship_crop,
+  support_prompt,
+)
 
-TARGET = 40.0
+TARGET_PER_WORKER, TARGET_TWO = 250.0, 400.0
 
 
 class JpegSource:
-  """In-memory referring records stored as JPEG bytes (decoded on access, like a real source)."""
+  """In-memory referring records stored as JPEG bytes. `lazy`: records carry `image_bytes`, decoded
+  after the crop is drawn; otherwise decoded on access."""
 
-  def __init__(self, n_images=64, size=(375, 500), seed=0):
+  def __init__(self, n_images=64, size=(375, 500), seed=0, lazy=True):
     rng = np.random.RandomState(seed)
-    self.items = []
+    self.items, self.lazy = [], lazy
     yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
     for i in range(n_images):
       img = (rng.rand(3) * 255 * (0.6 + 0.4 * np.sin(xx / (7 + i % 5))[..., None])).astype(np.uint8)
@@ -37,7 +57,8 @@ class JpegSource:
       masks = []
       for _ in range(3):
         m = np.zeros(size, bool)
-        y, x, h, w = rng.randint(0, 250), rng.randint(0, 350), rng.randint(20, 120), rng.randint(20, 150)
+        h, w = rng.randint(size[0] // 16, size[0] // 3), rng.randint(size[1] // 16, size[1] // 3)
+        y, x = rng.randint(0, size[0] - h), rng.randint(0, size[1] - w)
         m[y : y + h, x : x + w] = True
         masks.append(m)
       self.items.append((buf.getvalue(), [f"object {i % 16}", f"thing {i % 8}", f"region {i}"], masks))
@@ -50,42 +71,158 @@ class JpegSource:
 
   def __getitem__(self, i):
     data, phrases, masks = self.items[i]
-    image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return {"image": image, "image_id": str(i), "phrases": phrases, "masks": masks}
+    record = {"image_id": str(i), "phrases": phrases, "masks": masks}
+    if self.lazy:
+      return {**record, "image_bytes": data}
+    return {**record, "image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))}
+
+
+PATHS = ("host", "device", "device-before")
+
+
+def options(path: str, size: int) -> PCPlusOptions:
+  if path == "device-before":  # no crop fits a 0 px buffer: all resized on the host
+    return PCPlusOptions(image_size=size, device_augment=True, max_crop_side=0)
+  return PCPlusOptions(image_size=size, device_augment=path == "device")
 
 
 def in_process(source, opts, n):
-  transform, tokenize = PCPlusTransform(source, PairIndex(source), opts), Tokenize()
+  """A plain loop over the transform and the tokenizer (one worker's work, no grain)."""
+  cls = PCPlusRawTransform if opts.device_augment else PCPlusTransform
+  transform, tokenize = cls(source, PairIndex(source), opts), Tokenize()
   rng = np.random.default_rng(0)
   tokenize(transform(0, rng))  # warm up (tokenizer construction)
   t = time.perf_counter()
-  with_support = 0
   for i in range(n):
-    s = tokenize(transform(i % (3 * len(source)), rng))
-    with_support += s["text_weight"] < 1
-  return n / (time.perf_counter() - t), with_support / n
+    tokenize(transform(i % (3 * len(source)), rng))
+  return n / (time.perf_counter() - t)
 
 
-def one_worker(source, opts, n, batch=8):
-  it = iter(make_loader(source, opts, batch_size=batch, seed=0, worker_count=1))
-  next(it)  # worker start-up
+def through_grain(source, opts, n, workers, read_threads, batch=8):
+  it = iter(make_loader(source, opts, batch_size=batch, seed=0, worker_count=workers, read_threads=read_threads))
+  for _ in range(2):  # worker start-up, buffers filled once
+    next(it)
   t = time.perf_counter()
   for _ in range(n // batch):
     next(it)
-  return (n // batch) * batch / (time.perf_counter() - t)
+  rate = (n // batch) * batch / (time.perf_counter() - t)
+  if hasattr(it, "close"):
+    it.close()
+  return rate
+
+
+def ms(fn, repeats=30):
+  """Median milliseconds of fn() (after one warm-up call)."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return 1e3 * statistics.median(times)
+
+
+def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]:
+  """(stage, ms per sample, path) for one sample's work in one process: 'both' stages run in each path."""
+  import jax
+
+  from clipseg_jax.input_pipeline import device
+
+  opts = PCPlusOptions(image_size=size)
+  raw_opts = PCPlusOptions(image_size=size, device_augment=True)
+  data, _, masks = source.items[0]
+  image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  mask, rng = masks[0], np.random.default_rng(0)
+  top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
+  crop, mcrop = image[top : top + side, left : left + side], mask[top : top + side, left : left + side]
+  s_img, s_mask = preprocess.resize_aligned(crop, size), prompts.resize_nearest(mcrop, size)
+  tok = Tokenize()
+  tok.encode("warm up")
+  texts = iter(f"a photo of a thing {i}." for i in range(10**6))
+  host = PCPlusTransform(source, PairIndex(source), opts)
+  raw = PCPlusRawTransform(source, PairIndex(source), raw_opts)
+  pack = lambda t: [Tokenize()(t(i, np.random.default_rng(i))) for i in range(batch)]
+  host_batch, raw_batch = pack(host), pack(raw)
+  stacked = {k: np.stack([s[k] for s in raw_batch]) for k in raw_batch[0]}
+  finish = jax.jit(lambda b: device.finish(b, opts.prompt_mode, size))
+  transfer = lambda b: pickle.loads(pickle.dumps({k: np.stack([s[k] for s in b]) for k in b[0]}, protocol=5))
+  rows = [
+    (
+      "JPEG decode, full scale (x2 per sample)",
+      2 * ms(lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))),
+      "both",
+    ),
+    ("crop search (x2)", 2 * ms(lambda: object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)), "both"),
+    (
+      "image resize, PIL bilinear antialiased (x2; before, not the original's)",
+      2 * ms(lambda: preprocess.resize_square(crop, size)),
+      "old",
+    ),
+    ("image resize, align_corners=True numpy (x2)", 2 * ms(lambda: preprocess.resize_aligned(crop, size)), "host"),
+    ("crop into the uint8 ship buffer (x2)", 2 * ms(lambda: ship_crop(crop, opts)), "device"),
+    ("mask resize, torch nearest (x2)", 2 * ms(lambda: prompts.resize_nearest(mcrop, size)), "both"),
+    ("tokenize, uncached", ms(lambda: tok.encode(next(texts))), "old"),
+    ("tokenize, cached", ms(lambda: tok.encode("a photo of a thing 3.")), "both"),
+    ("support box (mask_box)", ms(lambda: prompts.mask_box(s_mask)), "device"),
+    (
+      "prompt engineering: normalise, blur, blend, crop, pad, resize",
+      ms(lambda: support_prompt(s_img, s_mask, "crop_blur_highlight", size)),
+      "host",
+    ),
+    ("query normalisation (numpy; the step does it on device)", ms(lambda: preprocess.normalize(s_img)), "-"),
+    ("batch + pickle round trip, host batch / sample", ms(lambda: transfer(host_batch)) / batch, "host"),
+    ("batch + pickle round trip, raw batch / sample", ms(lambda: transfer(raw_batch)) / batch, "device"),
+    (
+      f"device.finish under jit on {jax.devices()[0].platform} / sample",
+      ms(lambda: jax.block_until_ready(finish(stacked))) / batch,
+      "device (accelerator)",
+    ),
+  ]
+  return rows
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--n", type=int, default=400)
+  p.add_argument("--n", type=int, default=400, help="samples per measurement")
   p.add_argument("--size", type=int, default=352)
+  p.add_argument("--source-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
+  p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="0: in-process grain")
+  p.add_argument("--path", nargs="+", default=list(PATHS), choices=PATHS)
+  p.add_argument("--read-threads", type=int, default=1, help="grain threads per process (grain's default: 16)")
+  p.add_argument("--breakdown", action="store_true", help="ms per stage of one sample")
+  p.add_argument("--eager-decode", action="store_true", help="decode whole images on access, not after the crop")
   args = p.parse_args()
-  source, opts = JpegSource(), PCPlusOptions(image_size=args.size)
-  rate, frac = in_process(source, opts, args.n)
-  worker = one_worker(source, opts, args.n)
-  print(f"PC+ transform at {args.size} px ({frac:.0%} of samples with a visual support):")
-  print(f"  in-process (one worker's work): {rate:6.1f} samples/s  ({rate / TARGET:.2f}x the {TARGET:.0f}/s target)")
-  print(f"  grain loader, 1 worker process: {worker:6.1f} samples/s  ({worker / TARGET:.2f}x the target)")
+  source = JpegSource(size=tuple(args.source_size), lazy=not args.eager_decode)
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+  print(
+    f"PC+ transform at {args.size} px, {args.source_size[1]}x{args.source_size[0]} JPEGs, {os.cpu_count()} CPUs, "
+    f"load average {load}"
+  )
+  if args.breakdown:
+    print("per-stage breakdown, ms per sample (median of 30), the path the stage belongs to:")
+    for name, value, path in breakdown(source, args.size):
+      print(f"  {name:66s} {value:7.2f} ms  [{path}]")
+  rates = {}
+  for path in args.path:
+    opts = options(path, args.size)
+    rate = in_process(source, opts, args.n)
+    print(f"plain loop, no grain (one worker's work): {rate:.1f} samples/s  [{path} path]")
+    for workers in args.workers:
+      rates[path, workers] = through_grain(source, opts, args.n, workers, args.read_threads)
+      print(f"grain loader, {workers} worker(s): {rates[path, workers]:.1f} samples/s  [{path} path]")
+  for path in args.path:
+    one, two = rates.get((path, 1)), rates.get((path, 2))
+    if one:
+      cores = 16
+      print(
+        f"[{path}] 1 worker {one:.0f}/s ({one / TARGET_PER_WORKER:.2f}x the {TARGET_PER_WORKER:.0f}/s target)"
+        + (f", 2 workers {two:.0f}/s ({two / TARGET_TWO:.2f}x the {TARGET_TWO:.0f}/s target)" if two else "")
+        + f"; projected {cores}-core GPU host ({cores - 1} workers, linear): {one * (cores - 1):.0f}/s"
+      )
+  for other in ("host", "device-before"):
+    if (other, 1) in rates and ("device", 1) in rates:
+      print(f"device path / {other} path, 1 worker: {rates['device', 1] / rates[other, 1]:.2f}x")
+  print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ side by side in one run. Target on this CPU: at least 1.3x.
 
   python -m experiments.bench.train_step [--batch 4] [--steps 3]
   python -m experiments.bench.train_step --gpu [--batch 256]   # bf16 on a GPU: images/s and MFU
+  python -m experiments.bench.train_step --gpu --end-to-end [--batch 256] [--workers 15]
+      # training fed by the real PhraseCut+ loader (PhraseCut-shaped JPEGs, visual supports, grain
+      # workers, prompt engineering on the device) against the same step on a batch already on the
+      # device, in one run; on CPU with tiny sizes: --end-to-end --size 64 --batch 8 --steps 3
 """
 
 from __future__ import annotations
@@ -132,8 +136,13 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--size", type=int, default=352)
   p.add_argument("--gpu", action="store_true")
+  p.add_argument("--end-to-end", action="store_true", help="the step fed by the real loader vs the step alone")
+  p.add_argument("--workers", type=int, default=None, help="grain workers for --end-to-end (default: CPUs - 1)")
+  p.add_argument("--path", choices=["host", "device"], default="device", help="--end-to-end: prompt engineering where")
   args = p.parse_args()
   rng = np.random.RandomState(0)
+  if args.end_to_end:
+    return end_to_end(args)
   if args.gpu:
     return gpu(args, rng)
   n = args.batch or 4
@@ -174,6 +183,74 @@ def gpu(args, rng):
       f"  MFU {flops / t / peak:6.1%}"
     )
   print(f"  speed-up     {t_ref / t_ours:7.2f}x   (target on one H100: 2000 images/s)")
+
+
+def end_to_end(args):
+  """Images/s of training fed by the PhraseCut+ loader (grain workers decoding PhraseCut-shaped JPEGs,
+  supports and prompt engineering as configured) against the same jitted step on one batch already on
+  the device, in one run; MFU of both from the lowered step's FLOP count. bf16 with --gpu, else f32."""
+  import os
+  import time
+
+  from clipseg_jax.api import ClipSeg
+  from clipseg_jax.config import ClipSegConfig
+  from clipseg_jax.input_pipeline import device
+  from clipseg_jax.input_pipeline.loader import make_loader
+  from clipseg_jax.input_pipeline.pcplus import PCPlusOptions
+  from clipseg_jax.models.clipseg import ClipSegModel, init_params
+  from clipseg_jax.train import step as steps
+  from experiments.bench.pcplus_throughput import JpegSource
+
+  n, dtype = args.batch or (256 if args.gpu else 8), jnp.bfloat16 if args.gpu else jnp.float32
+  workers = (os.cpu_count() or 2) - 1 if args.workers is None else args.workers
+  opts = PCPlusOptions(image_size=args.size, device_augment=args.path == "device")
+  config = ClipSegConfig(use_complex_transposed_convolution=False)
+  model = ClipSeg(config, init_params(config))
+  _, state, frozen = jax_step(model, dtype)
+  tx = steps.make_optimizer(_optim(), 20_000)
+  stream = steps.make_stream_step(ClipSegModel(config, dtype), tx, visual_prompts=True)
+  if opts.device_augment:
+    fn = lambda state, frozen, batch: stream(state, frozen, device.finish(batch, opts.prompt_mode, opts.image_size))
+  else:
+    fn = stream
+  loader = make_loader(JpegSource(n_images=256), opts, batch_size=n, seed=0, worker_count=workers)
+  it = iter(loader)
+  first = jax.device_put(next(it))
+  flops = steps.count_flops(fn, state, frozen, first, compiled=False)
+  jitted = jax.jit(fn, donate_argnums=(0,))
+  holder = {"state": state}
+
+  def run(batch):
+    holder["state"], metrics = jitted(holder["state"], frozen, batch)
+    return metrics
+
+  jax.block_until_ready(run(first))  # compile
+  t_step = timeit(lambda: jax.block_until_ready(run(first)["loss"]), args.steps)
+  jax.block_until_ready(run(jax.device_put(next(it))))  # the loader's buffers filled once
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    metrics = run(jax.device_put(next(it)))  # dispatch is asynchronous: the next batch loads meanwhile
+  jax.block_until_ready(metrics["loss"])
+  t_e2e = (time.perf_counter() - start) / args.steps
+  if hasattr(it, "close"):
+    it.close()
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_BF16.items() if k in kind), np.nan) if args.gpu else np.nan
+  print(
+    f"end to end on {kind}, batch {n} at {args.size} px, {jnp.dtype(dtype).name} compute, visual supports, "
+    f"{args.path} prompt engineering, {workers} grain worker(s), {args.steps} steps"
+  )
+  for name, t in (("step alone", t_step), ("end to end", t_e2e)):
+    mfu = f"MFU {flops / t / peak:6.1%}" if np.isfinite(peak) and np.isfinite(flops) else "MFU n/a"
+    print(f"  {name:11s} {n / t:8.1f} images/s  {t * 1e3:8.1f} ms/step  {mfu}")
+  print(f"  end to end / step alone: {t_step / t_e2e:.1%}   (target on a GPU host: >= 90%)")
+
+
+def _optim():
+  import ml_collections
+
+  keys = dict(learning_rate=1e-3, end_learning_rate=1e-4, warmup_steps=0, b1=0.9, b2=0.999, weight_decay=0.01)
+  return ml_collections.ConfigDict(dict(keys, grad_clip_norm=0.0))
 
 
 if __name__ == "__main__":
