@@ -5,15 +5,17 @@ reads only its slice of the pairs), and checkpointable: `iterator.get_state()` /
 resume with exactly the batches an uninterrupted iterator would have produced.
 
 Batches are dicts of numpy arrays (B = batch size per host, S = image size, L = `max_length`):
-  pixels         uint8   [B, S, S, 3]  query image (normalise with clipseg_jax.preprocess.normalize)
+  pixels         float32 [B, S, S, 3]  query image, 0..255 unrounded as the original's resize (normalise
+                                       with clipseg_jax.preprocess.normalize)
   mask           float32 [B, S, S]     target (0/1)
   input_ids      int32   [B, L]        tokenised prompt (template applied), padded to L
   attention_mask int32   [B, L]
   support        float32 [B, S, S, 3]  visual prompt after prompt engineering, ImageNet-normalised
                                        (zeros, the mean colour, if none)
   text_weight    float32 [B]           w in w * text + (1 - w) * visual (1 = text only)
-With `options.device_augment` the support is shipped raw (uint8, `device.RAW_KEYS`) and the mask as
-uint8; `clipseg_jax.input_pipeline.device.finish`, inside the jitted step, makes the batch above.
+With `options.device_augment` the query and support crops are shipped unresized (uint8 padded to
+`max_crop_side`, with their sizes: `device.RAW_KEYS`) and the masks as uint8;
+`clipseg_jax.input_pipeline.device.finish`, inside the jitted step, makes the batch above.
 
 Throughput (experiments/bench/pcplus_throughput.py): each process maps with `read_threads` threads
 and reads two batches ahead (grain's defaults, 16 threads and 500 elements, made one worker 3x slower
