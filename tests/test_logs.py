@@ -44,7 +44,7 @@ def test_tensorboard_holds_learning_rate_pictures_and_hparams(training_root, tmp
   train(cfg, tmp_path / "run", show_progress=False)
 
   scalars, images, hparams = read_events(tmp_path / "run" / "tb")
-  schedule = steps.make_schedule(
+  schedule = steps.make_schedule(  # the paper's warm-up + cosine, spelled out from the config
     cfg.optim.learning_rate, cfg.optim.end_learning_rate, cfg.optim.warmup_steps, cfg.total_steps
   )
   lr = dict(scalars["learning_rate"])

@@ -50,11 +50,15 @@ def make_schedule(peak: float, end: float, warmup_steps: int, total_steps: int) 
   )
 
 
+def learning_rate(optim, total_steps: int) -> optax.Schedule:
+  """The base learning rate of a decoder run (before the freeze rules' multipliers), step -> rate."""
+  return make_schedule(optim.learning_rate, optim.end_learning_rate, optim.warmup_steps, total_steps)
+
+
 def make_optimizer(optim, total_steps: int, trainable_labels=None) -> optax.GradientTransformation:
   """AdamW on the schedule, optional gradient clipping, then the freeze rules' learning-rate
   multipliers (`trainable_labels`: the labels of the trainable leaves; none or all 1: plain AdamW)."""
-  schedule = make_schedule(optim.learning_rate, optim.end_learning_rate, optim.warmup_steps, total_steps)
-  tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+  tx = optax.adamw(learning_rate(optim, total_steps), b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
   if optim.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
   scale = None if trainable_labels is None else freeze.multiplier_transform(trainable_labels)

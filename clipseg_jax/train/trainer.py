@@ -278,10 +278,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
   writer = Writer(workdir) if lead else None
   if writer:
     writer.hparams(json.loads(configs.to_json(cfg)))
-  # The schedule make_optimizer builds, for the learning-rate curve.
-  schedule = steps.make_schedule(
-    cfg.optim.learning_rate, cfg.optim.end_learning_rate, cfg.optim.warmup_steps, cfg.total_steps
-  )
+  schedule = steps.learning_rate(cfg.optim, cfg.total_steps)  # make_optimizer's, for the logs
   preempted = Preempted()
   metrics, t0, seen, done = {}, time.perf_counter(), 0, start
   bar = tqdm(
