@@ -223,9 +223,10 @@ def blend(image: np.ndarray, seg: np.ndarray, recipe: Recipe) -> np.ndarray:
   raise ValueError(f"unknown recipe kind {recipe.kind!r}")
 
 
-def _crop_prompt(rgb: np.ndarray, mask: np.ndarray, recipe: Recipe, size: int) -> np.ndarray:
-  """Blur, blend, crop, pad, resize. Only the box plus the kernel's radius (or up to the image's
-  border, where the reflection is the same) is normalised and blurred: identical values, less work."""
+def crop_prompt(rgb: np.ndarray, mask: np.ndarray, recipe: Recipe, size: int) -> np.ndarray:
+  """A cropping mode's recipe on `rgb` (uint8, or float 0..255 as the training crops are): blur, blend,
+  crop, pad, resize. Only the box plus the kernel's radius (or up to the image's border, where the
+  reflection is the same) is normalised and blurred: identical values, less work."""
   top, left, bottom, right = mask_box(mask, recipe.context)
   r = KERNEL_SIZE // 2 if recipe.blur > 0 else 0
   t0, l0 = max(0, top - r), max(0, left - r)
@@ -243,7 +244,7 @@ def visual_prompt(image, mask, mode: str = "crop_blur_highlight352", size: int |
   rgb = np.asarray(to_rgb(image))
   m = as_mask(mask, rgb.shape[:2])
   if recipe.context is not None:
-    out = _crop_prompt(rgb, m, recipe, size)
+    out = crop_prompt(rgb, m, recipe, size)
   else:
     rgb, m = preprocess.resize_square(rgb, size), preprocess.resize_square(m, size, nearest=True)
     out = blend(preprocess.normalize(rgb), m.astype(np.float32), recipe)

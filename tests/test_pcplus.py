@@ -147,7 +147,7 @@ def test_support_is_normalised_prompt_of_the_resized_pair(torch):
     else:
       image, mask = transform._pair(choice.support)
       resized = torch_resize(torch, image, 32, "bilinear")
-      want = prompts._crop_prompt(resized, torch_resize(torch, mask, 32, "nearest") > 0, recipe, 32)
+      want = prompts.crop_prompt(resized, torch_resize(torch, mask, 32, "nearest") > 0, recipe, 32)
       np.testing.assert_allclose(sample["support"], want, atol=2e-5, rtol=0)
     seen.add(choice.support is None)
   assert seen == {True, False}

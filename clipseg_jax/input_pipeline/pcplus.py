@@ -137,7 +137,7 @@ def support_prompt(image: np.ndarray, mask: np.ndarray, mode: str, size: int) ->
   float pixels blended as they are (the original did not round them)."""
   recipe, out = prompts.parse_mode(mode, size)
   if recipe.context is not None:
-    return prompts._crop_prompt(image, mask, recipe, out).astype(np.float32)  # float-safe; the public one takes uint8
+    return prompts.crop_prompt(image, mask, recipe, out).astype(np.float32)  # float pixels, as they are
   if out == image.shape[0]:
     return prompts.blend(preprocess.normalize(image), mask.astype(np.float32), recipe).astype(np.float32)
   # A non-cropping mode at another size (not a recipe of the paper): the public path, on rounded pixels.
