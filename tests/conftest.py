@@ -30,14 +30,21 @@ def make_hf_model(config: ClipSegConfig, seed: int = 0):
   from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
   torch.manual_seed(seed)
-  model = CLIPSegForImageSegmentation(CLIPSegConfig(**config.to_dict()))
+  return perturb_biases_and_norms(CLIPSegForImageSegmentation(CLIPSegConfig(**config.to_dict()))).eval()
+
+
+def perturb_biases_and_norms(model):
+  """Random biases and LayerNorm scales (transformers initialises them to 0 and 1), so that a swapped or
+  dropped tensor in conversion cannot go unnoticed."""
+  import torch
+
   with torch.no_grad():
     for name, p in model.named_parameters():
       if name.endswith("bias"):
         p.normal_(0.0, 0.05)
       elif "norm" in name and p.ndim == 1:
         p.copy_(1.0 + 0.1 * torch.randn_like(p))
-  return model.eval()
+  return model
 
 
 def save_hf(model, directory) -> str:

@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import rel_err, training_overrides
+from conftest import perturb_biases_and_norms, rel_err, training_overrides
 
 from clipseg_jax.config import ClipSegConfig
 
@@ -41,13 +41,7 @@ def save_clip(family: str, directory, seed: int = 0, layers: int = 3):
   from transformers import CLIPModel
 
   torch.manual_seed(seed)
-  model = CLIPModel(clip_config(family, layers))
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("bias"):
-        p.normal_(0.0, 0.05)
-      elif "norm" in name and p.ndim == 1:
-        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+  model = perturb_biases_and_norms(CLIPModel(clip_config(family, layers)))
   model.save_pretrained(directory)
   return CLIPModel.from_pretrained(directory, attn_implementation="eager").eval()
 

@@ -166,10 +166,8 @@ def test_meshes_agree_and_resume_is_exact(training_root, tmp_path):
   1e-5; a killed run resumes to the uninterrupted one; load_model(WORKDIR) carries the fine-tuned CLIP
   leaves and export_hf writes them; export_original refuses (its format holds the decoder only)."""
   import json
-  import signal
-  import time
 
-  from test_training import rel_err, run_cli
+  from test_training import kill_and_resume, rel_err, run_cli
 
   from clipseg_jax import load_model
 
@@ -197,18 +195,8 @@ def test_meshes_agree_and_resume_is_exact(training_root, tmp_path):
   with pytest.raises(ValueError, match="decoder only"):
     model.export_original(tmp_path / "x.pth")
   # Kill mid-run, rerun the same command: ends where the uninterrupted run ends.
-  kill = {"total_steps": 30, **extra}
-  run_cli(training_root, tmp_path / "straight", **kill)
-  proc = run_cli(training_root, tmp_path / "killed", wait=False, **kill)
-  deadline = time.time() + 300
-  while not (tmp_path / "killed" / "checkpoints" / "2").exists() and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  done = [int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert done and max(done) < 30, "the run finished before it could be killed"
-  run_cli(training_root, tmp_path / "killed", **kill)
-  assert rel_err(trained(tmp_path / "killed"), trained(tmp_path / "straight")) <= 1e-6
+  killed, straight = kill_and_resume(training_root, tmp_path, **{"total_steps": 30, **extra})
+  assert rel_err(trained(killed), trained(straight)) <= 1e-6
 
 
 def test_leaves_the_loss_never_reads_are_named():

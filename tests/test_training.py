@@ -227,17 +227,25 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
   data position: the grain iterator state, or the cached sampler's step) and ends where an
   uninterrupted run ends."""
   extra = {"total_steps": 40} if cached else {"total_steps": 40, "data.pcplus.augment": True}
-  run_cli(setup, tmp_path / "straight", **extra)
-  proc = run_cli(setup, tmp_path / "killed", wait=False, **extra)
+  killed, straight = kill_and_resume(setup, tmp_path, **extra)
+  assert rel_err(decoder(killed), decoder(straight)) <= 1e-6
+
+
+def kill_and_resume(setup, tmp_path, **extra):
+  """(killed, straight) workdirs: one run uninterrupted; one SIGKILLed after its first checkpoint and
+  rerun with the same command."""
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  run_cli(setup, straight, **extra)
+  proc = run_cli(setup, killed, wait=False, **extra)
   deadline = time.time() + 300
-  while not (tmp_path / "killed" / "checkpoints" / "2").exists() and time.time() < deadline:
+  while not (killed / "checkpoints" / "2").exists() and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  steps_done = [int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert steps_done and max(steps_done) < 40, "the run finished before it could be killed"
-  run_cli(setup, tmp_path / "killed", **extra)
-  assert rel_err(decoder(tmp_path / "killed"), decoder(tmp_path / "straight")) <= 1e-6
+  steps_done = [int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()]
+  assert steps_done and max(steps_done) < extra["total_steps"], "the run finished before it could be killed"
+  run_cli(setup, killed, **extra)
+  return killed, straight
 
 
 def wait_until_training(workdir: Path):
