@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import threading
 
+from clipseg_jax.input_pipeline import handoff
 from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusRawTransform, PCPlusTransform
 from clipseg_jax.tokenizer import MAX_LENGTH, load_tokenizer, tokenize
 
@@ -90,10 +91,13 @@ def make_loader(
   drop_remainder: bool = True,
   read_threads: int = 1,
   worker_buffer: int = 2,
+  pool_slots: int | None = None,
 ):
   """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator. `read_threads`:
   threads mapping samples in each process (the main one without workers), `worker_buffer`: batches
-  each worker keeps ready. Neither changes the batches."""
+  each worker keeps ready, `pool_slots`: batches per worker in reused shared memory
+  (`handoff.PooledBatch`; None: `worker_buffer` + 4, 0: grain's per-batch segments). None of them
+  changes the batches."""
   import grain
 
   index = PairIndex(source, keep)
@@ -106,7 +110,11 @@ def make_loader(
   transform = (PCPlusRawTransform if options.device_augment else PCPlusTransform)(source, index, options)
   ds = ds.random_map(transform, seed=seed + 1)
   ds = ds.map(Tokenize(max_length, tokenizer_dir))
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if pool_slots is None:
+    # the worker's queue, the batch being written, and up to three held by the trainer
+    pool_slots = worker_buffer + 4
+  pooled = worker_count > 0 and pool_slots > 0 and handoff.supported()
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=handoff.PooledBatch(pool_slots) if pooled else None)
   # A small read-ahead: grain's default (500 elements per process) held ~1 GB of float32 samples per
   # worker and halved its throughput; two batches keep the workers busy.
   ahead = 2 * batch_size if read_threads else 0
@@ -117,4 +125,6 @@ def make_loader(
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer))
+    if pooled:
+      it = it.map(handoff.open_batch)
   return it

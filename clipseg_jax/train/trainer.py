@@ -43,6 +43,7 @@ RESUMABLE = {
   "eval_images",
   "sample_every",
   "data.workers",
+  "data.pool_slots",
   "data.data_dir",
   "optim.skip_nonfinite_steps",
 }
@@ -368,6 +369,7 @@ class Data:
         batch_size=self.local,
         seed=cfg.seed,
         worker_count=cfg.data.workers,
+        pool_slots=cfg.data.get("pool_slots"),
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
         keep=keep,
