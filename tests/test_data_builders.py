@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from clipseg_jax.input_pipeline import build, raw_examples
+from clipseg_jax.input_pipeline import build, open_source, raw_examples
 from clipseg_jax.input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_counts_from_string
 from clipseg_jax.input_pipeline.sources import prepared_source
 
@@ -154,6 +154,27 @@ def test_phrasecut_stores_source_bytes(tmp_path):
     image = examples[str(i)]["image"]
     assert image.dtype == np.uint8 and image.ndim == 3
     assert np.array_equal(image, pil_rgb(images / f"{i}.jpg")), i  # PIL's own pixels, none moved
+
+
+def test_prepared_records_decode_on_access_as_tfds_does(phrasecut_dir, tmp_path, monkeypatch):
+  builder = build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=phrasecut_dir)
+  source, eager = open_source("phrasecut", "train", data_dir=tmp_path / "tfds"), builder.as_data_source("train")
+  for i in range(len(source)):
+    record = source[i]
+    assert "image" in record and record["image_bytes"].startswith(b"\xff\xd8")  # the JPEG as stored
+    assert np.array_equal(record["image"], eager[i]["image"]) and record["image"].dtype == np.uint8
+    assert record["phrases"] == [p.decode() for p in eager[i]["phrases"]]
+    assert record["image_id"] == eager[i]["image_id"].decode()
+    assert len(record["masks"]) == len(eager[i]["masks"])
+    for mask, stored in zip(record["masks"], eager[i]["masks"]):
+      assert mask.dtype == bool and np.array_equal(mask, stored[..., 0] > 0)
+  # What PhraseCut+ reads of a record (one mask, the image's bytes) decodes one PNG and no JPEG.
+  opened = []
+  real_open = Image.open
+  monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+  record = source[0]
+  record["masks"][1], record["image_bytes"]
+  assert len(opened) == 1
 
 
 def test_phrasecut_malformed_record_is_named(phrasecut_dir, tmp_path):

@@ -170,9 +170,10 @@ def ship_crop(image: np.ndarray, opts: PCPlusOptions) -> tuple[np.ndarray, np.nd
 
 
 def image_of(record: dict, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-  """A record's uint8 HxWx3 image (`image`, or `image_bytes` decoded), or its region `box` = (top,
-  left, bottom, right): a decoded image is cropped before it becomes an array (fewer bytes copied)."""
-  if "image" in record:
+  """A record's uint8 HxWx3 image (`image_bytes` decoded with PIL as the original's loader, else
+  `image`), or its region `box` = (top, left, bottom, right): a decoded image is cropped before it
+  becomes an array (fewer bytes copied)."""
+  if "image_bytes" not in record:
     image = record["image"]
     return image if box is None else image[box[0] : box[2], box[1] : box[3]]
   with Image.open(io.BytesIO(record["image_bytes"])) as im:

@@ -3,13 +3,17 @@
 `ReferringSource` wraps a prepared TFDS dataset (array_record); `FolderSource` reads people's own
 data from a folder (see README, "Your own data") with no build step. Both give records
 `{"image": uint8 [H, W, 3], "image_id": str, "phrases": [str], "masks": [bool [H, W]]}` and
-`phrases(i)` without decoding pixels, which is what the samplers index.
+`phrases(i)` without decoding pixels, which is what the samplers index. A prepared dataset's records
+decode on access (`LazyRecord`): the PhraseCut+ loader decodes one mask of a record and its image
+after the crop is drawn (`image_bytes`, with PIL as the original's loader), not every mask and image.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import csv
 import importlib
+import io
 import json
 import os
 from pathlib import Path
@@ -69,14 +73,16 @@ class ReferringSource:
   def __len__(self):
     return len(self._source)
 
-  def __getitem__(self, i: int) -> dict:
-    r = self._source[int(i)]
-    return {
-      "image": r["image"],
-      "image_id": _str(r["image_id"]),
-      "phrases": [_str(p) for p in r["phrases"]],
-      "masks": [np.asarray(m)[..., 0] > 0 for m in r["masks"]],
-    }
+  def __getitem__(self, i: int) -> LazyRecord:
+    from tensorflow.core.example import example_pb2
+
+    feature = example_pb2.Example.FromString(self._source.data_source[int(i)]).features.feature
+    return LazyRecord(
+      image_bytes=feature["image"].bytes_list.value[0],
+      image_id=_str(feature["image_id"].bytes_list.value[0]),
+      phrases=[p.decode() for p in feature["phrases"].bytes_list.value],
+      mask_bytes=list(feature["masks"].bytes_list.value),
+    )
 
   def phrases(self, i: int) -> list[str]:
     if self._phrases is None:
@@ -93,6 +99,50 @@ class ReferringSource:
       feature = example_pb2.Example.FromString(raw[i]).features.feature["phrases"]
       out.append([p.decode() for p in feature.bytes_list.value])
     return out
+
+
+class LazyMasks(collections.abc.Sequence):
+  """A record's masks, each decoded from its stored PNG when indexed (bool [H, W])."""
+
+  def __init__(self, encoded: list[bytes]):
+    self._encoded = encoded
+
+  def __len__(self):
+    return len(self._encoded)
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return [self[j] for j in range(*k.indices(len(self)))]
+    with Image.open(io.BytesIO(self._encoded[k])) as m:
+      mask = np.asarray(m)
+    return (mask[..., 0] if mask.ndim == 3 else mask) > 0
+
+
+class LazyRecord(collections.abc.Mapping):
+  """One record of a prepared dataset: `image` and `masks` decode when read; `image_bytes` is the
+  stored file (JPEG or PNG, see `builders.common.source_image`), which `pcplus.image_of` decodes
+  after cropping."""
+
+  def __init__(self, image_bytes: bytes, image_id: str, phrases: list[str], mask_bytes: list[bytes]):
+    self._fields = {"image_bytes": image_bytes, "image_id": image_id, "phrases": phrases}
+    self._masks = LazyMasks(mask_bytes)
+
+  def __getitem__(self, key):
+    if key == "image":
+      with Image.open(io.BytesIO(self._fields["image_bytes"])) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    if key == "masks":
+      return self._masks
+    return self._fields[key]
+
+  def __contains__(self, key):  # without decoding (Mapping's would read the value)
+    return key in ("image", "masks") or key in self._fields
+
+  def __iter__(self):
+    return iter(("image", "image_bytes", "image_id", "phrases", "masks"))
+
+  def __len__(self):
+    return 5
 
 
 class FolderSource:
