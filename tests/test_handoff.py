@@ -28,8 +28,8 @@ def samples(n, seed):
 
 
 def in_worker(slots):
-  """A PooledBatch as grain's workers get it: unpickled."""
-  return pickle.loads(pickle.dumps(handoff.PooledBatch(slots)))
+  """A Batcher as grain's workers get it: unpickled."""
+  return pickle.loads(pickle.dumps(handoff.Batcher(slots)))
 
 
 def assert_batch(batch, values):
@@ -62,13 +62,10 @@ def test_batches_come_back_equal_and_slots_are_reused_after_release():
   h2 = batch_fn(v2)
   assert h2.slot != h1.slot and h2.seq == h1.seq + 1
   b2 = handoff.open_batch(h2)
-  # Both slots held: grain's own path (the same values in a new shared-memory segment).
+  # Both slots held: a new buffer (grain copies it to shared memory), the same values.
   fallback = batch_fn(v3)
   assert not isinstance(fallback, handoff.Handle)
   assert_batch(fallback, v3)
-  for a in fallback.values():
-    a.unlink_on_del()
-  del fallback
   # A view of a view keeps its slot: nothing may overwrite what a step may still read.
   pixels = b1["pixels"][1:]
   del b1
@@ -95,16 +92,32 @@ def test_dropped_batches_free_their_slots():
   assert_batch(batch, values)
 
 
+def test_padded_keys_are_placed_top_left_with_zeros_around():
+  rng = np.random.default_rng(0)
+  values = [
+    {"crop": rng.integers(1, 256, (h, w, 3), dtype=np.uint8), "n": np.int32(h)} for h, w in [(3, 5), (6, 2), (0, 0)]
+  ]
+  for batch_fn in (handoff.Batcher(pad={"crop": (6, 6, 3)}), in_worker(2)):
+    batch_fn.pad = {"crop": (6, 6, 3)}
+    out = handoff.open_batch(batch_fn(values))
+    assert out["crop"].shape == (3, 6, 6, 3) and out["n"].tolist() == [3, 6, 0]
+    for row, v in zip(out["crop"], values):
+      h, w = v["crop"].shape[:2]
+      assert np.array_equal(row[:h, :w], v["crop"]) and row.sum() == v["crop"].sum()
+  with pytest.raises(ValueError, match="does not fit"):
+    handoff.Batcher(pad={"crop": (4, 4, 3)})(values)
+
+
 def test_other_batches_and_the_main_process_use_grains_batching():
   ragged = [{"a": np.zeros(2)}, {"a": np.zeros(3)}]
   with pytest.raises(ValueError):
     in_worker(2)(ragged)  # grain's make_batch refuses it as before
-  assert_batch(handoff.PooledBatch(2)(samples(3, 0)), samples(3, 0))  # not in a worker: plain numpy
+  assert_batch(handoff.Batcher(2)(samples(3, 0)), samples(3, 0))  # not in a worker: plain numpy
   texts = [{"text": np.array("a")}, {"text": np.array("b")}]
   assert not isinstance(in_worker(2)(texts), handoff.Handle)
   assert handoff.open_batch({"x": 1}) == {"x": 1}
   with pytest.raises(ValueError, match="slots"):
-    handoff.PooledBatch(0)
+    handoff.Batcher(-1)
 
 
 class ImageSource:

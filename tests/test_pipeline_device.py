@@ -1,6 +1,7 @@
 """The device half of the PhraseCut+ pipeline (input_pipeline/device.py) against the host path, and the
 loader's raw batches: same seed, same batches, exact resume, disjoint shards."""
 
+import dataclasses
 import io
 import re
 
@@ -13,7 +14,13 @@ from test_pcplus import MemorySource, assert_same, batches
 from clipseg_jax import preprocess, prompts
 from clipseg_jax.input_pipeline import device
 from clipseg_jax.input_pipeline.loader import make_loader
-from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusRawTransform, PCPlusTransform
+from clipseg_jax.input_pipeline.pcplus import (
+  PairIndex,
+  PCPlusOptions,
+  PCPlusRawTransform,
+  PCPlusTransform,
+  stack_samples,
+)
 
 SIZE = 32
 CROP = 48  # MemorySource's crops are 48 px (its images 48 x 64): all resized on the device
@@ -34,13 +41,18 @@ def stack(samples):
   return {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "text"}
 
 
+def stack_raw(samples, opts):
+  """Raw samples batched as the loader does: crops padded to the buffer."""
+  return stack_samples(samples, dataclasses.replace(opts, device_augment=True))
+
+
 @pytest.mark.parametrize("mode", ["crop_blur_highlight", "crop_blur_highlight24", "blur_highlight", "highlight"])
 def test_device_equals_host(mode):
   """Same draws: masks exactly; pixels to float32 rounding (two evaluation orders of the same
   bilinear weights), supports too (and the host blurs in float64)."""
   opts = PCPlusOptions(image_size=SIZE, prompt_mode=mode, max_crop_side=CROP)
   host, raw = pairs_of_both_paths(opts)
-  out = jax.jit(lambda b: device.finish(b, mode, SIZE))(stack(raw))
+  out = jax.jit(lambda b: device.finish(b, mode, SIZE))(stack_raw(raw, opts))
   want = stack(host)
   np.testing.assert_allclose(np.asarray(out["pixels"]), want["pixels"], atol=1e-4, rtol=0)
   np.testing.assert_array_equal(np.asarray(out["mask"]), want["mask"])
@@ -56,9 +68,9 @@ def test_crops_over_the_buffer_are_resized_on_the_host():
   them exactly, within 0.5 of the host path's float pixels."""
   opts = PCPlusOptions(image_size=SIZE, max_crop_side=40)
   host, raw = pairs_of_both_paths(opts, n=20)
-  assert all(r["pixels"].shape == (40, 40, 3) and list(r["pixels_hw"]) == [SIZE, SIZE] for r in raw)
-  out = jax.jit(lambda b: device.finish(b, opts.prompt_mode, SIZE))(stack(raw))
-  np.testing.assert_array_equal(np.asarray(out["pixels"]), stack(raw)["pixels"][:, :SIZE, :SIZE])
+  assert all(r["pixels"].shape == (SIZE, SIZE, 3) and list(r["pixels_hw"]) == [SIZE, SIZE] for r in raw)
+  out = jax.jit(lambda b: device.finish(b, opts.prompt_mode, SIZE))(stack_raw(raw, opts))
+  np.testing.assert_array_equal(np.asarray(out["pixels"]), stack_raw(raw, opts)["pixels"][:, :SIZE, :SIZE])
   assert np.abs(np.asarray(out["pixels"]) - stack(host)["pixels"]).max() <= 0.5 + 1e-4
 
 

@@ -2,7 +2,7 @@
 
 grain's workers put each array of each batch in a new shared-memory segment, which the kernel
 allocates, zeroes and frees again page by page: on a 2-core VM that costs about 1.5 ms per MB, more
-than decoding a sample's two JPEGs (experiments/bench/pcplus_throughput.py). `PooledBatch`, grain's
+than decoding a sample's two JPEGs (experiments/bench/pcplus_throughput.py). `Batcher`, grain's
 batch function, writes a batch into one of a few slots of a per-worker memfd instead, whose pages
 stay allocated, and sends a small `Handle`; `open_batch`, mapped over the workers' output in the
 training process, maps the memfd (once per worker) and returns numpy views of the slot. A slot is
@@ -50,56 +50,74 @@ def supported() -> bool:
   return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 
 
-def _layout(values: list) -> tuple[tuple, int] | None:
-  """((key, offset, shape, dtype), ...) and bytes of a batch of flat dicts of same-shaped arrays;
-  None for anything else (grain's batching handles it)."""
+def _layout(values: list, pad: dict) -> tuple[tuple, int] | None:
+  """((key, offset, shape, dtype), ...) and bytes of a batch of flat dicts of arrays, same-shaped
+  but for the keys of `pad` (placed top-left in their shape); None for anything else."""
   if not values or not all(isinstance(v, dict) and v.keys() == values[0].keys() for v in values):
     return None
   layout, offset = [], 0
   for key, first in values[0].items():
     if not isinstance(first, (np.ndarray, np.generic)) or first.dtype.hasobject or first.dtype.kind in "US":
       return None
-    if any(np.shape(v[key]) != first.shape or np.asarray(v[key]).dtype != first.dtype for v in values):
-      return None
-    layout.append((key, offset, (len(values), *first.shape), first.dtype.str))
-    offset += -(-first.nbytes * len(values) // ALIGN) * ALIGN
+    shape = tuple(pad.get(key, first.shape))
+    for v in values:
+      v = v[key]
+      fits = len(v.shape) == len(shape) and all(n <= m for n, m in zip(v.shape, shape))
+      if v.dtype != first.dtype or not (fits if key in pad else v.shape == shape):
+        if key in pad:
+          raise ValueError(f"a sample's {key!r} ({v.dtype} {v.shape}) does not fit its batch's {first.dtype} {shape}")
+        return None
+    layout.append((key, offset, (len(values), *shape), first.dtype.str))
+    offset += -(-int(np.prod(shape, dtype=np.int64)) * first.dtype.itemsize * len(values) // ALIGN) * ALIGN
   return tuple(layout), offset
+
+
+def _write(values: list, layout, buffer, start: int, pad: dict):
+  """The batch's arrays as views of `buffer` from byte `start`, each filled from `values`."""
+  out = {}
+  for key, offset, shape, dtype in layout:
+    out[key] = array = np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=start + offset)
+    if key not in pad:
+      np.stack([v[key] for v in values], out=array)
+      continue
+    for row, v in zip(array, values):  # top-left, zeros elsewhere (cheaper than zeroing it all first)
+      x = v[key]
+      row[tuple(slice(n) for n in x.shape)] = x
+      for axis, n in enumerate(x.shape):
+        row[tuple(slice(m) for m in x.shape[:axis]) + (slice(n, None),)] = 0
+  return out
 
 
 def _words(mm: mmap.mmap, slots: int) -> np.ndarray:
   return np.ndarray((slots,), np.int64, buffer=mm, offset=0)
 
 
-class PooledBatch:
-  """grain `batch_fn`: np.stack per key. In a grain worker each batch goes into a free slot of the
-  worker's memfd and a `Handle` is returned; elsewhere, for other samples or with every slot held,
-  grain's `make_batch`."""
+class Batcher:
+  """grain `batch_fn`: each key stacked, the keys of `pad` ({key: shape}) padded with zeros to their
+  shape. In a grain worker each batch goes into a free slot of the worker's memfd and a `Handle` is
+  returned (with every slot held: a new buffer, which grain copies to shared memory); samples other
+  than flat dicts of arrays go to grain's `make_batch`."""
 
-  def __init__(self, slots: int):
-    if not 1 <= slots <= MAX_SLOTS:
-      raise ValueError(f"PooledBatch takes 1 to {MAX_SLOTS} slots, got {slots}")
-    self.slots = slots
+  def __init__(self, slots: int = 0, pad: dict | None = None):
+    if not 0 <= slots <= MAX_SLOTS:
+      raise ValueError(f"a Batcher takes 0 to {MAX_SLOTS} slots, got {slots}")
+    self.slots, self.pad = slots, {k: tuple(v) for k, v in (pad or {}).items()}
     self._shared = False
     self._pool = None  # (mmap, fd, inode, slot_bytes) once the first batch is written
     self._seq = 0
 
   def __getstate__(self):
-    return {"slots": self.slots}
+    return {"slots": self.slots, "pad": self.pad}
 
   def __setstate__(self, state):
-    # Unpickled: in a grain worker (the loader uses PooledBatch only with workers). grain calls
-    # `enable_shared_memory_output` only when the batch is the worker's last transform; here a
+    # Unpickled: in a grain worker (the loader hands Batchers with slots to workers only). grain
+    # calls `enable_shared_memory_output` only when the batch is a worker's last transform; here a
     # prefetch follows it.
-    self.__init__(state["slots"])
+    self.__init__(**state)
     self._shared = True
 
   def enable_shared_memory_output(self):
     self._shared = True
-
-  def _fallback(self, values):
-    from grain._src.python.dataset.transformations.batch import make_batch
-
-    return make_batch(values, output_to_shared_memory=self._shared)
 
   def _memory(self, nbytes: int):
     if self._pool is None:
@@ -110,23 +128,27 @@ class PooledBatch:
       self._pool = (mmap.mmap(fd, size), fd, os.fstat(fd).st_ino, slot_bytes)
     return self._pool
 
+  def _free_slot(self, nbytes: int) -> int | None:
+    if not (self._shared and self.slots and supported()):
+      return None
+    mm, _, _, slot_bytes = self._memory(nbytes)
+    free = np.flatnonzero(_words(mm, self.slots) % 4 == FREE)
+    return int(free[0]) if len(free) and nbytes <= slot_bytes else None
+
   def __call__(self, values):
-    spec = _layout(values) if self._shared and supported() else None
+    spec = _layout(values, self.pad)
     if spec is None:
-      return self._fallback(values)
+      from grain._src.python.dataset.transformations.batch import make_batch
+
+      return make_batch(values, output_to_shared_memory=self._shared)
     layout, nbytes = spec
-    mm, fd, inode, slot_bytes = self._memory(nbytes)
-    words = _words(mm, self.slots)
-    free = np.flatnonzero(words % 4 == FREE)
-    if nbytes > slot_bytes or not len(free):  # a larger batch than the first, or every slot held
-      return self._fallback(values)
-    slot = int(free[0])
-    start = HEADER_BYTES + slot * slot_bytes
-    for key, offset, shape, dtype in layout:
-      out = np.ndarray(shape, np.dtype(dtype), buffer=mm, offset=start + offset)
-      np.stack([v[key] for v in values], out=out)
+    slot = self._free_slot(nbytes)
+    if slot is None:  # in-process, every slot held, or a batch larger than the first
+      return _write(values, layout, np.empty(nbytes, np.uint8), 0, self.pad)
+    mm, fd, inode, slot_bytes = self._pool
+    _write(values, layout, mm, HEADER_BYTES + slot * slot_bytes, self.pad)
     self._seq += 1
-    words[slot] = self._seq * 4 + WRITTEN
+    _words(mm, self.slots)[slot] = self._seq * 4 + WRITTEN
     return Handle(os.getpid(), fd, inode, len(mm), slot, slot_bytes, self._seq, layout)
 
 

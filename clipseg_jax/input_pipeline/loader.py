@@ -29,7 +29,7 @@ import collections
 import threading
 
 from clipseg_jax.input_pipeline import handoff
-from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusRawTransform, PCPlusTransform
+from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusRawTransform, PCPlusTransform, padded_keys
 from clipseg_jax.tokenizer import MAX_LENGTH, load_tokenizer, tokenize
 
 _TOKENIZER_LOCK = threading.Lock()
@@ -96,7 +96,7 @@ def make_loader(
   """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator. `read_threads`:
   threads mapping samples in each process (the main one without workers), `worker_buffer`: batches
   each worker keeps ready, `pool_slots`: batches per worker in reused shared memory
-  (`handoff.PooledBatch`; None: `worker_buffer` + 4, 0: grain's per-batch segments). None of them
+  (`handoff.Batcher`; None: `worker_buffer` + 4, 0: grain's per-batch segments). None of them
   changes the batches."""
   import grain
 
@@ -114,7 +114,9 @@ def make_loader(
     # the worker's queue, the batch being written, and up to three held by the trainer
     pool_slots = worker_buffer + 4
   pooled = worker_count > 0 and pool_slots > 0 and handoff.supported()
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=handoff.PooledBatch(pool_slots) if pooled else None)
+  pad = padded_keys(options) if options.device_augment else {}
+  batcher = handoff.Batcher(pool_slots if pooled else 0, pad)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batcher)
   # A small read-ahead: grain's default (500 elements per process) held ~1 GB of float32 samples per
   # worker and halved its throughput; two batches keep the workers busy.
   ahead = 2 * batch_size if read_threads else 0

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from clipseg_jax import preprocess, prompts
+from clipseg_jax.input_pipeline import handoff
 
 TEMPLATES = (
   "{}",
@@ -106,7 +107,7 @@ def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, mi
   the crop, the same random draws)."""
   h, w = mask.shape
   side = min(h, w)
-  profile = mask.sum(axis=0 if h == side else 1, dtype=np.int64)
+  profile = mask.sum(axis=0 if h == side else 1, dtype=np.int32)  # a column's count fits (half the work of int64)
   prefix = np.concatenate([[0], np.cumsum(profile)])
   total = prefix[-1]
   best, best_kept = (0, 0), -1.0
@@ -154,19 +155,30 @@ def crop_buffer(opts: PCPlusOptions) -> int:
   return max(opts.max_crop_side, opts.image_size)
 
 
+def padded_keys(opts: PCPlusOptions) -> dict[str, tuple[int, int, int]]:
+  """The device path's crops, shipped at their own size and padded by the batch (`handoff.Batcher`)
+  to `crop_buffer` on each side: {key: per-sample shape}."""
+  side = crop_buffer(opts)
+  return {"pixels": (side, side, 3), "support_pixels": (side, side, 3)}
+
+
+def stack_samples(samples: list[dict], opts: PCPlusOptions) -> dict:
+  """Samples of either path batched as the loader does (texts left out): the device path's crops
+  padded to `crop_buffer`."""
+  batcher = handoff.Batcher(pad=padded_keys(opts) if opts.device_augment else {})
+  return batcher([{k: v for k, v in s.items() if k != "text"} for s in samples])
+
+
 def ship_crop(image: np.ndarray, opts: PCPlusOptions) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 [B, B, 3] with B = `crop_buffer`, int32 [2] height and width): the crop at the top left,
-  zeros elsewhere (the device never reads them). A crop with a side over `max_crop_side` is resized
-  here (`preprocess.resize_aligned`, rounded to uint8: within 0.5 of the host path) and shipped at
-  the image size, which the device's resize keeps exactly."""
+  """(uint8 [h, w, 3] crop, int32 [2] its height and width); the batch pads it to `crop_buffer` with
+  zeros (the device never reads them). A crop with a side over `max_crop_side` is resized here
+  (`preprocess.resize_aligned`, rounded to uint8: within 0.5 of the host path) and shipped at the
+  image size, which the device's resize keeps exactly."""
   h, w = image.shape[:2]
   if max(h, w) > opts.max_crop_side:
     image = to_uint8(preprocess.resize_aligned(image, opts.image_size))
     h = w = opts.image_size
-  side = crop_buffer(opts)
-  out = np.zeros((side, side, 3), np.uint8)
-  out[:h, :w] = image
-  return out, np.array([h, w], np.int32)
+  return image, np.array([h, w], np.int32)
 
 
 def image_of(record: dict, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -275,8 +287,9 @@ class PCPlusTransform:
 
 class PCPlusRawTransform(PCPlusTransform):
   """The host half of `device_augment`: the same draws as `PCPlusTransform`; each crop shipped as uint8
-  padded to `crop_buffer` (with its height and width) for the device's resize, the masks resized here
-  (nearest, cheap) and the support's mask box computed here; `device.finish` does the rest."""
+  at its own size with its height and width (the batch pads it: `padded_keys`) for the device's
+  resize, the masks resized here (nearest, cheap) and the support's mask box computed here;
+  `device.finish` does the rest."""
 
   def __call__(self, pair_id: int, rng: np.random.Generator) -> dict:
     opts = self.opts
@@ -284,8 +297,8 @@ class PCPlusRawTransform(PCPlusTransform):
     choice, (image, mask), support = self.draw(pair_id, rng)
     recipe, _ = prompts.parse_mode(opts.prompt_mode, size)
     pixels, pixels_hw = ship_crop(image, opts)
-    if support is None:
-      s_pixels, s_hw = np.zeros_like(pixels), np.array([size, size], np.int32)
+    if support is None:  # an empty crop: the batch's zeros
+      s_pixels, s_hw = np.zeros((0, 0, 3), np.uint8), np.array([size, size], np.int32)
       s_mask = np.zeros((size, size), bool)
     else:
       (s_pixels, s_hw), s_mask = ship_crop(support[0], opts), prompts.resize_nearest(support[1], size)

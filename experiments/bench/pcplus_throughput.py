@@ -36,6 +36,7 @@ from clipseg_jax.input_pipeline.pcplus import (
   PCPlusTransform,
   object_aware_crop,
   ship_crop,
+  stack_samples,
   support_prompt,
 )
 
@@ -143,9 +144,9 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
   raw = PCPlusRawTransform(source, PairIndex(source), raw_opts)
   pack = lambda t: [Tokenize()(t(i, np.random.default_rng(i))) for i in range(batch)]
   host_batch, raw_batch = pack(host), pack(raw)
-  stacked = {k: np.stack([s[k] for s in raw_batch]) for k in raw_batch[0]}
+  stacked = stack_samples(raw_batch, raw_opts)
   finish = jax.jit(lambda b: device.finish(b, opts.prompt_mode, size))
-  transfer = lambda b: pickle.loads(pickle.dumps({k: np.stack([s[k] for s in b]) for k in b[0]}, protocol=5))
+  transfer = lambda b, o: pickle.loads(pickle.dumps(stack_samples(b, o), protocol=5))
   rows = [
     (
       "JPEG decode, full scale (x2 per sample)",
@@ -170,8 +171,8 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
       "host",
     ),
     ("query normalisation (numpy; the step does it on device)", ms(lambda: preprocess.normalize(s_img)), "-"),
-    ("batch + pickle round trip, host batch / sample", ms(lambda: transfer(host_batch)) / batch, "host"),
-    ("batch + pickle round trip, raw batch / sample", ms(lambda: transfer(raw_batch)) / batch, "device"),
+    ("batch + pickle round trip, host batch / sample", ms(lambda: transfer(host_batch, opts)) / batch, "host"),
+    ("batch + pickle round trip, raw batch / sample", ms(lambda: transfer(raw_batch, raw_opts)) / batch, "device"),
     (
       f"device.finish under jit on {jax.devices()[0].platform} / sample",
       ms(lambda: jax.block_until_ready(finish(stacked))) / batch,

@@ -11,6 +11,7 @@ and the prompt text with its text weight w. Builds the dataset first if it is no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -22,6 +23,7 @@ from clipseg_jax.input_pipeline.pcplus import (
   PCPlusOptions,
   PCPlusRawTransform,
   PCPlusTransform,
+  stack_samples,
   to_uint8,
 )
 from clipseg_jax.input_pipeline.sources import tfds_builder
@@ -62,7 +64,7 @@ def device_path(source, index, opts, ids, seed: int) -> dict:
 
   raw = PCPlusRawTransform(source, index, opts)
   samples = [raw(int(i), np.random.default_rng([seed, k])) for k, i in enumerate(ids)]
-  batch = {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "text"}
+  batch = stack_samples(samples, dataclasses.replace(opts, device_augment=True))
   out = jax.jit(lambda b: device.finish(b, opts.prompt_mode, opts.image_size))(batch)
   return {k: np.asarray(out[k]) for k in ("pixels", "mask", "support")}
 
