@@ -174,8 +174,8 @@ def jpeg(array, quality=95) -> bytes:
 
 @pytest.mark.slow  # two short training runs in subprocesses (~1 min)
 def test_training_with_device_augment_matches_host_path(training_root, tmp_path):
-  """`data.pcplus.device_augment=True` trains the same decoder as the host path (supports equal to
-  float32 rounding), through the trainer's wrapped stream step."""
+  """`data.pcplus.device_augment=True` with a loader worker trains the same decoder as the host path
+  in-process (supports equal to float32 rounding), through the trainer's wrapped stream step."""
   import os
   import subprocess
   import sys
@@ -185,7 +185,8 @@ def test_training_with_device_augment_matches_host_path(training_root, tmp_path)
   from clipseg_jax import load_model
 
   def run(workdir, flag):
-    extra = {"data.pcplus.augment": True, "data.pcplus.visual_prompts": True, "data.workers": 0}
+    # The device path through a grain worker and the reused shared-memory slots; the host path in-process.
+    extra = {"data.pcplus.augment": True, "data.pcplus.visual_prompts": True, "data.workers": int(flag)}
     extra["data.pcplus.device_augment"] = flag
     cmd = [sys.executable, "-m", "clipseg_jax.cli.main", "train", "--config", "synthetic", "--workdir", str(workdir)]
     out = subprocess.run(
@@ -223,7 +224,8 @@ def test_throughput_bench_prints_one_line_per_worker_count():
   args = ("--n", "16", "--size", "32", "--workers", "0", "--source-size", "60", "80", "--breakdown")
   out = bench("experiments.bench.pcplus_throughput", *args)
   lines = re.findall(r"^grain loader, 0 worker\(s\): [\d.]+ samples/s", out, re.M)
-  assert len(lines) == 3 and "prompt engineering" in out and "device.finish" in out  # host, device, device-before
+  assert len(lines) == 4 and "prompt engineering" in out and "device.finish" in out  # every path
+  assert "reused slot" in out
   assert "align_corners=True" in out and "load average" in out
 
 

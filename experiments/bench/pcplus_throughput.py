@@ -2,17 +2,21 @@
 
 Each sample decodes two JPEGs (query and support, Visual-Genome-like 500x375 by default), draws the
 object-aware crops, resizes, engineers the visual prompt (crop_blur_highlight) and tokenizes the
-templated phrase. Three paths, measured side by side in one run:
+templated phrase. Paths, measured side by side in one run:
   host         everything on the host (align_corners=True resizes, prompt engineering), float32 shipped;
-  device       `PCPlusOptions.device_augment`: uint8 crops padded to `max_crop_side` shipped, their
-               resize and the prompt engineering inside the jitted step (input_pipeline/device.py;
-               its cost per sample on this CPU is in the breakdown);
+  device       `PCPlusOptions.device_augment`: uint8 crops shipped (padded to `max_crop_side` by the
+               batch), their resize and the prompt engineering inside the jitted step
+               (input_pipeline/device.py; its cost per sample on this CPU is in the breakdown);
   device-before  the device path as it was before the crops' resize moved to the device: every crop
-               resized on the host and shipped at the image size (`max_crop_side=0`).
+               resized on the host and shipped at the image size (`max_crop_side=0`);
+  device-grain-shm  the device path with grain's own hand-over (a new shared-memory segment per array
+               per batch, `pool_slots=0`) instead of the reused slots of input_pipeline/handoff.py.
+Workers hand batches over through reused shared memory (`data.pool_slots`) unless the path says not.
 Targets on this 2-core machine: >= 250 samples/s per worker process, >= 400 with 2 workers.
 
   python -m experiments.bench.pcplus_throughput [--n 400] [--workers 0 1 2] [--path host device]
-      [--breakdown] [--read-threads 16]   # 16: grain's default threads per process (the old loader)
+      [--breakdown] [--read-threads 16] [--project 16 96]
+  (--read-threads 16: grain's default threads per process, the old loader)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from clipseg_jax import preprocess, prompts
+from clipseg_jax.input_pipeline import handoff
 from clipseg_jax.input_pipeline.loader import Tokenize, make_loader
 from clipseg_jax.input_pipeline.pcplus import (
   PairIndex,
@@ -35,12 +40,14 @@ from clipseg_jax.input_pipeline.pcplus import (
   PCPlusRawTransform,
   PCPlusTransform,
   object_aware_crop,
+  padded_keys,
   ship_crop,
   stack_samples,
   support_prompt,
 )
 
 TARGET_PER_WORKER, TARGET_TWO = 250.0, 400.0
+H100_STEP = 3382.0  # images/s of the bf16 training step alone on one H100 (issue 18, train_step --gpu)
 
 
 class JpegSource:
@@ -78,13 +85,13 @@ class JpegSource:
     return {**record, "image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))}
 
 
-PATHS = ("host", "device", "device-before")
+PATHS = ("host", "device", "device-before", "device-grain-shm")
 
 
 def options(path: str, size: int) -> PCPlusOptions:
   if path == "device-before":  # no crop fits a 0 px buffer: all resized on the host
     return PCPlusOptions(image_size=size, device_augment=True, max_crop_side=0)
-  return PCPlusOptions(image_size=size, device_augment=path == "device")
+  return PCPlusOptions(image_size=size, device_augment=path.startswith("device"))
 
 
 def in_process(source, opts, n):
@@ -99,8 +106,11 @@ def in_process(source, opts, n):
   return n / (time.perf_counter() - t)
 
 
-def through_grain(source, opts, n, workers, read_threads, batch=8):
-  it = iter(make_loader(source, opts, batch_size=batch, seed=0, worker_count=workers, read_threads=read_threads))
+def through_grain(source, opts, n, workers, read_threads, pool_slots=None, batch=8):
+  loader = make_loader(
+    source, opts, batch_size=batch, seed=0, worker_count=workers, read_threads=read_threads, pool_slots=pool_slots
+  )
+  it = iter(loader)
   for _ in range(2):  # worker start-up, buffers filled once
     next(it)
   t = time.perf_counter()
@@ -146,7 +156,28 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
   host_batch, raw_batch = pack(host), pack(raw)
   stacked = stack_samples(raw_batch, raw_opts)
   finish = jax.jit(lambda b: device.finish(b, opts.prompt_mode, size))
-  transfer = lambda b, o: pickle.loads(pickle.dumps(stack_samples(b, o), protocol=5))
+
+  def into_slot(samples, o):
+    """A worker's batch written into a reused slot and opened by the consumer (handoff)."""
+    pad = padded_keys(o) if o.device_augment else {}
+    worker = pickle.loads(pickle.dumps(handoff.Batcher(2, pad)))  # unpickled: as in a grain worker
+    return lambda: handoff.open_batch(worker(samples))
+
+  def grain_shm(samples, o):
+    """grain's hand-over of a batch that is not the worker's last transform: each array copied into a
+    new shared-memory segment, mapped by the consumer and unlinked when it is done."""
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    def run():
+      for value in stack_samples(samples, o).values():
+        shm = SharedMemoryArray(value.shape, value.dtype)
+        shm[...] = value
+        view = SharedMemoryArray.from_metadata(shm.metadata)
+        view.unlink_on_del()
+        del view, shm
+
+    return run
+
   rows = [
     (
       "JPEG decode, full scale (x2 per sample)",
@@ -160,7 +191,7 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
       "old",
     ),
     ("image resize, align_corners=True numpy (x2)", 2 * ms(lambda: preprocess.resize_aligned(crop, size)), "host"),
-    ("crop into the uint8 ship buffer (x2)", 2 * ms(lambda: ship_crop(crop, opts)), "device"),
+    ("crop shipped as it is (x2; the batch pads it)", 2 * ms(lambda: ship_crop(crop, opts)), "device"),
     ("mask resize, torch nearest (x2)", 2 * ms(lambda: prompts.resize_nearest(mcrop, size)), "both"),
     ("tokenize, uncached", ms(lambda: tok.encode(next(texts))), "old"),
     ("tokenize, cached", ms(lambda: tok.encode("a photo of a thing 3.")), "both"),
@@ -171,8 +202,10 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
       "host",
     ),
     ("query normalisation (numpy; the step does it on device)", ms(lambda: preprocess.normalize(s_img)), "-"),
-    ("batch + pickle round trip, host batch / sample", ms(lambda: transfer(host_batch, opts)) / batch, "host"),
-    ("batch + pickle round trip, raw batch / sample", ms(lambda: transfer(raw_batch, raw_opts)) / batch, "device"),
+    ("batch into new shared memory (grain's), host batch / sample", ms(grain_shm(host_batch, opts)) / batch, "host"),
+    ("batch into a reused slot (handoff), host batch / sample", ms(into_slot(host_batch, opts)) / batch, "host"),
+    ("batch into new shared memory (grain's), raw batch / sample", ms(grain_shm(raw_batch, raw_opts)) / batch, "-"),
+    ("batch into a reused slot (handoff), raw batch / sample", ms(into_slot(raw_batch, raw_opts)) / batch, "device"),
     (
       f"device.finish under jit on {jax.devices()[0].platform} / sample",
       ms(lambda: jax.block_until_ready(finish(stacked))) / batch,
@@ -192,6 +225,7 @@ def main():
   p.add_argument("--read-threads", type=int, default=1, help="grain threads per process (grain's default: 16)")
   p.add_argument("--breakdown", action="store_true", help="ms per stage of one sample")
   p.add_argument("--eager-decode", action="store_true", help="decode whole images on access, not after the crop")
+  p.add_argument("--project", type=int, nargs="+", default=[16, 96], metavar="CPUS", help="hosts to project onto")
   args = p.parse_args()
   source = JpegSource(size=tuple(args.source_size), lazy=not args.eager_decode)
   load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -206,23 +240,28 @@ def main():
   rates = {}
   for path in args.path:
     opts = options(path, args.size)
-    rate = in_process(source, opts, args.n)
-    print(f"plain loop, no grain (one worker's work): {rate:.1f} samples/s  [{path} path]")
+    if path != "device-grain-shm":  # the same work as `device` in-process
+      rate = in_process(source, opts, args.n)
+      print(f"plain loop, no grain (one worker's work): {rate:.1f} samples/s  [{path} path]")
+    slots = 0 if path == "device-grain-shm" else None
     for workers in args.workers:
-      rates[path, workers] = through_grain(source, opts, args.n, workers, args.read_threads)
+      rates[path, workers] = through_grain(source, opts, args.n, workers, args.read_threads, slots)
       print(f"grain loader, {workers} worker(s): {rates[path, workers]:.1f} samples/s  [{path} path]")
   for path in args.path:
     one, two = rates.get((path, 1)), rates.get((path, 2))
     if one:
-      cores = 16
+      projected = ", ".join(f"{c} CPUs ({c - 1} workers) {one * (c - 1):.0f}/s" for c in args.project)
       print(
         f"[{path}] 1 worker {one:.0f}/s ({one / TARGET_PER_WORKER:.2f}x the {TARGET_PER_WORKER:.0f}/s target)"
         + (f", 2 workers {two:.0f}/s ({two / TARGET_TWO:.2f}x the {TARGET_TWO:.0f}/s target)" if two else "")
-        + f"; projected {cores}-core GPU host ({cores - 1} workers, linear): {one * (cores - 1):.0f}/s"
+        + f"; projected, linear in workers: {projected}; workers to feed one H100's "
+        + f"{H100_STEP:.0f} images/s step: {H100_STEP / one:.1f}"
       )
-  for other in ("host", "device-before"):
-    if (other, 1) in rates and ("device", 1) in rates:
-      print(f"device path / {other} path, 1 worker: {rates['device', 1] / rates[other, 1]:.2f}x")
+  for other in ("host", "device-before", "device-grain-shm"):
+    for workers in (1, 2):
+      if (other, workers) in rates and ("device", workers) in rates:
+        ratio = rates["device", workers] / rates[other, workers]
+        print(f"device path / {other} path, {workers} worker(s): {ratio:.2f}x")
   print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
