@@ -15,7 +15,7 @@ Workers hand batches over through reused shared memory (`data.pool_slots`) unles
 Targets on this 2-core machine: >= 250 samples/s per worker process, >= 400 with 2 workers.
 
   python -m experiments.bench.pcplus_throughput [--n 400] [--workers 0 1 2] [--path host device]
-      [--breakdown] [--read-threads 16] [--project 16 96]
+      [--breakdown] [--read-threads 16] [--project 16 96] [--prepared]
   (--read-threads 16: grain's default threads per process, the old loader)
 """
 
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -83,6 +86,29 @@ class JpegSource:
     if self.lazy:
       return {**record, "image_bytes": data}
     return {**record, "image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))}
+
+
+def prepared_phrasecut(memory: JpegSource, root: Path):
+  """`memory`'s images and (box) masks written in PhraseCut's on-disk layout, built into a prepared
+  dataset (array_record) and opened as training opens it (`open_source`, records decoded on access)."""
+  from clipseg_jax.input_pipeline import build, open_source
+
+  manual = root / "manual"
+  (manual / "images").mkdir(parents=True)
+  splits, tasks = [], []
+  for i, (data, phrases, masks) in enumerate(memory.items):
+    (manual / "images" / f"{i}.jpg").write_bytes(data)
+    h, w = masks[0].shape
+    splits.append({"image_id": i, "height": h, "width": w, "split": "train"})
+    for k, (phrase, mask) in enumerate(zip(phrases, masks)):
+      ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+      x0, y0, x1, y1 = int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])
+      box = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+      tasks.append({"task_id": f"{i}__{k}", "image_id": i, "phrase": phrase, "Polygons": [[box]]})
+  (manual / "image_data_split.json").write_text(json.dumps(splits))
+  (manual / "refer_train.json").write_text(json.dumps(tasks))
+  build("phrasecut", data_dir=root / "tfds", manual_dir=manual)
+  return open_source("phrasecut", "train", data_dir=root / "tfds")
 
 
 PATHS = ("host", "device", "device-before", "device-grain-shm")
@@ -225,17 +251,28 @@ def main():
   p.add_argument("--read-threads", type=int, default=1, help="grain threads per process (grain's default: 16)")
   p.add_argument("--breakdown", action="store_true", help="ms per stage of one sample")
   p.add_argument("--eager-decode", action="store_true", help="decode whole images on access, not after the crop")
+  p.add_argument(
+    "--prepared", action="store_true", help="read the images through a prepared PhraseCut dataset, as training does"
+  )
   p.add_argument("--project", type=int, nargs="+", default=[16, 96], metavar="CPUS", help="hosts to project onto")
   args = p.parse_args()
   source = JpegSource(size=tuple(args.source_size), lazy=not args.eager_decode)
+  memory = source
+  if args.prepared:
+    tmp = tempfile.TemporaryDirectory()
+    source = prepared_phrasecut(memory, Path(tmp.name))
   load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
   print(
-    f"PC+ transform at {args.size} px, {args.source_size[1]}x{args.source_size[0]} JPEGs, {os.cpu_count()} CPUs, "
-    f"load average {load}"
+    f"PC+ transform at {args.size} px, {args.source_size[1]}x{args.source_size[0]} JPEGs "
+    f"({'a prepared PhraseCut dataset' if args.prepared else 'in memory'}), {os.cpu_count()} CPUs, load average {load}"
   )
   if args.breakdown:
     print("per-stage breakdown, ms per sample (median of 30), the path the stage belongs to:")
-    for name, value, path in breakdown(source, args.size):
+    rows = breakdown(memory, args.size)
+    if args.prepared:
+      read = ms(lambda: source[1]["masks"][2])
+      rows.insert(0, ("prepared record: read, parse, one mask's PNG decoded (x2)", 2 * read, "both"))
+    for name, value, path in rows:
       print(f"  {name:66s} {value:7.2f} ms  [{path}]")
   rates = {}
   for path in args.path:
