@@ -93,17 +93,23 @@ def test_dropped_batches_free_their_slots():
 
 
 def test_padded_keys_are_placed_top_left_with_zeros_around():
+  """Each padded sample top-left, zeros elsewhere, also in a reused slot whose previous samples were
+  larger on some axes and smaller on others (only what they leave behind is cleared)."""
   rng = np.random.default_rng(0)
-  values = [
-    {"crop": rng.integers(1, 256, (h, w, 3), dtype=np.uint8), "n": np.int32(h)} for h, w in [(3, 5), (6, 2), (0, 0)]
-  ]
-  for batch_fn in (handoff.Batcher(pad={"crop": (6, 6, 3)}), in_worker(2)):
-    batch_fn.pad = {"crop": (6, 6, 3)}
-    out = handoff.open_batch(batch_fn(values))
-    assert out["crop"].shape == (3, 6, 6, 3) and out["n"].tolist() == [3, 6, 0]
-    for row, v in zip(out["crop"], values):
-      h, w = v["crop"].shape[:2]
-      assert np.array_equal(row[:h, :w], v["crop"]) and row.sum() == v["crop"].sum()
+  reused = in_worker(1)
+  for step, shapes in enumerate([[(3, 5), (6, 2), (0, 0)], [(6, 6), (2, 6), (4, 1)], [(1, 6), (6, 1), (0, 0)]] * 2):
+    values = [{"crop": rng.integers(1, 256, (h, w, 3), dtype=np.uint8), "n": np.int32(h)} for h, w in shapes]
+    for batch_fn in (handoff.Batcher(pad={"crop": (6, 6, 3)}), reused):
+      batch_fn.pad = {"crop": (6, 6, 3)}
+      handle = batch_fn(values)
+      assert isinstance(handle, handoff.Handle) == (batch_fn is reused)
+      out = handoff.open_batch(handle)
+      assert out["crop"].shape == (3, 6, 6, 3) and out["n"].tolist() == [h for h, _ in shapes]
+      for row, v in zip(out["crop"], values):
+        h, w = v["crop"].shape[:2]
+        assert np.array_equal(row[:h, :w], v["crop"]) and row.sum() == v["crop"].sum(), step
+      del out, row
+      gc.collect()  # the slot is free again
   with pytest.raises(ValueError, match="does not fit"):
     handoff.Batcher(pad={"crop": (4, 4, 3)})(values)
 

@@ -1,5 +1,6 @@
 """PhraseCut+ sampling, its supports, held-out filtering, folder data, the loader (prompt modes: test_prompts)."""
 
+import collections
 import json
 
 import numpy as np
@@ -254,3 +255,42 @@ def test_loader_workers_match_in_process():
   state = it.get_state()
   rest, _ = batches(loader, 2, state)
   assert_same(first + rest, local)
+
+
+class PhraseSource:
+  """Pairs with the given phrases, one per record (no pixels: the sampler reads phrases only)."""
+
+  def __init__(self, phrases):
+    self._phrases = [[p] for p in phrases]
+
+  def __len__(self):
+    return len(self._phrases)
+
+  def phrases(self, i):
+    return self._phrases[i]
+
+
+def test_sampler_draws_negatives_and_supports_as_the_original():
+  """timojl/clipseg `PhraseCut.__getitem__`: a negative's phrase is uniform over the distinct phrases
+  and redrawn until it differs (so every negative draw is a negative); the support is uniform over
+  all samples with the phrase, the query's own included, and there is none for a single-sample phrase."""
+  from clipseg_jax.input_pipeline.pcplus import PCPlusSampler
+
+  phrases = ["common"] * 90 + ["rare a", "rare b", "rare c", "pair", "pair"]
+  sampler = PCPlusSampler(PairIndex(PhraseSource(phrases)), PCPlusOptions(q_neg=0.2))
+  rng, n = np.random.default_rng(0), 20000
+  draws = [sampler.choose(0, rng) for _ in range(n)]  # the query says "common"
+  negatives = [d.phrase for d in draws if d.negative]
+  assert abs(len(negatives) / n - 0.2) < 4 * np.sqrt(0.2 * 0.8 / n)  # frequency-weighted: ~0.2 * 5/95
+  counts = collections.Counter(negatives)
+  assert set(counts) == {"rare a", "rare b", "rare c", "pair"}
+  assert all(abs(c / len(negatives) - 0.25) < 0.04 for c in counts.values())  # uniform, not by frequency
+  rare = [d for d in draws if d.phrase.startswith("rare")]
+  assert rare and all(d.support is None and d.text_weight == 1.0 for d in rare)  # one sample: no support
+  pair = [d.support for d in draws if d.phrase == "pair"]
+  assert set(pair) == {93, 94}
+  own = [sampler.choose(93, rng) for _ in range(4000)]
+  kept = [d.support for d in own if not d.negative]
+  assert abs(kept.count(93) / len(kept) - 0.5) < 0.05  # the query's own sample half the time
+  common = [d.support for d in draws if not d.negative]
+  assert 0 in common and set(common) <= set(range(90))

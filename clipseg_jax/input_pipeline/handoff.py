@@ -72,19 +72,31 @@ def _layout(values: list, pad: dict) -> tuple[tuple, int] | None:
   return tuple(layout), offset
 
 
-def _write(values: list, layout, buffer, start: int, pad: dict):
-  """The batch's arrays as views of `buffer` from byte `start`, each filled from `values`."""
+def _write(values: list, layout, buffer, start: int, pad: dict, written: dict | None = None) -> dict:
+  """The batch's arrays as views of `buffer` from byte `start`, each filled from `values`; a padded
+  key's samples top-left with zeros around them. `written` ({key: int [B, ndim]}) holds the extents
+  each padded row of this memory had before (None: unknown), so only what they leave behind is
+  zeroed; it is updated in place."""
   out = {}
   for key, offset, shape, dtype in layout:
     out[key] = array = np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=start + offset)
     if key not in pad:
       np.stack([v[key] for v in values], out=array)
       continue
-    for row, v in zip(array, values):  # top-left, zeros elsewhere (cheaper than zeroing it all first)
-      x = v[key]
-      row[tuple(slice(n) for n in x.shape)] = x
-      for axis, n in enumerate(x.shape):
-        row[tuple(slice(m) for m in x.shape[:axis]) + (slice(n, None),)] = 0
+    old = written.get(key) if written is not None else None
+    if old is None:
+      old = np.tile(shape[1:], (shape[0], 1))
+    new = np.array([v[key].shape for v in values], np.int64).reshape(shape[0], len(shape) - 1)
+    for row, v, was, now in zip(array, values, old, new):
+      row[tuple(slice(n) for n in now)] = v[key]
+      # Zero `was`'s box outside `now`'s: for each axis, the slab past `now` on it, within both boxes
+      # on the axes before it and within `was` on the axes after it.
+      for axis in range(len(now)):
+        if was[axis] > now[axis]:
+          index = [slice(min(n, m)) for n, m in zip(now[:axis], was[:axis])] + [slice(now[axis], was[axis])]
+          row[tuple(index + [slice(m) for m in was[axis + 1 :]])] = 0
+    if written is not None:
+      written[key] = new
   return out
 
 
@@ -105,6 +117,7 @@ class Batcher:
     self._shared = False
     self._pool = None  # (mmap, fd, inode, slot_bytes) once the first batch is written
     self._seq = 0
+    self._written = {}  # slot -> (layout, {padded key: extents of the samples last written there})
 
   def __getstate__(self):
     return {"slots": self.slots, "pad": self.pad}
@@ -146,7 +159,15 @@ class Batcher:
     if slot is None:  # in-process, every slot held, or a batch larger than the first
       return _write(values, layout, np.empty(nbytes, np.uint8), 0, self.pad)
     mm, fd, inode, slot_bytes = self._pool
-    _write(values, layout, mm, HEADER_BYTES + slot * slot_bytes, self.pad)
+    # What the slot's padded rows hold: nothing in a new memfd (it reads as zeros); after a batch of
+    # another layout (the last, smaller one), unknown.
+    last_layout, written = self._written.get(
+      slot, (layout, {k: np.zeros((s[0], len(s) - 1), np.int64) for k, _, s, _ in layout})
+    )
+    if last_layout != layout:
+      written = {}
+    _write(values, layout, mm, HEADER_BYTES + slot * slot_bytes, self.pad, written)
+    self._written[slot] = (layout, written)
     self._seq += 1
     _words(mm, self.slots)[slot] = self._seq * 4 + WRITTEN
     return Handle(os.getpid(), fd, inode, len(mm), slot, slot_bytes, self._seq, layout)

@@ -3,9 +3,11 @@
 Per sample: an object-aware random square crop (side min(H, W); up to `crop_tries` tries for one
 keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` as the
 original's `load_sample` (image: torch's bilinear with align_corners=True on float pixels, no
-antialiasing; mask: torch's nearest); with probability `q_neg` the phrase is swapped for another and
-the mask zeroed; a visual support from another sample with the same phrase, cropped and resized the
-same way and passed through visual prompt engineering (ImageNet-normalised float32); query pixels
+antialiasing; mask: torch's nearest); with probability `q_neg` the phrase is swapped for another
+distinct phrase (uniform over them) and the mask zeroed; a visual support drawn uniformly from the
+samples with the same phrase (the query's own included, none for a phrase with one sample: the
+original's draws), cropped and resized the same way and passed through visual prompt engineering
+(ImageNet-normalised float32); query pixels
 float32 0..255, unrounded as the original's (the model step normalises them); a prompt template
 ("shuffle+"); and the text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`)
 (1 without support).
@@ -209,20 +211,25 @@ class PCPlusSampler:
 
   def __init__(self, index: PairIndex, opts: PCPlusOptions):
     self.index, self.opts = index, opts
+    self.distinct = sorted(index.by_phrase)  # the original's `all_phrases`
 
   def choose(self, pair_id: int, rng: np.random.Generator) -> Choice:
+    """As the original's `PhraseCut.__getitem__`: a negative's phrase uniform over the distinct phrases,
+    redrawn until it differs; the support uniform over every pair with the phrase (the query's own
+    pair included), none when the phrase has a single pair."""
     opts, phrase, negative = self.opts, self.index.phrases[pair_id], False
-    if rng.random() < opts.q_neg:
-      other = self.index.phrases[int(rng.integers(len(self.index)))]
-      if other != phrase:
-        phrase, negative = other, True
+    distinct = self.distinct
+    if rng.random() < opts.q_neg and len(distinct) > 1:
+      other = phrase
+      while other == phrase:
+        other = distinct[int(rng.integers(len(distinct)))]
+      phrase, negative = other, True
     template = int(rng.integers(len(opts.templates)))
     support, weight = None, 1.0
-    if opts.visual_prompts:
-      candidates = [p for p in self.index.by_phrase.get(phrase, ()) if p != pair_id]
-      if candidates:
-        support = candidates[int(rng.integers(len(candidates)))]
-        weight = float(rng.uniform(0.0, opts.mix_max))
+    pairs = self.index.by_phrase.get(phrase, ())
+    if opts.visual_prompts and len(pairs) > 1:
+      support = pairs[int(rng.integers(len(pairs)))]
+      weight = float(rng.uniform(0.0, opts.mix_max))
     return Choice(phrase, negative, template, support, weight)
 
 
