@@ -15,7 +15,7 @@ Workers hand batches over through reused shared memory (`data.pool_slots`) unles
 Targets on this 2-core machine: >= 250 samples/s per worker process, >= 400 with 2 workers.
 
   python -m experiments.bench.pcplus_throughput [--n 400] [--workers 0 1 2] [--path host device]
-      [--breakdown] [--read-threads 16] [--project 16 96] [--prepared]
+      [--breakdown] [--repeats 3] [--read-threads 16] [--project 16 96] [--prepared]
   (--read-threads 16: grain's default threads per process, the old loader)
 """
 
@@ -54,12 +54,15 @@ H100_STEP = 3382.0  # images/s of the bf16 training step alone on one H100 (issu
 
 
 class JpegSource:
-  """In-memory referring records stored as JPEG bytes. `lazy`: records carry `image_bytes`, decoded
-  after the crop is drawn; otherwise decoded on access."""
+  """In-memory referring records stored as JPEG bytes: `n_records` records (3 phrases each) over
+  `n_images` distinct images, so the pair index has PhraseCut's size (~300k training pairs; grain's
+  index shuffle costs ~240 us a sample over 192 pairs, ~15-25 us over 300k) at the memory of 64 JPEGs.
+  `lazy`: records carry `image_bytes`, decoded after the crop is drawn; otherwise decoded on access."""
 
-  def __init__(self, n_images=64, size=(375, 500), seed=0, lazy=True):
+  def __init__(self, n_images=64, size=(375, 500), seed=0, lazy=True, n_records=None):
     rng = np.random.RandomState(seed)
     self.items, self.lazy = [], lazy
+    self.n_records = n_images if n_records is None else n_records
     yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
     for i in range(n_images):
       img = (rng.rand(3) * 255 * (0.6 + 0.4 * np.sin(xx / (7 + i % 5))[..., None])).astype(np.uint8)
@@ -72,16 +75,17 @@ class JpegSource:
         y, x = rng.randint(0, size[0] - h), rng.randint(0, size[1] - w)
         m[y : y + h, x : x + w] = True
         masks.append(m)
-      self.items.append((buf.getvalue(), [f"object {i % 16}", f"thing {i % 8}", f"region {i}"], masks))
+      self.items.append((buf.getvalue(), masks))
 
   def __len__(self):
-    return len(self.items)
+    return self.n_records
 
   def phrases(self, i):
-    return self.items[i][1]
+    # a few frequent phrases (like PhraseCut's "man", "window") and many rare ones
+    return [f"object {i % 16}", f"thing {i % 8}", f"region {i}"]
 
   def __getitem__(self, i):
-    data, phrases, masks = self.items[i]
+    (data, masks), phrases = self.items[i % len(self.items)], self.phrases(i)
     record = {"image_id": str(i), "phrases": phrases, "masks": masks}
     if self.lazy:
       return {**record, "image_bytes": data}
@@ -96,7 +100,8 @@ def prepared_phrasecut(memory: JpegSource, root: Path):
   manual = root / "manual"
   (manual / "images").mkdir(parents=True)
   splits, tasks = [], []
-  for i, (data, phrases, masks) in enumerate(memory.items):
+  for i, (data, masks) in enumerate(memory.items):
+    phrases = memory.phrases(i)
     (manual / "images" / f"{i}.jpg").write_bytes(data)
     h, w = masks[0].shape
     splits.append({"image_id": i, "height": h, "width": w, "split": "train"})
@@ -108,7 +113,23 @@ def prepared_phrasecut(memory: JpegSource, root: Path):
   (manual / "image_data_split.json").write_text(json.dumps(splits))
   (manual / "refer_train.json").write_text(json.dumps(tasks))
   build("phrasecut", data_dir=root / "tfds", manual_dir=manual)
-  return open_source("phrasecut", "train", data_dir=root / "tfds")
+  return Cycled(open_source("phrasecut", "train", data_dir=root / "tfds"), memory)
+
+
+class Cycled:
+  """A prepared source's records repeated to `memory`'s number of records, with its phrases."""
+
+  def __init__(self, prepared, memory: JpegSource):
+    self.prepared, self.memory = prepared, memory
+
+  def __len__(self):
+    return len(self.memory)
+
+  def phrases(self, i):
+    return self.memory.phrases(i)
+
+  def __getitem__(self, i):
+    return self.prepared[i % len(self.prepared)]
 
 
 PATHS = ("host", "device", "device-before", "device-grain-shm")
@@ -167,7 +188,7 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
 
   opts = PCPlusOptions(image_size=size)
   raw_opts = PCPlusOptions(image_size=size, device_augment=True)
-  data, _, masks = source.items[0]
+  data, masks = source.items[0]
   image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
   mask, rng = masks[0], np.random.default_rng(0)
   top, left, side = object_aware_crop(mask, rng, opts.crop_tries, opts.min_mask_fraction)
@@ -250,13 +271,15 @@ def main():
   p.add_argument("--path", nargs="+", default=list(PATHS), choices=PATHS)
   p.add_argument("--read-threads", type=int, default=1, help="grain threads per process (grain's default: 16)")
   p.add_argument("--breakdown", action="store_true", help="ms per stage of one sample")
+  p.add_argument("--repeats", type=int, default=1, help="loader measurements per worker count (median printed)")
+  p.add_argument("--records", type=int, default=100_000, help="records (3 pairs each) over the 64 images")
   p.add_argument("--eager-decode", action="store_true", help="decode whole images on access, not after the crop")
   p.add_argument(
     "--prepared", action="store_true", help="read the images through a prepared PhraseCut dataset, as training does"
   )
   p.add_argument("--project", type=int, nargs="+", default=[16, 96], metavar="CPUS", help="hosts to project onto")
   args = p.parse_args()
-  source = JpegSource(size=tuple(args.source_size), lazy=not args.eager_decode)
+  source = JpegSource(size=tuple(args.source_size), lazy=not args.eager_decode, n_records=args.records)
   memory = source
   if args.prepared:
     tmp = tempfile.TemporaryDirectory()
@@ -282,8 +305,10 @@ def main():
       print(f"plain loop, no grain (one worker's work): {rate:.1f} samples/s  [{path} path]")
     slots = 0 if path == "device-grain-shm" else None
     for workers in args.workers:
-      rates[path, workers] = through_grain(source, opts, args.n, workers, args.read_threads, slots)
-      print(f"grain loader, {workers} worker(s): {rates[path, workers]:.1f} samples/s  [{path} path]")
+      runs = [through_grain(source, opts, args.n, workers, args.read_threads, slots) for _ in range(args.repeats)]
+      rates[path, workers] = statistics.median(runs)
+      spread = f" (median of {len(runs)}: {min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+      print(f"grain loader, {workers} worker(s): {rates[path, workers]:.1f} samples/s{spread}  [{path} path]")
   for path in args.path:
     one, two = rates.get((path, 1)), rates.get((path, 2))
     if one:
