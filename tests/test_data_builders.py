@@ -15,9 +15,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from clipseg_jax.input_pipeline import build, open_source, raw_examples
+from clipseg_jax.input_pipeline import build, open_source, raw_examples, sources
+from clipseg_jax.input_pipeline.builders.common import mask_feature
 from clipseg_jax.input_pipeline.rasterize import phrasecut_mask, polygons_to_mask, rle_counts_from_string
-from clipseg_jax.input_pipeline.sources import prepared_source
+from clipseg_jax.input_pipeline.sources import decode_mask, prepared_source
 
 
 def stored_images(name: str, split: str, data_dir) -> dict[str, bytes]:
@@ -168,13 +169,14 @@ def test_prepared_records_decode_on_access_as_tfds_does(phrasecut_dir, tmp_path,
     assert len(record["masks"]) == len(eager[i]["masks"])
     for mask, stored in zip(record["masks"], eager[i]["masks"]):
       assert mask.dtype == bool and np.array_equal(mask, stored[..., 0] > 0)
-  # What PhraseCut+ reads of a record (one mask, the image's bytes) decodes one PNG and no JPEG.
-  opened = []
-  real_open = Image.open
+  # What PhraseCut+ reads of a record (one mask, the image's bytes) decodes one mask and no image.
+  opened, masks = [], []
+  real_open, real_mask = Image.open, sources.decode_mask
   monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+  monkeypatch.setattr(sources, "decode_mask", lambda data: masks.append(1) or real_mask(data))
   record = source[0]
   record["masks"][1], record["image_bytes"]
-  assert len(opened) == 1
+  assert not opened and len(masks) == 1
 
 
 def test_phrasecut_malformed_record_is_named(phrasecut_dir, tmp_path):
@@ -330,3 +332,22 @@ def test_coco_image_size_must_match_annotations(tmp_path):
     ValueError, match=r"image 42 is 41x48 \(HxW\) there, but .*COCO_val2014_000000000042.jpg is 40x48"
   ):
     build("coco", data_dir=tmp_path / "tfds", manual_dir=root)
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (1, 1), (7, 9), (33, 17), (64, 64)])
+def test_stored_masks_decode_as_pil_reads_them(shape):
+  """`mask_feature` writes 1-bit PNGs that `decode_mask` unfilters itself (None/Sub/Up rows); other
+  filters, 8-bit and interlaced PNGs go through PIL. Every one decodes to PIL's pixels."""
+  rng = np.random.default_rng(shape[0] * shape[1])
+  h, w = shape
+  box = np.zeros(shape, bool)
+  box[h // 4 : h // 2 + 1, w // 3 : w // 2 + 1] = True
+  stripes = (np.arange(w)[None] // 3 + np.arange(h)[:, None]) % 2 == 0
+  for mask in (rng.random(shape) < 0.3, box, stripes, np.zeros(shape, bool), np.ones(shape, bool)):
+    stored = mask_feature(mask)
+    assert stored.startswith(b"\x89PNG") and Image.open(io.BytesIO(stored)).mode == "1"
+    assert np.array_equal(decode_mask(stored), mask)
+    for mode, kwargs in (("L", {}), ("1", {"interlace": 1}), ("L", {"interlace": 1})):
+      buf = io.BytesIO()
+      Image.fromarray(mask).convert(mode).save(buf, "PNG", **kwargs)
+      assert np.array_equal(decode_mask(buf.getvalue()), mask), (mode, kwargs)

@@ -36,8 +36,13 @@ class ClipsegPhrasecut(tfds.core.GeneratorBasedBuilder):
   """PhraseCut referring expressions with masks rasterised from their polygons."""
 
   name = "clipseg_phrasecut"
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.1.0": "images stored as their files' bytes (no JPEG re-encoding).", "1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.2.0")
+  SUPPORTED_VERSIONS = [tfds.core.Version("1.1.0")]  # read where prepared (sources.tfds_builder)
+  RELEASE_NOTES = {
+    "1.2.0": "masks stored as 1-bit PNGs (the same pixels, decoded ~3x faster).",
+    "1.1.0": "images stored as their files' bytes (no JPEG re-encoding).",
+    "1.0.0": "First release.",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):

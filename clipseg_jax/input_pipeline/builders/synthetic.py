@@ -21,7 +21,9 @@ class ClipsegSynthetic(tfds.core.GeneratorBasedBuilder):
   """Coloured shapes on textured backgrounds with referring phrases and negatives."""
 
   name = "clipseg_synthetic"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]  # read where prepared (sources.tfds_builder)
+  RELEASE_NOTES = {"1.1.0": "masks stored as 1-bit PNGs (the same pixels).", "1.0.0": "First release."}
   BUILDER_CONFIGS = [
     SyntheticConfig(
       name="default", description="the demo's training set", scenes={"train": 2000, "validation": 100, "test": 200}
