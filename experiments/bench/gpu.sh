@@ -19,3 +19,5 @@ timeout 300 python3 -m experiments.bench.train_step --gpu --batch "${1:-256}" --
 # against the step alone, then inference against transformers (1 x 21 zero-shot, 64 x 1; f32 and bf16).
 timeout 400 python3 -m experiments.bench.train_step --gpu --end-to-end --batch "${1:-256}" --steps 10 2>&1 | filter
 timeout 400 python3 -m experiments.bench.inference --gpu --repeats 3 2>&1 | filter
+# The loader alone on the host's cores: samples/s with 1..15 workers (the scaling the step needs).
+timeout 300 python3 -m experiments.bench.pcplus_throughput --path device --workers 1 4 8 15 --n 2000 2>&1 | filter
