@@ -218,8 +218,9 @@ def open_batch(batch):
     return batch
   mm = _mapping(batch)
   words = _words(mm, MAX_SLOTS)  # words past the pool's slots stay FREE
-  # grain hands each worker's batches over in order, so a slot still WRITTEN with an earlier number
-  # held a batch that grain dropped (a set_state clears the queues): free it.
+  # grain hands each worker's batches over in order (and one thread makes them: the loader pools
+  # only then), so a slot still WRITTEN with an earlier number held a batch that grain dropped (a
+  # set_state clears the queues): free it.
   pending = words % 4 == WRITTEN
   stale = np.flatnonzero(pending & (words // 4 < batch.seq))
   words[stale] = FREE

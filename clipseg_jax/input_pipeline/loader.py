@@ -97,8 +97,8 @@ def make_loader(
   """A grain IterDataset of batches; `iter(...)` gives a checkpointable iterator. `read_threads`:
   threads mapping samples in each process (the main one without workers), `worker_buffer`: batches
   each worker keeps ready, `pool_slots`: batches per worker in reused shared memory
-  (`handoff.Batcher`; None: `worker_buffer` + 4, 0: grain's per-batch segments). None of them
-  changes the batches."""
+  (`handoff.Batcher`, with at most one read thread; None: `worker_buffer` + 4, 0: grain's per-batch
+  segments). None of them changes the batches."""
   import grain
 
   index = PairIndex(source, keep)
@@ -114,7 +114,9 @@ def make_loader(
   if pool_slots is None:
     # the worker's queue, the batch being written, and up to three held by the trainer
     pool_slots = worker_buffer + 4
-  pooled = worker_count > 0 and pool_slots > 0 and handoff.supported()
+  # One thread making a worker's batches keeps them in the order grain delivers them, which the
+  # slots' reclaiming relies on (handoff.open_batch).
+  pooled = worker_count > 0 and pool_slots > 0 and read_threads <= 1 and handoff.supported()
   pad = padded_keys(options) if options.device_augment else {}
   batcher = handoff.Batcher(pool_slots if pooled else 0, pad)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batcher)
