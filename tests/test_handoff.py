@@ -117,11 +117,13 @@ def test_padded_keys_are_placed_top_left_with_zeros_around():
 def test_other_batches_and_the_main_process_use_grains_batching():
   ragged = [{"a": np.zeros(2)}, {"a": np.zeros(3)}]
   with pytest.raises(ValueError):
-    in_worker(2)(ragged)  # grain's make_batch refuses it as before
+    in_worker(2)(ragged)  # np.stack refuses it, as grain's batching did
   assert_batch(handoff.Batcher(2)(samples(3, 0)), samples(3, 0))  # not in a worker: plain numpy
   texts = [{"text": np.array("a")}, {"text": np.array("b")}]
   assert not isinstance(in_worker(2)(texts), handoff.Handle)
   assert handoff.open_batch({"x": 1}) == {"x": 1}
+  with pytest.raises(TypeError, match="dicts of arrays"):
+    handoff.Batcher()([(1, 2), (3, 4)])
   with pytest.raises(ValueError, match="slots"):
     handoff.Batcher(-1)
 

@@ -107,8 +107,8 @@ def _words(mm: mmap.mmap, slots: int) -> np.ndarray:
 class Batcher:
   """grain `batch_fn`: each key stacked, the keys of `pad` ({key: shape}) padded with zeros to their
   shape. In a grain worker each batch goes into a free slot of the worker's memfd and a `Handle` is
-  returned (with every slot held: a new buffer, which grain copies to shared memory); samples other
-  than flat dicts of arrays go to grain's `make_batch`."""
+  returned (with every slot held: a new buffer, which grain copies to shared memory); other flat
+  dicts (strings, ragged arrays) are np.stacked per key."""
 
   def __init__(self, slots: int = 0, pad: dict | None = None):
     if not 0 <= slots <= MAX_SLOTS:
@@ -150,10 +150,10 @@ class Batcher:
 
   def __call__(self, values):
     spec = _layout(values, self.pad)
-    if spec is None:
-      from grain._src.python.dataset.transformations.batch import make_batch
-
-      return make_batch(values, output_to_shared_memory=self._shared)
+    if spec is None:  # ragged, strings, ...: np.stack's result or its error, as grain's batching
+      if not all(isinstance(v, dict) for v in values):
+        raise TypeError(f"Batcher batches dicts of arrays, got {type(values[0]).__name__}")
+      return {k: np.stack([v[k] for v in values]) for k in values[0]}
     layout, nbytes = spec
     slot = self._free_slot(nbytes)
     if slot is None:  # in-process, every slot held, or a batch larger than the first
