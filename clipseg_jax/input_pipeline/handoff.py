@@ -47,7 +47,7 @@ class Handle:
 
 def supported() -> bool:
   """memfd_create and /proc/PID/fd (how the training process reaches a worker's memory): Linux."""
-  return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+  return sys.platform.startswith("linux") and hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 def _layout(values: list, pad: dict) -> tuple[tuple, int] | None:
