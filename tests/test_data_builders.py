@@ -351,3 +351,6 @@ def test_stored_masks_decode_as_pil_reads_them(shape):
       buf = io.BytesIO()
       Image.fromarray(mask).convert(mode).save(buf, "PNG", **kwargs)
       assert np.array_equal(decode_mask(buf.getvalue()), mask), (mode, kwargs)
+  truncated = sources.LazyMasks([mask_feature(box)[:40]], "1234")
+  with pytest.raises(ValueError, match="image 1234: mask 0 is not a readable image"):
+    truncated[0]

@@ -115,7 +115,7 @@ def decode_mask(data: bytes) -> np.ndarray:
   """bool [H, W] of a stored mask (> 0 inside). The 1-bit non-interlaced grayscale PNGs that
   `builders.common.mask_feature` writes are inflated, unfiltered and unpacked here (PIL takes ~4x as
   long); any other image goes through PIL."""
-  if data.startswith(PNG_SIGNATURE):
+  if data.startswith(PNG_SIGNATURE) and b"IHDR" in data[:64]:
     pos, chunks = len(PNG_SIGNATURE), {}
     while pos + 8 <= len(data):
       size, kind = struct.unpack(">I4s", data[pos : pos + 8])
@@ -157,8 +157,8 @@ def _unfilter(rows: np.ndarray) -> np.ndarray | None:
 class LazyMasks(collections.abc.Sequence):
   """A record's masks, each decoded from its stored PNG when indexed (bool [H, W]: `decode_mask`)."""
 
-  def __init__(self, encoded: list[bytes]):
-    self._encoded = encoded
+  def __init__(self, encoded: list[bytes], image_id: str = "?"):
+    self._encoded, self._image_id = encoded, image_id
 
   def __len__(self):
     return len(self._encoded)
@@ -166,7 +166,10 @@ class LazyMasks(collections.abc.Sequence):
   def __getitem__(self, k):
     if isinstance(k, slice):
       return [self[j] for j in range(*k.indices(len(self)))]
-    return decode_mask(self._encoded[k])
+    try:
+      return decode_mask(self._encoded[k])
+    except (OSError, ValueError, zlib.error, struct.error) as e:
+      raise ValueError(f"image {self._image_id}: mask {k} is not a readable image ({e}); rebuild the dataset") from e
 
 
 class LazyRecord(collections.abc.Mapping):
@@ -176,7 +179,7 @@ class LazyRecord(collections.abc.Mapping):
 
   def __init__(self, image_bytes: bytes, image_id: str, phrases: list[str], mask_bytes: list[bytes]):
     self._fields = {"image_bytes": image_bytes, "image_id": image_id, "phrases": phrases}
-    self._masks = LazyMasks(mask_bytes)
+    self._masks = LazyMasks(mask_bytes, image_id)
 
   def __getitem__(self, key):
     if key == "image":
