@@ -221,7 +221,7 @@ def test_train_step_end_to_end_bench_runs_on_cpu():
 
 
 def test_throughput_bench_prints_one_line_per_worker_count():
-  args = ("--n", "16", "--size", "32", "--workers", "0", "--source-size", "60", "80", "--breakdown")
+  args = ("--n", "16", "--size", "32", "--workers", "0", "--source-size", "60", "80", "--breakdown", "--records", "300")
   out = bench("experiments.bench.pcplus_throughput", *args)
   lines = re.findall(r"^grain loader, 0 worker\(s\): [\d.]+ samples/s", out, re.M)
   assert len(lines) == 4 and "prompt engineering" in out and "device.finish" in out  # every path
