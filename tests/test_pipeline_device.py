@@ -37,10 +37,6 @@ def pairs_of_both_paths(opts, n=60, seed=0, source=None):
   return a, b
 
 
-def stack(samples):
-  return {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "text"}
-
-
 def stack_raw(samples, opts):
   """Raw samples batched as the loader does: crops padded to the buffer."""
   return stack_samples(samples, dataclasses.replace(opts, device_augment=True))
@@ -53,7 +49,7 @@ def test_device_equals_host(mode):
   opts = PCPlusOptions(image_size=SIZE, prompt_mode=mode, max_crop_side=CROP)
   host, raw = pairs_of_both_paths(opts)
   out = jax.jit(lambda b: device.finish(b, mode, SIZE))(stack_raw(raw, opts))
-  want = stack(host)
+  want = stack_samples(host, opts)
   np.testing.assert_allclose(np.asarray(out["pixels"]), want["pixels"], atol=1e-4, rtol=0)
   np.testing.assert_array_equal(np.asarray(out["mask"]), want["mask"])
   assert out["mask"].dtype == out["pixels"].dtype == out["support"].dtype == np.float32
@@ -71,7 +67,7 @@ def test_crops_over_the_buffer_are_resized_on_the_host():
   assert all(r["pixels"].shape == (SIZE, SIZE, 3) and list(r["pixels_hw"]) == [SIZE, SIZE] for r in raw)
   out = jax.jit(lambda b: device.finish(b, opts.prompt_mode, SIZE))(stack_raw(raw, opts))
   np.testing.assert_array_equal(np.asarray(out["pixels"]), stack_raw(raw, opts)["pixels"][:, :SIZE, :SIZE])
-  assert np.abs(np.asarray(out["pixels"]) - stack(host)["pixels"]).max() <= 0.5 + 1e-4
+  assert np.abs(np.asarray(out["pixels"]) - stack_samples(host, opts)["pixels"]).max() <= 0.5 + 1e-4
 
 
 @pytest.mark.parametrize("hw", [(48, 48), (32, 32), (17, 60), (64, 64), (1, 1), (5, 64), (64, 3)])

@@ -40,9 +40,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "val"
   c.data.workers = 2
-  # Batches per worker kept in shared memory that is reused (input_pipeline/handoff.py); 0: grain's
-  # new segment per array per batch (about 1.5 ms per MB more host time on a 2-core VM).
-  c.data.pool_slots = 6
+  # Batches per worker kept in shared memory that is reused (input_pipeline/handoff.py); unset: the
+  # loader's default (its read-ahead + 4); 0: grain's new segment per array per batch (about 1.5 ms
+  # per MB more host time on a 2-core VM).
+  c.data.pool_slots = ml_collections.config_dict.placeholder(int)
   c.data.heldout_classes = ()  # PASCAL classes removed for zero-/one-shot training
   c.data.pcplus = ml_collections.ConfigDict(
     dict(

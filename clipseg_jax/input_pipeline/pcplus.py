@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import logging
 
 import numpy as np
-from PIL import Image
 
 from clipseg_jax import preprocess, prompts
-from clipseg_jax.input_pipeline import handoff
+from clipseg_jax.input_pipeline import handoff, sources
 
 TEMPLATES = (
   "{}",
@@ -184,15 +182,12 @@ def ship_crop(image: np.ndarray, opts: PCPlusOptions) -> tuple[np.ndarray, np.nd
 
 
 def image_of(record: dict, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-  """A record's uint8 HxWx3 image (`image_bytes` decoded with PIL as the original's loader, else
-  `image`), or its region `box` = (top, left, bottom, right): a decoded image is cropped before it
-  becomes an array (fewer bytes copied)."""
-  if "image_bytes" not in record:
-    image = record["image"]
-    return image if box is None else image[box[0] : box[2], box[1] : box[3]]
-  with Image.open(io.BytesIO(record["image_bytes"])) as im:
-    im = im if im.mode == "RGB" else im.convert("RGB")
-    return np.asarray(im if box is None else im.crop((box[1], box[0], box[3], box[2])))
+  """A record's uint8 HxWx3 image (`image_bytes` decoded, else `image`), or its region `box` =
+  (top, left, bottom, right)."""
+  if "image_bytes" in record:
+    return sources.decode_image(record["image_bytes"], box)
+  image = record["image"]
+  return image if box is None else image[box[0] : box[2], box[1] : box[3]]
 
 
 @dataclasses.dataclass(frozen=True)

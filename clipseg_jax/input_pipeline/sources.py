@@ -111,18 +111,22 @@ class ReferringSource:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def decode_image(data: bytes, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+  """uint8 [H, W, 3] of an encoded image as PIL reads it (the original's loader), or of its region
+  `box` = (top, left, bottom, right), cropped before it becomes an array (fewer bytes copied)."""
+  with Image.open(io.BytesIO(data)) as im:
+    im = im if im.mode == "RGB" else im.convert("RGB")
+    return np.asarray(im if box is None else im.crop((box[1], box[0], box[3], box[2])))
+
+
 def decode_mask(data: bytes) -> np.ndarray:
   """bool [H, W] of a stored mask (> 0 inside). The 1-bit non-interlaced grayscale PNGs that
   `builders.common.mask_feature` writes are inflated, unfiltered and unpacked here (PIL takes ~4x as
   long); any other image goes through PIL."""
-  if data.startswith(PNG_SIGNATURE) and b"IHDR" in data[:64]:
-    pos, chunks = len(PNG_SIGNATURE), {}
-    while pos + 8 <= len(data):
-      size, kind = struct.unpack(">I4s", data[pos : pos + 8])
-      chunks.setdefault(kind, []).append(data[pos + 8 : pos + 8 + size])
-      pos += 12 + size
+  chunks = _png_chunks(data)
+  if len(chunks.get(b"IHDR", [b""])[0]) == 13 and b"IDAT" in chunks:
     w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
-    if depth == 1 and colour == 0 and not interlace and b"IDAT" in chunks:
+    if depth == 1 and colour == 0 and not interlace:
       rows = np.frombuffer(zlib.decompress(b"".join(chunks[b"IDAT"])), np.uint8)
       if rows.size == h * (1 + (w + 7) // 8):
         bits = _unfilter(rows.reshape(h, -1))
@@ -131,6 +135,18 @@ def decode_mask(data: bytes) -> np.ndarray:
   with Image.open(io.BytesIO(data)) as m:
     mask = np.asarray(m)
   return (mask[..., 0] if mask.ndim == 3 else mask) > 0
+
+
+def _png_chunks(data: bytes) -> dict[bytes, list[bytes]]:
+  """A PNG's chunks by type, in order ({} for anything else)."""
+  chunks, pos = {}, len(PNG_SIGNATURE)
+  if not data.startswith(PNG_SIGNATURE):
+    return chunks
+  while pos + 8 <= len(data):
+    size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+    chunks.setdefault(kind, []).append(data[pos + 8 : pos + 8 + size])
+    pos += 12 + size
+  return chunks
 
 
 def _unfilter(rows: np.ndarray) -> np.ndarray | None:
@@ -183,8 +199,7 @@ class LazyRecord(collections.abc.Mapping):
 
   def __getitem__(self, key):
     if key == "image":
-      with Image.open(io.BytesIO(self._fields["image_bytes"])) as im:
-        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+      return decode_image(self._fields["image_bytes"])
     if key == "masks":
       return self._masks
     return self._fields[key]

@@ -44,7 +44,6 @@ from clipseg_jax.input_pipeline.pcplus import (
   PCPlusTransform,
   object_aware_crop,
   padded_keys,
-  ship_crop,
   stack_samples,
   support_prompt,
 )
@@ -238,7 +237,6 @@ def breakdown(source, size: int, batch: int = 8) -> list[tuple[str, float, str]]
       "old",
     ),
     ("image resize, align_corners=True numpy (x2)", 2 * ms(lambda: preprocess.resize_aligned(crop, size)), "host"),
-    ("crop shipped as it is (x2; the batch pads it)", 2 * ms(lambda: ship_crop(crop, opts)), "device"),
     ("mask resize, torch nearest (x2)", 2 * ms(lambda: prompts.resize_nearest(mcrop, size)), "both"),
     ("tokenize, uncached", ms(lambda: tok.encode(next(texts))), "old"),
     ("tokenize, cached", ms(lambda: tok.encode("a photo of a thing 3.")), "both"),
