@@ -131,6 +131,24 @@ def training_overrides(root, **extra) -> list[str]:
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+# The shared run's keys beyond `training_overrides`: an evaluation at steps 3 and 6 and a warm-up, for
+# the log tests; the guard tests resume copies of it with these same keys.
+SHARED_RUN = {"eval_every": 3, "eval_images": 4, "optim.warmup_steps": 2}
+
+
+@pytest.fixture(scope="session")
+def trained_run(training_root, tmp_path_factory):
+  """(workdir, overrides): one 6-step run of the synthetic recipe on `training_root` (checkpoints 2, 4, 6;
+  TensorBoard logs), shared by the log, guard and bad-input tests. Tests copy it before changing it."""
+  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.trainer import train
+
+  overrides = training_overrides(training_root, **SHARED_RUN)
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  train(load_config("synthetic", overrides), workdir, show_progress=False)
+  return workdir, overrides
+
+
 @pytest.fixture
 def torch():
   """PyTorch for the tests that compare against it; they skip where it is not installed."""

@@ -1,7 +1,6 @@
 """Protocols on tiny fixtures in the real formats, with oracle predictors whose numbers are known by
 hand, and the `clipseg-jax eval` command end to end."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -42,7 +41,7 @@ def top_half(mask):
 
 
 class ReferringOracle:
-  """Knows the masks: predicts the truth, nothing, or its top half."""
+  """Knows the masks: predicts the truth, nothing, its top half, or the truth faintly (probability 0.4)."""
 
   def __init__(self, source, mode):
     self.mode, self.masks = mode, {}
@@ -63,6 +62,8 @@ class ReferringOracle:
         if self.mode == "empty"
         else top_half(m)
         if self.mode == "half"
+        else 0.4 * m.astype(np.float32)
+        if self.mode == "faint"
         else m.astype(np.float32)
       )
     return np.stack(out)
@@ -125,6 +126,51 @@ def test_zero_shot_report_has_a_per_class_table(data_dir, tmp_path):
   assert not list(tmp_path.glob("pascal_zeroshot_*curve*.png"))  # argmax scoring: no threshold curves
 
 
+def table_cells(table: str) -> dict[str, list[str]]:
+  """Markdown table rows by their first cell."""
+  return {
+    line.strip("| ").split(" | ")[0]: line.strip("| ").split(" | ") for line in table.splitlines() if line[:2] == "| "
+  }
+
+
+def test_report_prints_the_papers_columns(data_dir, tmp_path):
+  """Each task's table gives the paper's columns at the paper's threshold beside the published value and
+  ours at our best threshold: PhraseCut mIoU/IoU_FG at 0.3 and 0.5 and AP, one-shot the folds' mean at
+  0.3, zero-shot score.py's keys for JoEm's unseen-5 split beside the paper's unseen-10 column."""
+  from clipseg_jax.evaluation import report
+  from clipseg_jax.evaluation.protocols import average_numbers
+
+  source = open_source("synthetic/tiny", "test", data_dir=data_dir)
+  fg = sum(int(m.sum()) for i in range(len(source)) for m in source[i]["masks"])
+  opts = EvalOptions(data_dir=str(data_dir), dataset="synthetic/tiny", progress=False)
+  faint, examples = run_protocol(ReferringOracle(source, "faint"), "synthetic", opts)  # p = 0.4 on the truth
+  cells = table_cells(report.write(tmp_path, "phrasecut", faint, examples, {}))
+  assert cells["IoU_FG (t=0.3)"][1:3] == [f"{100 * fg / (1 + fg):.1f}", "54.7"]
+  assert cells["IoU_FG (t=0.5)"][1:3] == ["0.0", "–"]  # 0.4 < 0.5: nothing predicted; not in the paper
+  assert cells["mIoU (t=0.3)"][2] == "43.4" and cells["AP"][2] == "76.7"
+  best = faint["iou_fg"]
+  assert cells["IoU_FG (t=0.3)"][3] == f"{100 * best['value']:.1f} (t={best['threshold']:.2f})"
+  assert "IoU_BIN (t=" in "".join(cells)  # the metric outside the paper's columns, at the best threshold
+  saved = json.loads((tmp_path / "phrasecut.json").read_text())["paper_columns"]
+  assert [c["column"] for c in saved] == ["mIoU (t=0.3)", "IoU_FG (t=0.3)", "mIoU (t=0.5)", "IoU_FG (t=0.5)", "AP"]
+  assert saved[1]["ours_pct"] == pytest.approx(100 * fg / (1 + fg))
+
+  half, _ = run_protocol(ReferringOracle(source, "half"), "synthetic", opts)
+  folds = {"fold0": faint, "fold1": half, "mean": average_numbers([faint, half])}
+  cells = table_cells(report.markdown("pascal5i", folds))
+  expected = (faint["iou_bin"]["fixed"]["0.3"] + half["iou_bin"]["fixed"]["0.3"]) / 2
+  assert cells["IoU_BIN (t=0.3)"][1:3] == [f"{100 * expected:.1f}", "75.0"]
+  assert cells["AP"][1] == f"{50 * (faint['ap'] + half['ap']):.1f}"
+
+  voc = prepared_source("pascal_voc", "val", data_dir)
+  zero_shot, _ = run_protocol(SemanticOracle(voc), "pascal_zeroshot", EvalOptions(data_dir=str(data_dir)))
+  cells = table_cells(report.markdown("pascal_zeroshot", zero_shot))
+  row = cells["unseen-10 mIoU_S (score.py: JoEm unseen-5, pas_zs_seen)"]
+  assert row[1:] == [f"{100 * zero_shot['unseen-5']['miou_unseen']:.1f}", "35.7"]  # the held-out classes' mIoU
+  assert cells["unseen-10 mIoU_U (score.py: JoEm unseen-5, pas_zs_unseen)"][2] == "43.1"
+  assert cells["unseen-4"][1] == f"{100 * zero_shot['unseen-4']['miou_seen']:.1f}"  # both orders, by split
+
+
 def test_top_half_rule():
   m = np.zeros((6, 4), bool)
   m[1:5, 1:3] = True  # rows 1-4: the top half is rows 1-2
@@ -133,8 +179,9 @@ def test_top_half_rule():
 
 
 class SemanticOracle:
-  """Zero-shot: the probability of class c is 1 exactly where the truth is c. One-shot: the support's
-  class is read off its mask, and the query's pixels of that class are predicted."""
+  """Zero-shot: the probability of class c is 1 exactly where the truth is c (at the model's square size,
+  `ORACLE_SIZE`, where the protocol scores). One-shot: the support's class is read off its mask, and the
+  query's pixels of that class are predicted."""
 
   def __init__(self, source):
     self.seg = {}
@@ -154,6 +201,14 @@ class SemanticOracle:
     seg = self.seg[image.tobytes()]
     return np.stack([(seg == c).astype(np.float32) for c in cond])
 
+  def zero_shot_probabilities(self, image, cond):
+    from clipseg_jax.prompts import resize_nearest
+
+    return resize_nearest(self.probabilities(image, cond).transpose(1, 2, 0), ORACLE_SIZE).transpose(2, 0, 1)
+
+
+ORACLE_SIZE = 40  # the zero-shot oracle's "model size": 20 x 30 labels squashed to 40 x 40 by nearest
+
 
 def test_pascal_zeroshot_protocol(data_dir):
   source = prepared_source("pascal_voc", "val", data_dir)
@@ -162,21 +217,19 @@ def test_pascal_zeroshot_protocol(data_dir):
   assert numbers["images"] == 3
   assert numbers["per_class_iou"]["aeroplane"] == 1.0 and numbers["per_class_iou"]["car"] == 1.0
   assert numbers["per_class_iou"]["dog"] is None  # absent from truth and prediction
-  # unseen-2 = cow, motorbike: absent -> NaN; unseen-4 adds aeroplane (class 1): present and perfect
-  assert np.isnan(numbers["unseen-2"]["miou_unseen"])
-  assert numbers["unseen-4"]["miou_unseen"] == 1.0 and numbers["unseen-4"]["miou_seen"] == 1.0
-
-
-def test_one_shot_protocol(data_dir):
-  source = prepared_source("pascal_voc", "val", data_dir)
-  opts = EvalOptions(data_dir=str(data_dir), fold=0, episodes=12, progress=False)
-  numbers, examples = run_protocol(SemanticOracle(source), "pascal5i", opts)
-  fold = numbers["fold0"]
-  # every episode uses class 1 (the only fold-0 class on two images); perfect predictions
-  assert fold["miou"]["value"] == pytest.approx(fold["iou_fg"]["value"])
-  assert 0.97 < fold["iou_fg"]["value"] < 1.0  # tp / (1 + tp)
-  with pytest.raises(ValueError, match="fold-2 class with two images"):
-    run_protocol(SemanticOracle(source), "pascal5i", dataclasses.replace(opts, fold=2))
+  # JoEm's means count an absent class as 0. unseen-2 = cow, motorbike: both absent; unseen-4 adds
+  # aeroplane (class 1, present and perfect) and sofa (absent)
+  assert numbers["unseen-2"]["miou_unseen"] == 0.0
+  assert numbers["unseen-4"]["miou_unseen"] == 0.25
+  seen4 = [0, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20]  # background, car (7) present
+  assert numbers["unseen-4"]["miou_seen"] == pytest.approx(2 / len(seen4))
+  # score.py's keys, swapped as its Evaluator receives them
+  assert numbers["unseen-4"]["score_py"] == {
+    "seen": 0.25,
+    "unseen": pytest.approx(2 / 17),
+    "harmonic": pytest.approx(numbers["unseen-4"]["harmonic"]),
+  }
+  assert numbers["unseen-5"]["unseen_classes"] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
 
 
 @pytest.mark.slow  # builds a dataset and runs the CLI end to end
@@ -289,3 +342,72 @@ def test_phrasecut_protocol_scores_at_the_model_size(monkeypatch, torch):
   fg = sum(torch_nearest(m).sum() for r in records for m in r["masks"])
   assert numbers["iou_fg"]["value"] == pytest.approx(fg / (1 + fg), rel=1e-12)  # perfect at S x S
   assert numbers["samples"] == 3
+
+
+def test_phrasecut_protocol_matches_the_original(tiny_checkpoint, monkeypatch, torch):
+  """The whole PhraseCut path against the original's, re-implemented here: datasets/phrasecut.py
+  `load_sample` (aug_crop=False: image bilinear align_corners=True to S x S, /255, ImageNet normalisation;
+  mask nearest), the raw phrase as the condition, and score.py's FixedIntervalMetrics(resize_pred=True,
+  sigmoid=True) with the dataset index as class, on transformers' model with the same random weights."""
+  import torch.nn.functional as F
+  from test_metrics import ref_ap
+  from transformers import AutoTokenizer
+
+  import clipseg_jax.input_pipeline as pipeline
+  from clipseg_jax import load_model
+  from clipseg_jax.tokenizer import DEFAULT_DIR
+
+  directory, ref = tiny_checkpoint
+  model = load_model(directory)
+  size = model.image_size
+  rng = np.random.default_rng(3)
+  records = []
+  for h, w, phrases in (
+    (37, 53, ["a cat", "the left sofa"]),
+    (48, 29, ["tree"]),
+    (30, 30, ["sky", "a red car", "man"]),
+  ):
+    yy, xx = np.mgrid[:h, :w]
+    masks = [(yy - rng.uniform(0, h)) ** 2 + (xx - rng.uniform(0, w)) ** 2 < rng.uniform(20, 300) for _ in phrases]
+    records.append({"image": rng.integers(0, 256, (h, w, 3), np.uint8), "phrases": phrases, "masks": masks})
+  monkeypatch.setattr(pipeline, "open_source", lambda *a, **k: records)
+  numbers, _ = run_protocol(model, "phrasecut", EvalOptions(data_dir="unused", progress=False))
+
+  tok = AutoTokenizer.from_pretrained(str(DEFAULT_DIR))
+  mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+  thresholds = np.linspace(0, 1, 51)[1:-1]
+  stats, classes = [], []  # per sample: [threshold, (tp, fp, fn, tn)]
+  for record in records:
+    for phrase, mask in zip(record["phrases"], record["masks"]):
+      img = torch.from_numpy(record["image"]).permute(2, 0, 1).unsqueeze(0).float()
+      img = F.interpolate(img, (size, size), mode="bilinear", align_corners=True)[0] / 255.0
+      seg = torch.from_numpy(mask.astype("uint8")).view(1, 1, *mask.shape)
+      seg = F.interpolate(seg, (size, size), mode="nearest")[0, 0]
+      with torch.no_grad():
+        logits = ref(pixel_values=((img - mean) / std)[None], **tok([phrase], return_tensors="pt")).logits
+      p, g = torch.sigmoid(logits[0]).flatten(), seg.float().flatten()
+      p_sorted = p.sort()
+      p, g = p_sorted.values, g[p_sorted.indices]
+      counts = []
+      for t in thresholds:
+        valid = torch.where(p > t)[0]
+        n = int(valid[0]) if len(valid) > 0 else len(g)
+        fn, tp = int(g[:n].sum()), int(g[n:].sum())
+        counts.append((tp, len(g) - n - tp, fn, n - fn))
+      stats.append(counts), classes.append(len(classes))  # class = the dataset index
+  stats = np.array(stats, np.float64)
+  tp, fp, fn, tn = stats.sum(0).T
+  fgiou = tp / (1 + tp + fp + fn)
+  biniou = 0.5 * fgiou + 0.5 * tn / (1 + tn + fn + fp)
+  per_class = stats[..., 0] / (1 + stats[..., 0] + stats[..., 1] + stats[..., 2])
+  miou = per_class.mean(0)
+  at = {t: int(np.argmin(np.abs(thresholds - float(t)))) for t in ("0.3", "0.5")}
+  assert 0.05 < fgiou[at["0.3"]] < 0.95  # not a degenerate prediction
+  for t, j in at.items():
+    assert numbers["iou_fg"]["fixed"][t] == pytest.approx(fgiou[j], abs=1e-4)
+    assert numbers["miou"]["fixed"][t] == pytest.approx(miou[j], abs=1e-4)
+    assert numbers["iou_bin"]["fixed"][t] == pytest.approx(biniou[j], abs=1e-4)
+  assert numbers["iou_fg"]["value"] == pytest.approx(fgiou.max(), abs=1e-4)
+  assert numbers["miou"]["value"] == pytest.approx(miou.max(), abs=1e-4)
+  assert numbers["ap"] == pytest.approx(ref_ap(tp, fp, fn), abs=1e-4)
+  assert numbers["samples"] == len(classes) == 6

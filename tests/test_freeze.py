@@ -161,13 +161,13 @@ def trained(workdir):
 
 
 @pytest.mark.slow
-def test_meshes_agree_and_resume_is_exact(training_root, tmp_path):
+def test_meshes_agree_and_exports_carry_the_block(training_root, tmp_path):
   """With the last block trainable: meshes (8,1), (4,2) with CLIP FSDP-split and (1,1) agree norm-wise to
-  1e-5; a killed run resumes to the uninterrupted one; load_model(WORKDIR) carries the fine-tuned CLIP
-  leaves and export_hf writes them; export_original refuses (its format holds the decoder only)."""
+  1e-5; load_model(WORKDIR) carries the fine-tuned CLIP leaves and export_hf writes them;
+  export_original refuses (its format holds the decoder only)."""
   import json
 
-  from test_training import kill_and_resume, rel_err, run_cli
+  from test_training import rel_err, run_cli
 
   from clipseg_jax import load_model
 
@@ -194,8 +194,17 @@ def test_meshes_agree_and_resume_is_exact(training_root, tmp_path):
   assert rel_err(exported["clip"]["vision_model"]["encoder"]["layers_3"], ref["block"]) == 0
   with pytest.raises(ValueError, match="decoder only"):
     model.export_original(tmp_path / "x.pth")
-  # Kill mid-run, rerun the same command: ends where the uninterrupted run ends.
-  killed, straight = kill_and_resume(training_root, tmp_path, **{"total_steps": 30, **extra})
+
+
+@pytest.mark.slow
+@pytest.mark.nightly  # test_training.py kills and resumes each data path; this adds a trainable CLIP block
+def test_resume_with_a_trainable_block_is_exact(training_root, tmp_path):
+  """Kill mid-run, rerun the same command: ends where the uninterrupted run ends, the block's optimiser
+  state included."""
+  from test_training import kill_and_resume, rel_err
+
+  extra = {"optim.freeze_rules": rules_arg(LAST), "data.pcplus.visual_prompts": True, "total_steps": 30}
+  killed, straight = kill_and_resume(training_root, tmp_path, **extra)
   assert rel_err(trained(killed), trained(straight)) <= 1e-6
 
 

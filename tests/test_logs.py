@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import training_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +32,14 @@ def read_events(logdir):
   return scalars, images, hparams
 
 
-def test_tensorboard_holds_learning_rate_pictures_and_hparams(training_root, tmp_path):
+def test_tensorboard_holds_learning_rate_pictures_and_hparams(trained_run):
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.trainer import train
 
-  overrides = training_overrides(training_root, eval_every=3, eval_images=4, total_steps=6)
-  overrides += ["--config.optim.warmup_steps=2"]
+  workdir, overrides = trained_run
   cfg = load_config("synthetic", overrides)
-  train(cfg, tmp_path / "run", show_progress=False)
 
-  scalars, images, hparams = read_events(tmp_path / "run" / "tb")
+  scalars, images, hparams = read_events(workdir / "tb")
   schedule = steps.make_schedule(  # the paper's warm-up + cosine, spelled out from the config
     cfg.optim.learning_rate, cfg.optim.end_learning_rate, cfg.optim.warmup_steps, cfg.total_steps
   )
@@ -60,7 +56,7 @@ def test_tensorboard_holds_learning_rate_pictures_and_hparams(training_root, tmp
   assert width == 3 * 160 and height > 160  # image | prediction | truth, one row per example
 
   (session,) = hparams
-  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  saved = json.loads((workdir / "config.json").read_text())
   assert session["batch_size"].number_value == saved["batch_size"]
   assert session["model.clip"].string_value == saved["model"]["clip"]
   assert json.loads(session["model.extract_layers"].string_value) == saved["model"]["extract_layers"]

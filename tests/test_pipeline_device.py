@@ -211,6 +211,7 @@ def bench(module: str, *args: str) -> str:
 
 
 @pytest.mark.slow  # compiles the full ViT-B/16 step (tiny images) and spawns a grain worker
+@pytest.mark.nightly  # a benchmark's smoke run: the step and the loader it times are tested on their own
 def test_train_step_end_to_end_bench_runs_on_cpu():
   out = bench("experiments.bench.train_step", "--end-to-end", "--size", "64", "--batch", "8", "--steps", "2")
   assert "step alone" in out and "end to end / step alone" in out and "images/s" in out

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import training_overrides
+from conftest import SHARED_RUN, training_overrides
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
@@ -30,7 +30,9 @@ def setup(training_root):
   return training_root  # conftest.py: a tiny random CLIP and the tiny synthetic dataset
 
 
-overrides = training_overrides
+def overrides(setup, **extra):
+  """The shared run's overrides (conftest `trained_run`), with `extra` added or replaced."""
+  return training_overrides(setup, **{**SHARED_RUN, **extra})
 
 
 def run_cli(setup, workdir, expect=0, **extra):
@@ -68,10 +70,9 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(setup, tmp_path_factory):
-  """A 6-step run with checkpoints 2, 4, 6 (copied by each test that damages it)."""
-  workdir = tmp_path_factory.mktemp("trained") / "run"
-  run_cli(setup, workdir)
+def trained(trained_run):
+  """The shared 6-step run with checkpoints 2, 4, 6 (copied by each test that damages it)."""
+  workdir = trained_run[0]
   assert saved_steps(workdir) == [2, 4, 6]
   return workdir
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def test_activation_scale_folds_into_the_model(setup, tmp_path):
   np.testing.assert_array_equal(loaded["film_mul"]["kernel"], np.asarray(raw["film_mul"]["kernel"]))
 
 
+@pytest.mark.nightly  # test_freeze.py's mesh comparison trains the decoder (and a CLIP block) on the same meshes
 def test_sharding_equivalence(setup, tmp_path):
   """Meshes (8,1), (4,2) with CLIP FSDP-sharded, and (1,1) train to the same decoder."""
   run_cli(setup, tmp_path / "m81", devices=8, **{"mesh.shape": "(8,1)"})
@@ -277,24 +279,27 @@ def test_sigterm_to_one_process_stops_all(setup, tmp_path):
   assert len(saved) == 1 and 0 < saved[0] < 100000
 
 
-def test_bad_input_fails_before_compute(setup, tmp_path, capsys):
-  args = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w")]
+def test_bad_input_fails_before_compute(setup, trained_run, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained_run[0], workdir)
+  shared = lambda **extra: [*trained_run[1], *(f"--config.{k}={v}" for k, v in extra.items())]
+  args = ["train", "--config", CONFIG, "--workdir", str(workdir)]
   assert main(args + ["--config.batchsize=4"]) == 2
   assert "unknown config key 'batchsize'" in capsys.readouterr().err
-  assert main(args + overrides(setup, **{"mesh.shape": "(3,1)"})) == 2
+  fresh = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "fresh")]
+  assert main(fresh + shared(**{"mesh.shape": "(3,1)"})) == 2
   assert "needs 3 devices" in capsys.readouterr().err
-  run_cli(setup, tmp_path / "w", **{"total_steps": 2})
-  assert main(args + overrides(setup, **{"optim.learning_rate": 0.5})) == 2
+  assert main(args + shared(**{"optim.learning_rate": 0.5})) == 2
   assert "holds a run of another config" in capsys.readouterr().err
   # The CLIP source's weights changed since the run (e.g. new embedded weights): its decoder no longer fits.
-  base_json = tmp_path / "w" / "model" / "base.json"
+  base_json = workdir / "model" / "base.json"
   base = json.loads(base_json.read_text())
   assert len(base["clip_sha256"]) == 64
-  load_model(tmp_path / "w")
+  load_model(workdir)
   base_json.write_text(json.dumps({**base, "clip_sha256": "0" * 64}))
   with pytest.raises(ValueError, match="trained on other weights of the CLIP"):
-    load_model(tmp_path / "w")
-  assert main(args + overrides(setup, **{"total_steps": 4})) == 2
+    load_model(workdir)
+  assert main(args + shared(total_steps=8)) == 2
   assert "trained on other weights of the CLIP" in capsys.readouterr().err
 
 
@@ -332,6 +337,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     check_model_fits(model, "pascal5i")
 
 
+@pytest.mark.nightly  # the trainer's SIGTERM path is test_sigterm_saves_and_exits; this adds the demo's message
 def test_demo_stops_cleanly_at_sigterm(tmp_path):
   """A preempted demo saves its run, says how to resume, scores nothing and exits 0."""
   proc = subprocess.Popen(

@@ -25,6 +25,20 @@ def add_arguments(p):
   p.add_argument("--limit", type=int, default=None, help="only the first N images/episodes")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
+    "--unseen",
+    type=int,
+    nargs="+",
+    default=None,
+    metavar="N",
+    help="pascal_zeroshot: JoEm's unseen-N splits to report (default: 2 4 5 6 8 10; the paper's columns need 5 and 2)",
+  )
+  p.add_argument(
+    "--background-scale",
+    type=float,
+    default=None,
+    help="pascal_zeroshot: factor on the background prompt's probability (default 3, as the original)",
+  )
+  p.add_argument(
     "--templates",
     nargs="+",
     default=None,
@@ -52,6 +66,7 @@ def run(args):
     episodes=args.episodes,
     seed=args.seed,
     templates=ensemble(args.templates),
+    **zero_shot_options(args),
   )
   start = time.perf_counter()
   numbers, examples = run_protocol(model, args.task, opts)
@@ -62,6 +77,16 @@ def run(args):
   }
   print(report.write(args.out, args.task, numbers, examples, meta))
   print(f"\nwrote {args.out}/{args.task}.json, .md, _predictions.png and the curves' PNGs")
+
+
+def zero_shot_options(args) -> dict:
+  """EvalOptions fields the zero-shot flags set (unset flags keep EvalOptions' defaults)."""
+  out = {}
+  if args.unseen is not None:
+    out["unseen"] = tuple(args.unseen)
+  if args.background_scale is not None:
+    out["background_scale"] = args.background_scale
+  return out
 
 
 def ensemble(templates):

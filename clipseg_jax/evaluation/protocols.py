@@ -1,10 +1,11 @@
 """The paper's evaluation protocols (its section 4, scored as the original's `score.py`).
 
 Each protocol is `protocol(predictor, opts: EvalOptions) -> (numbers, examples)`: `predictor` has
-`text`, `visual` and `probabilities` (`ModelPredictor` around a ClipSeg, from `predictor_for`; tests
-pass oracles), `numbers` is a JSON-ready dict and `examples` a few (image, prediction, truth, label)
-tuples for the pictures. Every protocol encodes each query image once for all its prompts and resizes
-probabilities bilinearly to the ground truth's size before accumulating the paper's statistics.
+`text`, `visual` and the probability methods (`ModelPredictor` around a ClipSeg, from `predictor_for`;
+tests pass oracles), `numbers` is a JSON-ready dict and `examples` a few (image, prediction, truth, label)
+tuples for the pictures. Every protocol encodes each query image once for all its prompts and scores where
+the original does: PhraseCut and PASCAL zero-shot at the model's S x S (labels resized there by nearest),
+the others at the ground truth's size (probabilities resized bilinearly, align_corners=True).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from clipseg_jax import preprocess
-from clipseg_jax.metrics import FIXED_THRESHOLDS, Accumulator, ConfusionMatrix
+from clipseg_jax.evaluation import zero_shot
+from clipseg_jax.metrics import FIXED_THRESHOLDS, Accumulator
 from clipseg_jax.metrics.binary import at_threshold, confusion_counts
 from clipseg_jax.prompts import resize_nearest
 
@@ -33,7 +35,7 @@ class EvalOptions:
   episodes: int = 1000  # one-shot episodes per fold
   seed: int = 0
   background_scale: float = 3.0  # zero-shot: the background prompt's probability is scaled by this
-  unseen: tuple[int, ...] = (2, 4, 6, 8, 10)
+  unseen: tuple[int, ...] = zero_shot.DEFAULT_SPLITS  # zero-shot: JoEm's unseen-n splits to report
   templates: tuple[str, ...] | None = None  # a prompt ensemble for text prompts (None: the raw prompt)
   progress: bool = True
 
@@ -62,6 +64,15 @@ class ModelPredictor:
     align_corners=True, on float pixels, then ImageNet normalisation)."""
     size = self.model.image_size
     pixels = preprocess.normalize(preprocess.resize_aligned(np.asarray(image), size))
+    return self._square(pixels, cond)
+
+  def zero_shot_probabilities(self, image: np.ndarray, cond) -> np.ndarray:
+    """[P, S, S] probabilities for the image as the original's PASCAL zero-shot feeds it
+    (`zero_shot.original_pixels`: normalised at full size, then bilinear with align_corners=False)."""
+    return self._square(zero_shot.original_pixels(image, self.model.image_size), cond)
+
+  def _square(self, pixels: np.ndarray, cond) -> np.ndarray:
+    """[P, S, S] sigmoid probabilities for one image's normalised S x S pixels."""
     logits = np.asarray(self.model.decode(self.model.encode_images(pixels[None]), cond)[0], np.float32)
     return 0.5 * (np.tanh(0.5 * logits) + 1.0)  # the sigmoid, overflow-free
 
@@ -83,6 +94,17 @@ def binary_numbers(acc: Accumulator, threshold: float | None) -> dict:
     t, v = at_threshold(r, name, threshold)
     out[name] = {"value": v, "threshold": t}
     out[name]["fixed"] = {str(ft): at_threshold(r, name, ft)[1] for ft in FIXED_THRESHOLDS}
+  return out
+
+
+def average_numbers(parts: list[dict]) -> dict:
+  """The mean of several `binary_numbers` results (e.g. one per fold, as the paper averages folds): each
+  metric's value and fixed-threshold values averaged, `threshold` None (the folds' best ones differ),
+  and the mean AP."""
+  out = {"ap": float(np.mean([p["ap"] for p in parts]))}
+  for name in ("miou", "iou_fg", "iou_bin"):
+    fixed = {t: float(np.mean([p[name]["fixed"][t] for p in parts])) for t in parts[0][name]["fixed"]}
+    out[name] = {"value": float(np.mean([p[name]["value"] for p in parts])), "threshold": None, "fixed": fixed}
   return out
 
 
@@ -144,103 +166,18 @@ def synthetic(model, opts):
   return referring(model, opts, "synthetic", "test")
 
 
-# ---- PASCAL VOC zero-shot ----------------------------------------------------------------------------
+# ---- PASCAL VOC zero-shot: evaluation/zero_shot.py ------------------------------------------------------
 
-
-def pascal_zeroshot(model, opts: EvalOptions):
-  """21 prompts per image (background + 20 classes), background probability x `background_scale`,
-  argmax; mIoU on seen (background included) and unseen classes for each unseen-n split."""
-  from clipseg_jax.input_pipeline.classes import pascal_classes, pascal_zero_shot_unseen, prompt_names
-  from clipseg_jax.input_pipeline.sources import prepared_source
-
-  source = prepared_source(opts.dataset or "pascal_voc", opts.split or "val", opts.data_dir)
-  classes = pascal_classes()
-  cond = model.text(["background"] + [prompt_names().get(c, c) for c in classes])
-  cm, examples = ConfusionMatrix(21), []
-  n = _limit(len(source), opts)
-  for i in _progress(range(n), n, "pascal_zeroshot", opts):
-    if not _mine(i):
-      continue
-    r = source[i]
-    probs = model.probabilities(r["image"], cond)
-    probs[0] *= opts.background_scale
-    pred = probs.argmax(0)
-    truth = r["segmentation"][..., 0]
-    cm.add(pred, truth)
-    if len(examples) < N_EXAMPLES:
-      examples.append((r["image"], pred, truth, "argmax of 21 prompts"))
-  cm.allreduce()
-  numbers = {"images": n, "per_class_iou": dict(zip(["background"] + classes, _nan_to_none(cm.iou())))}
-  for k in opts.unseen:
-    unseen = {classes.index(c) + 1 for c in pascal_zero_shot_unseen(k)}
-    seen = [c for c in range(21) if c not in unseen]
-    numbers[f"unseen-{k}"] = {
-      "miou_seen": cm.mean_iou(seen),
-      "miou_unseen": cm.mean_iou(sorted(unseen)),
-      "unseen_classes": list(pascal_zero_shot_unseen(k)),
-    }
-  return numbers, examples
+pascal_zeroshot = zero_shot.pascal_zeroshot
 
 
 def _nan_to_none(values):
   return [None if not np.isfinite(v) else float(v) for v in values]
 
 
-# ---- one-shot (PASCAL-5i, COCO-20i) ------------------------------------------------------------------
+# ---- one-shot (PASCAL-5i, COCO-20i): evaluation/one_shot.py ---------------------------------------------
 
-
-def one_shot(model, opts: EvalOptions, dataset: str, split: str, fold_classes, default_threshold=None):
-  """Episodes: a query image holding class c and a support (another image with c, its mask through
-  crop_blur_highlight); the prediction is scored against the query's c mask (class id = c)."""
-  from clipseg_jax.input_pipeline.sources import prepared_source
-
-  source = prepared_source(opts.dataset or dataset, opts.split or split, opts.data_dir)
-  folds = range(4) if opts.fold is None else [opts.fold]
-  with_class = {}
-  for i in range(len(source)):
-    for c in source[i]["classes"]:
-      with_class.setdefault(int(c), []).append(i)
-  numbers, examples = {}, []
-  threshold = opts.threshold if opts.threshold is not None else default_threshold
-  for fold in folds:
-    rng = np.random.default_rng([opts.seed, fold])
-    usable = [c for c in fold_classes(fold) if len(with_class.get(c, ())) >= 2]
-    if not usable:
-      raise ValueError(f"{dataset} {split} has no fold-{fold} class with two images to form an episode")
-    acc = Accumulator()
-    n = _limit(opts.episodes, opts)
-    for e in _progress(range(n), n, f"{dataset} fold {fold}", opts):
-      c = int(rng.choice(usable))  # every process draws every episode: the same sequence everywhere
-      q, s = rng.choice(with_class[c], 2, replace=False)
-      if not _mine(e):
-        continue
-      query, support = source[int(q)], source[int(s)]
-      support_mask = support["segmentation"][..., 0] == c
-      cond = model.visual([(support["image"], support_mask)])
-      prob = model.probabilities(query["image"], cond)[0]
-      seg = query["segmentation"][..., 0]
-      truth = np.where(seg == 255, 255, seg == c).astype(np.uint8)
-      acc.add(confusion_counts(prob, truth)[None], [c])
-      if len(examples) < N_EXAMPLES:
-        examples.append((query["image"], prob, truth, f"one-shot class {c} (fold {fold})"))
-    numbers[f"fold{fold}"] = binary_numbers(acc.allreduce(), threshold)
-  keys = ("miou", "iou_fg", "iou_bin")
-  numbers["mean"] = {k: float(np.mean([numbers[f"fold{f}"][k]["value"] for f in folds])) for k in keys}
-  numbers["mean"]["ap"] = float(np.mean([numbers[f"fold{f}"]["ap"] for f in folds]))
-  return numbers, examples
-
-
-def pascal5i(model, opts):
-  from clipseg_jax.input_pipeline.classes import pascal5i_fold
-
-  return one_shot(model, opts, "pascal_voc", "val", pascal5i_fold)
-
-
-def coco20i(model, opts):
-  from clipseg_jax.input_pipeline.classes import coco20i_fold
-
-  return one_shot(model, opts, "coco", "validation", coco20i_fold, default_threshold=0.1)
-
+from clipseg_jax.evaluation.one_shot import coco20i, pascal5i  # noqa: E402
 
 PROTOCOLS = {
   "phrasecut": phrasecut,

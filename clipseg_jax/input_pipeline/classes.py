@@ -37,6 +37,28 @@ def pascal_zero_shot_unseen(n: int) -> list[str]:
   return [c for pair in pairs[: n // 2] for c in pair]
 
 
+def joem_class_names() -> list[str]:
+  """The 21 prompts of the original's zero-shot evaluation, index = label value: JoEm's `VOC` list as
+  written there ('background', 'airplane', ..., 'diningtable', 'pottedplant', 'tvmonitor')."""
+  return list(_load("joem_voc.json")["classes"])
+
+
+def joem_unseen_idx(n: int) -> list[int]:
+  """Label values JoEm's `get_unseen_idx(n)` holds out (the original's score.py passes n = the training
+  config's `remove_classes[1]`). n = 2, 4, 6, 8, 10: the first n/2 zero-shot pairs; n = 5 is SPNet's
+  split (pottedplant, sheep, sofa, train, tvmonitor); n = 1: tvmonitor."""
+  unseen = _load("joem_voc.json")["unseen"]
+  if str(n) not in unseen:
+    raise ValueError(f"JoEm defines no unseen-{n} split; use one of {', '.join(unseen)}")
+  return list(unseen[str(n)])
+
+
+def joem_seen_idx(n: int) -> list[int]:
+  """JoEm's `get_seen_idx(n)`: every other label value, background (0) included."""
+  unseen = set(joem_unseen_idx(n))
+  return [c for c in range(len(joem_class_names())) if c not in unseen]
+
+
 def pascal5i_fold(fold: int) -> list[int]:
   """PASCAL-5i: fold i tests classes 5i+1 .. 5i+5 (1-based VOC indices)."""
   if fold not in range(4):

@@ -1,6 +1,12 @@
 """TFDS builder for COCO 2014 instances as semantic maps (for COCO-20i one-shot evaluation).
 
-Manual directory: `annotations/instances_{train,val}2014.json`, `train2014/`, `val2014/`. Category ids
+Two layouts of the manual directory:
+- hsnet's COCO-20i (what the original CLIPSeg evaluates on, datasets/coco_wrapper.py): `COCO2014/` (or the
+  manual directory itself) with `annotations/{train2014,val2014}/NAME.png` label maps (0 background, class
+  index + 1 for COCO's 80 classes in id order) and `{train2014,val2014}/NAME.jpg`. The maps are stored as
+  they are (hsnet reads them as they are: no crowd or ignore label); record ids are hsnet's names
+  (`val2014/NAME.jpg`). Used whenever an `annotations/{train2014,val2014}/` folder exists.
+- COCO's own: `annotations/instances_{train,val}2014.json`, `train2014/`, `val2014/`. Category ids
 map to contiguous 1..80 (sorted by id); crowd regions become 255 (ignored); where instances of
 different classes overlap, the later annotation wins. Masks are rasterised by pycocotools exactly as
 `COCO.annToMask` does (polygons, uncompressed and compressed RLEs); images are stored as their files'
@@ -15,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from clipseg_jax.input_pipeline.builders.common import (
@@ -31,27 +38,60 @@ WHERE = (
   "https://cocodataset.org/#download and unpack them into the manual directory."
 )
 IGNORE = 255
+N_CLASSES = 80
+HSNET_SPLITS = (("train", "train2014"), ("validation", "val2014"))
+HSNET_WHERE = (
+  "hsnet's COCO-20i layout: COCO2014/{train2014,val2014}/*.jpg (COCO 2014 images) and "
+  "COCO2014/annotations/{train2014,val2014}/*.png (hsnet's label maps, see github.com/juhongm999/hsnet)."
+)
 
 
 class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
   """COCO 2014 instance annotations rendered to 81-class semantic maps."""
 
   name = "clipseg_coco"
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
+    "1.2.0": "hsnet's COCO-20i layout (annotation PNGs, no ignore label) read when present.",
     "1.1.0": "images stored as their files' bytes (no JPEG re-encoding); masks drawn by pycocotools as COCO.annToMask.",
     "1.0.0": "First release.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
 
   def _info(self):
-    return self.dataset_info_from_configs(features=semantic_features(81), homepage="https://cocodataset.org")
+    return self.dataset_info_from_configs(features=semantic_features(N_CLASSES + 1), homepage="https://cocodataset.org")
 
   def _split_generators(self, dl_manager):
     root = manual_dir(dl_manager, "COCO 2014", WHERE)
+    hsnet = hsnet_root(root)
+    if hsnet is not None:
+      return {
+        split: self._generate_hsnet(hsnet, name)
+        for split, name in HSNET_SPLITS
+        if (hsnet / "annotations" / name).is_dir()
+      }
     return {
       split: self._generate_examples(root, name) for split, name in (("train", "train2014"), ("validation", "val2014"))
     }
+
+  def _generate_hsnet(self, root: Path, name: str):
+    """hsnet's label maps as they are, with their images (`{name}/NAME.jpg`, hsnet's record names)."""
+    for png in sorted((root / "annotations" / name).glob("*.png")):
+      image_id = f"{name}/{png.stem}.jpg"
+      path = require(root / image_id, f"image of {png}", HSNET_WHERE)
+      image, h, w = source_image(path)
+      with Image.open(png) as lab:
+        if lab.mode not in ("L", "P"):
+          raise ValueError(f"{png}: expected a class index PNG (mode L or P), got mode {lab.mode}")
+        seg = np.asarray(lab, np.uint8)
+      if seg.shape != (h, w):
+        raise ValueError(f"{png}: {seg.shape[1]}x{seg.shape[0]} does not match its image {path} ({w}x{h})")
+      values = np.unique(seg)
+      bad = [int(v) for v in values if N_CLASSES < v != IGNORE]
+      if bad:
+        raise ValueError(f"{png}: label values {bad} are not COCO class indices (1-{N_CLASSES}) or {IGNORE}")
+      classes = [int(c) for c in values if 0 < c <= N_CLASSES]
+      yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None], "classes": classes}
 
   def _generate_examples(self, root: Path, name: str):
     ann_path = require(root / "annotations" / f"instances_{name}.json", f"{name} annotations", WHERE)
@@ -88,6 +128,15 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
         {"image": image, "image_id": str(info["id"]), "segmentation": seg[..., None], "classes": classes},
       )
     skips.report()
+
+
+def hsnet_root(root: Path) -> Path | None:
+  """The folder of hsnet's layout (`annotations/{train2014,val2014}/` PNG folders): `root/COCO2014` or
+  `root`; None for COCO's own layout."""
+  for candidate in (root / "COCO2014", root):
+    if any((candidate / "annotations" / name).is_dir() for _, name in HSNET_SPLITS):
+      return candidate
+  return None
 
 
 def annotation_mask(ann: dict, h: int, w: int, source: str) -> np.ndarray:

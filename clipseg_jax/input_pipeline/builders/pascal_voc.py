@@ -2,7 +2,9 @@
 
 Manual directory: `VOCdevkit/VOC2012/` (or `VOC2012/`, or that folder itself) with `JPEGImages/`,
 `SegmentationClass/` (palette PNGs: 0 background, 1-20 classes, 255 void) and
-`ImageSets/Segmentation/{train,val}.txt`. Images are stored as their files' bytes
+`ImageSets/Segmentation/{train,val}.txt`. Where `SegmentationClass/` lacks an image, its label is read from
+`SegmentationClassAug/` (the grayscale index PNGs of PFENet's and the original CLIPSeg's `Pascal5i.tar`, whose
+val labels are VOC's own). Images are stored as their files' bytes
 (`common.source_image`). PASCAL-5i folds: `input_pipeline.classes.pascal5i_fold`.
 """
 
@@ -31,6 +33,16 @@ def voc_root(root: Path) -> Path:
   )
 
 
+def label_file(root: Path, image_id: str) -> Path:
+  """The label map of `image_id`: SegmentationClass/, else SegmentationClassAug/ (PFENet's layout)."""
+  for folder in ("SegmentationClass", "SegmentationClassAug"):
+    if (root / folder / f"{image_id}.png").exists():
+      return root / folder / f"{image_id}.png"
+  return require(
+    root / "SegmentationClass" / f"{image_id}.png", f"label map of {image_id} (nor in SegmentationClassAug/)", WHERE
+  )
+
+
 class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
   """PASCAL VOC 2012 semantic segmentation (21 classes with background)."""
 
@@ -55,7 +67,7 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, root: Path, list_file: Path):
     for image_id in list_file.read_text().split():
       image_path = require(root / "JPEGImages" / f"{image_id}.jpg", f"image {image_id}", WHERE)
-      label_path = require(root / "SegmentationClass" / f"{image_id}.png", f"label map of {image_id}", WHERE)
+      label_path = label_file(root, image_id)
       image, h, w = source_image(image_path)
       with Image.open(label_path) as lab:
         if lab.mode not in ("P", "L"):
