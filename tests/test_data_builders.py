@@ -46,15 +46,29 @@ def write_smooth_jpeg(path: Path, h: int, w: int, mode: str = "RGB"):
   Image.fromarray(rgb).convert(mode).save(path, quality=90)
 
 
-def test_rasterizer_known_areas():
+def original_mask(polygons, height: int, width: int) -> np.ndarray:
+  """timojl/clipseg `PhraseCut.load_sample`: skimage's polygon2mask per polygon on its (y, x) vertices,
+  at the annotated size, the max over every polygon of every instance."""
+  from skimage.draw import polygon2mask
+
+  masks = [polygon2mask((height, width), [p[::-1] for p in poly]) for polys in polygons for poly in polys]
+  return np.stack(masks).max(0)
+
+
+def test_rasterizer_is_the_originals():
+  """Integer squares keep their boundary; fractional, sub-pixel, degenerate and out-of-image polygons
+  and unions are polygon2mask's on (y, x) (PIL on truncated vertices differs on all of these)."""
   square = polygons_to_mask([[[2, 2], [6, 2], [6, 6], [2, 6]]], 10, 10)
-  assert square.sum() == 25 and square[2:7, 2:7].all()  # boundary included
-  # Pick's theorem: lattice points inside or on triangle (0,0),(8,0),(0,8) = A + B/2 + 1 = 32 + 12 + 1
-  assert polygons_to_mask([[[0, 0], [8, 0], [0, 8]]], 12, 12).sum() == 45
-  # vertices are truncated to integers, as PhraseCut's API does
-  assert np.array_equal(polygons_to_mask([[[2.9, 2.9], [6.7, 2.2], [6.1, 6.99], [2.5, 6.5]]], 10, 10), square)
-  union = phrasecut_mask([[[[0, 0], [3, 0], [3, 3], [0, 3]]], [[[2, 2], [5, 2], [5, 5], [2, 5]]]], 8, 8)
-  assert union.sum() == 16 + 16 - 4
+  assert square.sum() == 25 and square[2:7, 2:7].all()
+  shapes = [
+    [[[[2.9, 2.9], [6.7, 2.2], [6.1, 6.99], [2.5, 6.5]]]],
+    [[np.reshape(SMALL, (-1, 2)).tolist()]],
+    [[[[0.4, 0.4], [0.6, 0.4], [0.6, 0.6]]]],  # covers no pixel centre
+    [[[[1, 1], [4, 4]]], [[[3.5, 0.2]]]],  # a segment and a point
+    [[[[-3.2, 5.5], [12.7, 4.1], [20.3, 13.9], [4.4, 9.6]]], [[[7, 1], [9.5, 1.2], [8.1, 3.3]]]],  # instances
+  ]
+  for instances in shapes:
+    np.testing.assert_array_equal(phrasecut_mask(instances, 12, 15), original_mask(instances, 12, 15))
 
 
 def rle_runs(mask: np.ndarray) -> list[int]:
@@ -131,6 +145,93 @@ def test_phrasecut_builder(phrasecut_dir, tmp_path):
   for e in examples:
     assert e["mask"].dtype == bool and e["mask"].shape == e["image"].shape[:2]
   assert [e["phrase"] for e in raw_examples("phrasecut", "test", data_dir=tmp_path / "tfds")] == ["sky"]
+
+
+def box_of(*polys):
+  """PhraseCut's instance box [x, y, w, h] around polygons (its files carry one per instance)."""
+  pts = np.concatenate([np.reshape(p, (-1, 2)) for p in polys])
+  (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+  return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+@pytest.fixture
+def phrasecut_original_dir(tmp_path):
+  """PhraseCut's real layout with what the original CLIPSeg treats specially: fractional and few-pixel
+  polygons, several instances and polygons per phrase, a polygon leaving the image, a phrase whose
+  polygons cover no pixel centre (kept, empty), a phrase with zero-area boxes (dropped), and an image
+  the original lists invalid (its annotated size is wrong; dropped)."""
+  root = tmp_path / "phrasecut"
+  sizes = {10: (48, 64), 11: (30, 40), 150417: (20, 20)}  # 150417: annotated 20 x 20, the file is 24 x 32
+  write_jpeg(root / "images" / "10.jpg", 48, 64, 10)
+  write_jpeg(root / "images" / "11.jpg", 30, 40, 11)
+  write_jpeg(root / "images" / "150417.jpg", 24, 32, 12)
+  (root / "image_data_split.json").write_text(
+    json.dumps([{"image_id": i, "height": h, "width": w, "split": "train"} for i, (h, w) in sizes.items()])
+  )
+  frac_a = [[2.9, 2.9], [16.7, 2.2], [12.1, 16.99], [2.5, 10.5]]
+  frac_b = [[30.2, 20.6], [33.9, 21.1], [31.4, 24.8]]
+  small = np.reshape(SMALL, (-1, 2)).tolist()
+  leaving = [[-4.5, 3.3], [10.2, -2.7], [45.6, 12.4], [20.1, 33.8]]
+  dot = [[5.4, 5.4], [5.6, 5.45], [5.5, 5.6]]
+  tasks = [
+    ("10__a", 10, "brown dog", [[frac_a, frac_b], [small]]),
+    ("10__b", 10, "speck", [[dot]]),
+    ("10__c", 10, "line", [[[[3, 40], [60, 40], [60, 40], [3, 40]]]]),  # a flat polygon: its box has no area
+    ("11__a", 11, "brown dog", [[leaving]]),
+    ("11__b", 11, "roof", [[[[0, 0], [39, 0], [39, 4.5], [0, 4.5]]], [[[10.5, 10.5], [20.5, 10.5], [15, 20.2]]]]),
+    ("150417__a", 150417, "sky", [[[[0, 0], [19, 0], [19, 9], [0, 9]]]]),
+  ]
+  records = [
+    {
+      "task_id": t,
+      "image_id": i,
+      "phrase": p,
+      "Polygons": polys,
+      "instance_boxes": [box_of(*inst) for inst in polys],
+    }
+    for t, i, p, polys in tasks
+  ]
+  (root / "refer_train.json").write_text(json.dumps(records))
+  return root
+
+
+def original_pairs(root: Path, split: str) -> list[tuple[str, str, np.ndarray]]:
+  """The (image id, phrase, mask) pairs timojl/clipseg's `PhraseCut` serves: images in its
+  `invalid_img_ids` left out, then `min_size=0`: the phrase's boxes' total area (w * h) / image area > 0."""
+  invalid = {150417, 285665, 498246, 61564, 285743, 498269, 498010, 150516, 150344, 286093, 61530}
+  invalid |= {150333, 286065, 285814, 498187, 285761, 498042}
+  info = {img["image_id"]: img for img in json.loads((root / "image_data_split.json").read_text())}
+  out = []
+  for task in json.loads((root / f"refer_{split}.json").read_text()):
+    img = info[task["image_id"]]
+    size = sum(b[2] * b[3] for b in task["instance_boxes"]) / (img["width"] * img["height"])
+    if task["image_id"] in invalid or not size > 0:
+      continue
+    out.append((str(task["image_id"]), task["phrase"], original_mask(task["Polygons"], img["height"], img["width"])))
+  return out
+
+
+def test_phrasecut_masks_and_pairs_are_the_originals(phrasecut_original_dir, tmp_path):
+  build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=phrasecut_original_dir)
+  ours = sorted(
+    ((e["image_id"], e["phrase"], e["mask"]) for e in raw_examples("phrasecut", "train", data_dir=tmp_path / "tfds")),
+    key=lambda x: x[:2],
+  )
+  want = sorted(original_pairs(phrasecut_original_dir, "train"), key=lambda x: x[:2])
+  assert (
+    [x[:2] for x in ours]
+    == [x[:2] for x in want]
+    == [
+      ("10", "brown dog"),
+      ("10", "speck"),
+      ("11", "brown dog"),
+      ("11", "roof"),
+    ]
+  )  # "line" (no box area) and image 150417 (invalid) dropped; "speck" kept with an empty mask
+  for (image_id, phrase, mask), (_, _, expected) in zip(ours, want):
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, expected, err_msg=f"{image_id} {phrase}")
+  assert not ours[1][2].any() and ours[0][2].sum() > 100
 
 
 def test_phrasecut_stores_source_bytes(tmp_path):
@@ -287,7 +388,7 @@ def test_coco_builder(tmp_path):
   assert np.array_equal(seg == 3, rles["blob"]) and np.array_equal(seg == 255, rles["crowd"])  # both RLE kinds
   small = coco.annToMask(coco.anns[3]) > 0
   assert 0 < small.sum() < 10 and (seg[small] == 1).all()
-  # PIL's drawing (truncated vertices, outline included: PhraseCut's rasteriser) is not COCO's
+  # PhraseCut's drawing (the original CLIPSeg's skimage polygon2mask) is not COCO's
   assert not np.array_equal(polygons_to_mask([np.reshape(SMALL, (-1, 2))], 40, 48), small)
   assert list(records["42"]["classes"]) == [1, 2, 3]
 
@@ -354,3 +455,28 @@ def test_stored_masks_decode_as_pil_reads_them(shape):
   truncated = sources.LazyMasks([mask_feature(box)[:40]], "1234")
   with pytest.raises(ValueError, match="image 1234: mask 0 is not a readable image"):
     truncated[0]
+
+
+def test_phrasecut_prepared_at_an_older_version_still_reads(phrasecut_dir, tmp_path, caplog):
+  """Data prepared by 1.2.0 (PIL masks) is read as it is, with a warning that says how to rebuild."""
+  import shutil
+
+  from clipseg_jax.input_pipeline.builders.phrasecut import ClipsegPhrasecut
+
+  build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=phrasecut_dir)
+  current = tmp_path / "tfds" / "clipseg_phrasecut" / str(ClipsegPhrasecut.VERSION)
+  older = current.parent / "1.2.0"
+  shutil.move(current, older)
+  info = json.loads((older / "dataset_info.json").read_text())
+  (older / "dataset_info.json").write_text(json.dumps({**info, "version": "1.2.0"}))
+  with caplog.at_level("WARNING"):
+    examples = list(raw_examples("phrasecut", "train", data_dir=tmp_path / "tfds"))
+  assert len(examples) == 3 and "prepared at version 1.2.0" in caplog.text and "data build phrasecut" in caplog.text
+
+
+def test_phrasecut_malformed_boxes_are_named(phrasecut_dir, tmp_path):
+  tasks = json.loads((phrasecut_dir / "refer_train.json").read_text())
+  tasks[2]["instance_boxes"] = [[1, 2, 3]]
+  (phrasecut_dir / "refer_train.json").write_text(json.dumps(tasks))
+  with pytest.raises(ValueError, match=r"record 2 \(task_id '2__a'\): instance_boxes must be a list of \[x, y, w, h\]"):
+    build("phrasecut", data_dir=tmp_path / "tfds", manual_dir=phrasecut_dir)

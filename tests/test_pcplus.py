@@ -10,7 +10,15 @@ from PIL import Image
 from clipseg_jax import preprocess, prompts
 from clipseg_jax.input_pipeline.heldout import make_filter
 from clipseg_jax.input_pipeline.loader import make_loader
-from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions, PCPlusTransform, object_aware_crop
+from clipseg_jax.input_pipeline.pcplus import (
+  PLAIN,
+  TEMPLATES,
+  PairIndex,
+  PCPlusOptions,
+  PCPlusRawTransform,
+  PCPlusTransform,
+  object_aware_crop,
+)
 from clipseg_jax.input_pipeline.sources import FolderSource
 
 
@@ -78,13 +86,112 @@ def test_text_only_and_no_augmentation():
   assert out[0]["pixels"].shape == (32, 32, 3) and out[0]["mask"].shape == (32, 32)
 
 
-def test_object_aware_crop_keeps_the_object():
-  mask = np.zeros((100, 300), bool)
-  mask[40:60, 260:290] = True
+def find_crop(seg, image_size, randint, iterations=50, min_frac=0.05):
+  """timojl/clipseg `datasets/phrasecut.py` `find_crop` (best_of=None) with its `random_crop_slices`,
+  `randint(high)` standing for `torch.randint(0, high, (1,)).item()`: -> (top, left)."""
+  seg = seg.astype(bool)
+  best = float("-inf"), None, None
+  min_sum = seg.shape[0] * seg.shape[1] * min_frac
+  for _ in range(iterations):
+    y = randint(seg.shape[0] - image_size[0] + 1)
+    x = randint(seg.shape[1] - image_size[1] + 1)
+    kept = seg[y : y + image_size[0], x : x + image_size[1]].sum()
+    if kept > min_sum:
+      return y, x
+    if kept > best[0]:
+      best = kept, y, x
+  return best[1:]
+
+
+class TorchRng:
+  """A numpy-Generator face on torch's global generator (`integers` as `torch.randint`)."""
+
+  def __init__(self, torch):
+    self.torch = torch
+
+  def integers(self, low, high):
+    return self.torch.randint(low, high, (1,)).item()
+
+
+def crop_cases():
+  """Masks where the original's rule (> 5% of the image's area) and one on the mask's own size part:
+  small objects near an edge of wide and tall images, objects no square holds enough of, empty masks,
+  square images (one possible crop)."""
   rng = np.random.default_rng(0)
-  for _ in range(20):
-    top, left, side = object_aware_crop(mask, rng, tries=50, min_fraction=0.05)
-    assert side == 100 and mask[top : top + side, left : left + side].sum() / mask.sum() > 0.05
+  cases = []
+  for h, w in [(60, 200), (200, 60), (375, 500), (500, 333), (40, 40), (31, 32)]:
+    for size in (3, 8, 25, 80):
+      mask = np.zeros((h, w), bool)
+      y, x = rng.integers(0, max(1, h - size)), rng.integers(0, max(1, w - size))
+      mask[y : y + size, x : x + size] = True
+      cases.append(mask)
+    cases.append(np.zeros((h, w), bool))
+    cases.append(rng.random((h, w)) < 0.02)
+  return cases
+
+
+def test_crop_is_the_originals_find_crop(torch):
+  """Fed torch's random stream, the crop is the original `find_crop`'s and consumes the same draws."""
+  for i, mask in enumerate(crop_cases()):
+    side = min(mask.shape)
+    torch.manual_seed(i)
+    want = find_crop(mask, (side, side), lambda high: torch.randint(0, high, (1,)).item())
+    after_theirs = torch.randint(0, 2**30, (1,)).item()
+    torch.manual_seed(i)
+    top, left, got_side = object_aware_crop(mask, TorchRng(torch), tries=50, min_fraction=0.05)
+    assert (top, left) == tuple(want) and got_side == side, (i, mask.shape)
+    assert torch.randint(0, 2**30, (1,)).item() == after_theirs, i
+
+
+def test_crop_keeps_the_object_as_the_original():
+  """Measured on wide images with mid-sized objects near an edge: the original's rule (5% of the
+  image's area) keeps at least half the object in nearly every crop."""
+  rng = np.random.default_rng(1)
+  lost = []
+  for _ in range(300):
+    h, w = 300, 500
+    oh, ow = rng.integers(40, 120, 2)
+    y, x = rng.integers(0, h - oh), rng.choice([rng.integers(0, 60), rng.integers(w - ow - 60, w - ow)])
+    mask = np.zeros((h, w), bool)
+    mask[y : y + oh, x : x + ow] = True
+    top, left, side = object_aware_crop(mask, rng, 50, 0.05)
+    lost.append(mask[top : top + side, left : left + side].sum() < 0.5 * mask.sum())
+  assert np.mean(lost) < 0.02
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_negatives_are_cropped_on_the_true_mask(raw):
+  """As the original's `__getitem__`: the query is cropped on its own mask (`load_sample`) first, then
+  the negative empties the crop's mask; both paths (host, device_augment) take the same crop."""
+  source = MemorySource(n=12, size=(40, 120))
+  opts = PCPlusOptions(image_size=16, q_neg=1.0, max_crop_side=64)
+  transform = (PCPlusRawTransform if raw else PCPlusTransform)(source, PairIndex(source), opts)
+  for pair in range(24):
+    record = source[pair // 2]
+    image, mask = record["image"], record["masks"][pair % 2]
+    theirs = np.random.default_rng(pair)
+    top, left = find_crop(mask, (40, 40), lambda high, g=theirs: int(g.integers(0, high)))
+    choice, (crop, crop_mask), _ = transform.draw(pair, np.random.default_rng(pair))
+    assert choice.negative and choice.phrase != record["phrases"][pair % 2]
+    np.testing.assert_array_equal(crop, image[top : top + 40, left : left + 40])
+    assert crop_mask.shape == (40, 40) and not crop_mask.any()
+    sample = transform(pair, np.random.default_rng(pair))
+    assert not sample["mask"].any()
+    if raw:
+      np.testing.assert_array_equal(sample["pixels"], image[top : top + 40, left : left + 40])
+
+
+def test_templates_only_when_mixing_visual_prompts():
+  """The original's `shuffle+` list (no bare "{}") is sampled only with `mix` on; text-only training
+  uses the raw phrase. Explicit templates are kept."""
+  assert len(TEMPLATES) == 9 and "{}" not in TEMPLATES and TEMPLATES[0] == "a photo of a {}."
+  assert PCPlusOptions().templates == TEMPLATES
+  assert PCPlusOptions(visual_prompts=False).templates == PLAIN == ("{}",)
+  assert PCPlusOptions(visual_prompts=False, templates=("a {}",)).templates == ("a {}",)
+  assert PCPlusOptions.from_config({"visual_prompts": False, "templates": None}).templates == PLAIN
+  assert PCPlusOptions.from_config({"templates": ["x {}", "{} y"]}).templates == ("x {}", "{} y")
+  out, _ = samples(PCPlusOptions(image_size=16, visual_prompts=False, q_neg=0.0), n=40)
+  assert {s["text"] for s in out} <= {p for r in MemorySource().records for p in r["phrases"]}
 
 
 def test_options_reject_unknown_keys():
@@ -294,3 +401,34 @@ def test_sampler_draws_negatives_and_supports_as_the_original():
   assert abs(kept.count(93) / len(kept) - 0.5) < 0.05  # the query's own sample half the time
   common = [d.support for d in draws if not d.negative]
   assert 0 in common and set(common) <= set(range(90))
+
+
+def test_cached_features_resize_as_the_original(tiny_model, torch):
+  """The cached-feature path's inputs are the streaming path's without augmentation (the original's
+  `load_sample` with aug_crop=False): the query by torch's align_corners=True bilinear (unrounded), the
+  mask by torch's nearest, supports engineered on the resized float pair."""
+  import jax
+  import jax.numpy as jnp
+
+  from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train.features import FeatureCache
+
+  source, size = MemorySource(n=3, size=(40, 70)), 48
+  opts = PCPlusOptions(image_size=size, augment=False)
+  index = PairIndex(source)
+  cache = FeatureCache(tiny_model.module, tiny_model.params, tiny_model.tokenizer, source, index, opts, show=False)
+  apply = lambda method: jax.jit(lambda x: tiny_model.module.apply({"params": tiny_model.params}, x, method=method))
+  activations, visual_embeddings = apply(ClipSegModel.activations), apply(ClipSegModel.visual_embeddings)
+  recipe, _ = prompts.parse_mode(opts.prompt_mode, size)
+  for r, record in enumerate(source.records):
+    query = torch_resize(torch, record["image"], size, "bilinear")
+    want = activations(preprocess.normalize(jnp.asarray(query[None])))
+    for table, a in zip(cache.activations, want):
+      np.testing.assert_allclose(table[r], np.asarray(a)[0], atol=2e-5, rtol=0)
+    for k in range(2):
+      p = index.pairs.index((r, k))
+      mask = torch_resize(torch, record["masks"][k], size, "nearest") > 0
+      np.testing.assert_array_equal(cache.masks[p], mask)
+      support = prompts.crop_prompt(query, mask, recipe, size)
+      visual = visual_embeddings(jnp.asarray(support[None]))
+      np.testing.assert_allclose(cache.visual[p], np.asarray(visual)[0], atol=2e-5, rtol=0)

@@ -1,15 +1,16 @@
 """PhraseCut+ sampling (paper section 3.1), as the original code did it.
 
-Per sample: an object-aware random square crop (side min(H, W); up to `crop_tries` tries for one
-keeping > `min_mask_fraction` of the mask, else the best seen), resized to `image_size` as the
-original's `load_sample` (image: torch's bilinear with align_corners=True on float pixels, no
-antialiasing; mask: torch's nearest); with probability `q_neg` the phrase is swapped for another
-distinct phrase (uniform over them) and the mask zeroed; a visual support drawn uniformly from the
+Per sample: an object-aware random square crop on the pair's true mask (side min(H, W); up to
+`crop_tries` tries for one holding more mask pixels than `min_mask_fraction` of the image's area, else
+the one holding most: the original's `find_crop`), resized to `image_size` as the original's
+`load_sample` (image: torch's bilinear with align_corners=True on float pixels, no antialiasing; mask:
+torch's nearest); then, with probability `q_neg`, the phrase is swapped for another distinct phrase
+(uniform over them) and the cropped mask zeroed; a visual support drawn uniformly from the
 samples with the same phrase (the query's own included, none for a phrase with one sample: the
 original's draws), cropped and resized the same way and passed through visual prompt engineering
-(ImageNet-normalised float32); query pixels
-float32 0..255, unrounded as the original's (the model step normalises them); a prompt template
-("shuffle+"); and the text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`)
+(ImageNet-normalised float32); query pixels float32 0..255, unrounded as the original's (the model
+step normalises them); a prompt template ("shuffle+" when visual prompts are mixed in, the raw phrase
+otherwise); and the text weight w of `cond = w * text + (1 - w) * visual` drawn from U(0, `mix_max`)
 (1 without support).
 
 `PCPlusTransform.draw` makes every random draw; `PCPlusTransform` finishes a sample on the host,
@@ -29,8 +30,9 @@ import numpy as np
 from clipseg_jax import preprocess, prompts
 from clipseg_jax.input_pipeline import handoff, sources
 
+# timojl/clipseg `models/clipseg.py` `get_prompt_list("shuffle+")`: no bare "{}". Its `training.py`
+# samples them (`model.sample_prompts`) only when `mix` is on; otherwise the raw phrase is the prompt.
 TEMPLATES = (
-  "{}",
   "a photo of a {}.",
   "a photograph of a {}.",
   "an image of a {}.",
@@ -41,17 +43,25 @@ TEMPLATES = (
   "a bad photo of a {}.",
   "a photo of the {}.",
 )
+PLAIN = ("{}",)  # the raw phrase (the original's "plain" prompt list)
 
 
 @dataclasses.dataclass(frozen=True)
 class PCPlusOptions:
+  """PhraseCut+ sampling; the defaults are the original's (timojl/clipseg `experiments/phrasecut.yaml`
+  rd64-uni, `datasets/phrasecut.py`)."""
+
   image_size: int = 352
   q_neg: float = 0.2
   visual_prompts: bool = True  # False: text only (the paper's "PC" variant)
   mix_max: float = 0.5  # w ~ U(0, mix_max); the code used 0.5, the paper text says 1
   prompt_mode: str = "crop_blur_highlight"
-  templates: tuple[str, ...] = TEMPLATES
-  crop_tries: int = 50
+  # One drawn per sample. None: the original's rule, TEMPLATES ("shuffle+") when visual prompts are
+  # mixed in (its `mix: True`), PLAIN (the raw phrase) for text-only training (`mix: False`).
+  templates: tuple[str, ...] | None = None
+  crop_tries: int = 50  # the original's `find_crop(iterations=50)`
+  # A crop is accepted when it holds more mask pixels than this fraction of the IMAGE's area (not of
+  # the mask: the original's `find_crop(min_frac=0.05)`, `sum > H * W * min_frac`).
   min_mask_fraction: float = 0.05
   augment: bool = True  # False: no random crop (query images fixed: CLIP features cacheable)
   # True: workers ship uint8 arrays and the prompt engineering runs inside the jitted step
@@ -61,6 +71,10 @@ class PCPlusOptions:
   # ones are resized on the host (a bigger buffer moves more bytes per sample between processes).
   max_crop_side: int = 512
 
+  def __post_init__(self):
+    if self.templates is None:
+      object.__setattr__(self, "templates", TEMPLATES if self.visual_prompts else PLAIN)
+
   @classmethod
   def from_config(cls, cfg) -> PCPlusOptions:
     """From a mapping/ConfigDict holding (some of) these fields; unknown keys are an error."""
@@ -68,8 +82,8 @@ class PCPlusOptions:
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ValueError(f"unknown PhraseCut+ option(s): {', '.join(sorted(unknown))}")
-    if "templates" in d:
-      d["templates"] = tuple(d["templates"])
+    if d.get("templates") is not None:
+      d["templates"] = (d["templates"],) if isinstance(d["templates"], str) else tuple(d["templates"])
     return cls(**d)
 
 
@@ -100,25 +114,30 @@ class PairIndex:
 
 
 def object_aware_crop(mask: np.ndarray, rng: np.random.Generator, tries: int, min_fraction: float):
-  """(top, left, side) of a square crop keeping > min_fraction of the mask if one is found.
+  """(top, left, side) of a random square crop of side min(H, W), as the original's `find_crop`
+  (timojl/clipseg `datasets/phrasecut.py`, `best_of=None`): up to `tries` tries, each drawing the top
+  offset then the left one uniformly; the first holding more mask pixels than `min_fraction` x H x W
+  (the image's area) is taken, else the first of those holding most. Every try is drawn, also for an
+  empty mask, so the random stream advances as there.
 
-  The square spans the shorter side, so only one offset varies: the mask kept by each try is a
-  difference of prefix sums of the mask's profile along the longer side (the same integers as summing
-  the crop, the same random draws)."""
+  The square spans the shorter side, so only one offset varies: a try's count is a difference of
+  prefix sums of the mask's profile along the longer side (the same integers as summing the crop)."""
   h, w = mask.shape
   side = min(h, w)
   profile = mask.sum(axis=0 if h == side else 1, dtype=np.int32)  # a column's count fits (half the work of int64)
-  prefix = np.concatenate([[0], np.cumsum(profile)])
-  total = prefix[-1]
-  best, best_kept = (0, 0), -1.0
-  for _ in range(tries if total else 1):
+  prefix = np.concatenate([[0], np.cumsum(profile, dtype=np.int64)])
+  min_sum = h * w * min_fraction
+  best, best_sum = None, -1
+  for _ in range(tries):
     top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     start = left if h == side else top
-    kept = (prefix[start + side] - prefix[start]) / total if total else 0.0
-    if kept > best_kept:
-      best, best_kept = (top, left), kept
-    if kept > min_fraction:
-      break
+    kept = int(prefix[start + side] - prefix[start])
+    if kept > min_sum:
+      return top, left, side
+    if kept > best_sum:
+      best, best_sum = (top, left), kept
+  if best is None:  # no tries: the top left square
+    best = (0, 0)
   return best[0], best[1], side
 
 
@@ -255,13 +274,16 @@ class PCPlusTransform:
 
   def draw(self, pair_id: int, rng: np.random.Generator):
     """The random part of a sample, shared by both paths (same draws, same order): the choice, the
-    query crop and the support crop (None without one), each (uint8 image, bool mask), not resized."""
+    query crop and the support crop (None without one), each (uint8 image, bool mask), not resized.
+
+    In the original's order (`PhraseCut.__getitem__`): the query is cropped on its true mask
+    (`load_sample`), then a negative may replace the phrase and empty the cropped mask, then the
+    support is drawn and cropped on its own mask."""
     pair_id = int(pair_id)
-    choice = self.sampler.choose(pair_id, rng)
     record, mask = self._record(pair_id)
-    if choice.negative:
-      mask = np.zeros_like(mask)
-    query = self._crop(record, mask, rng)
+    image, mask = self._crop(record, mask, rng)
+    choice = self.sampler.choose(pair_id, rng)
+    query = (image, np.zeros_like(mask) if choice.negative else mask)
     support = None
     if choice.support is not None:
       # As the original: the support is cropped and resized to the image size like a query, then

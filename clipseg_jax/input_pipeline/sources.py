@@ -15,6 +15,7 @@ import csv
 import importlib
 import io
 import json
+import logging
 import os
 import struct
 import zlib
@@ -26,6 +27,7 @@ from PIL import Image
 from clipseg_jax.input_pipeline.builders import BUILDERS
 
 REFERRING = ("synthetic", "phrasecut")
+log = logging.getLogger(__name__)
 
 
 def tfds_builder(name: str, data_dir: str | os.PathLike):
@@ -43,6 +45,16 @@ def tfds_builder(name: str, data_dir: str | os.PathLike):
     for version in sorted(getattr(builder, "SUPPORTED_VERSIONS", ()), reverse=True):
       older = tfds.builder(f"{full}:{version}", data_dir=str(data_dir), file_format="array_record")
       if older.is_prepared():
+        note = getattr(builder, "RELEASE_NOTES", {}).get(str(builder.version), "")
+        log.warning(
+          "%s: reading the data prepared at version %s; version %s differs (%s). Rebuild it with "
+          "`clipseg-jax data build %s` to use it.",
+          name,
+          version,
+          builder.version,
+          note or "see the builder's release notes",
+          short,
+        )
         return older
   return builder
 

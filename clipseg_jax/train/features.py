@@ -3,7 +3,10 @@ are computed once (activations per image, text embeddings per phrase and templat
 embeddings per pair) and each step runs only the decoder on table lookups.
 
 The sampler reproduces the PhraseCut+ choices (negatives, templates, supports, mixing weights) as a
-pure function of (seed, step): resuming needs nothing but the step number.
+pure function of (seed, step): resuming needs nothing but the step number. Images, masks and supports
+are resized as the streaming path does without augmentation (`pcplus.resize_crop`: the original's
+`load_sample` with `aug_crop=False`, torch's bilinear with align_corners=True and its nearest), so both
+paths train on the same pixels.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from clipseg_jax import preprocess, prompts
-from clipseg_jax.input_pipeline.pcplus import PCPlusSampler, resize_pair
+from clipseg_jax import preprocess
+from clipseg_jax.input_pipeline.pcplus import PCPlusSampler, resize_crop, support_prompt
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import tokenize
 
@@ -61,14 +64,15 @@ class FeatureCache:
 
     for row, r in enumerate(tqdm(records, desc="caching CLIP features", unit="img", disable=not show)):
       record = source[r]  # decoded once: query activations, masks and visual prompts of all its pairs
-      queries.append(preprocess.resize_square(record["image"], s))
+      image = record["image"]
+      queries.append(preprocess.resize_aligned(image, s))  # float32 0..255, unrounded
       query_rows.append(row)
       for p, k in pairs_of[r]:
-        mask = record["masks"][k]
-        self.masks[p] = preprocess.resize_square(np.asarray(mask, np.uint8), s, nearest=True)
+        pixels, mask = resize_crop(image, record["masks"][k], s)
+        self.masks[p] = mask
         if opts.visual_prompts:
-          # resized first, as PCPlusTransform does (the original's order)
-          supports.append(prompts.visual_prompt(*resize_pair(record["image"], mask, s), opts.prompt_mode, s))
+          # resized first, then prompt engineering on the float pixels: as PCPlusTransform (the original)
+          supports.append(support_prompt(pixels, mask, opts.prompt_mode, s))
           support_ids.append(p)
       flush()
     flush(final=True)
