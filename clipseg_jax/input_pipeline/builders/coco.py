@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from clipseg_jax.input_pipeline.builders.common import (
   SkipCounter,
+  label_map,
   manual_dir,
   require,
   semantic_features,
@@ -80,12 +80,7 @@ class ClipsegCoco(tfds.core.GeneratorBasedBuilder):
       image_id = f"{name}/{png.stem}.jpg"
       path = require(root / image_id, f"image of {png}", HSNET_WHERE)
       image, h, w = source_image(path)
-      with Image.open(png) as lab:
-        if lab.mode not in ("L", "P"):
-          raise ValueError(f"{png}: expected a class index PNG (mode L or P), got mode {lab.mode}")
-        seg = np.asarray(lab, np.uint8)
-      if seg.shape != (h, w):
-        raise ValueError(f"{png}: {seg.shape[1]}x{seg.shape[0]} does not match its image {path} ({w}x{h})")
+      seg = label_map(png, h, w)
       values = np.unique(seg)
       bad = [int(v) for v in values if N_CLASSES < v != IGNORE]
       if bad:

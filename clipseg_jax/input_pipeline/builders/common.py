@@ -90,6 +90,18 @@ def source_image(path: Path) -> tuple[bytes, int, int]:
   return buf.getvalue(), h, w
 
 
+def label_map(path: Path, height: int, width: int) -> np.ndarray:
+  """A class-index PNG (palette or greyscale, as VOC's and hsnet's label maps) as uint8 [H, W], checked
+  against its image's size."""
+  with Image.open(path) as lab:
+    if lab.mode not in ("P", "L"):
+      raise ValueError(f"{path}: expected a class index PNG (mode P or L), got mode {lab.mode}")
+    seg = np.asarray(lab, np.uint8)
+  if seg.shape != (height, width):
+    raise ValueError(f"{path}: {seg.shape[1]}x{seg.shape[0]} does not match its image ({width}x{height})")
+  return seg
+
+
 def mask_feature(mask: np.ndarray) -> bytes:
   """A binary mask stored as a 1-bit PNG (read back with `> 0`): a reader inflates 8x fewer bytes
   than from an 8-bit one, which took most of the time of reading a training record (readers of

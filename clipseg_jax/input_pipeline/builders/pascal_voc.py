@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from clipseg_jax.input_pipeline.builders.common import manual_dir, require, semantic_features, source_image
+from clipseg_jax.input_pipeline.builders.common import label_map, manual_dir, require, semantic_features, source_image
 
 WHERE = (
   "Get VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site "
@@ -69,11 +68,6 @@ class ClipsegPascalVoc(tfds.core.GeneratorBasedBuilder):
       image_path = require(root / "JPEGImages" / f"{image_id}.jpg", f"image {image_id}", WHERE)
       label_path = label_file(root, image_id)
       image, h, w = source_image(image_path)
-      with Image.open(label_path) as lab:
-        if lab.mode not in ("P", "L"):
-          raise ValueError(f"{label_path}: expected a palette (class index) PNG, got mode {lab.mode}")
-        seg = np.asarray(lab, np.uint8)
-      if seg.shape != (h, w):
-        raise ValueError(f"{label_path}: {seg.shape} does not match its image {(h, w)}")
+      seg = label_map(label_path, h, w)
       classes = sorted(int(c) for c in np.unique(seg) if 0 < c < 21)
       yield image_id, {"image": image, "image_id": image_id, "segmentation": seg[..., None], "classes": classes}
