@@ -47,6 +47,8 @@ import numpy as np
 from PIL import Image
 
 from clipseg_jax import preprocess, prompts
+from clipseg_jax.evaluation.common import N_EXAMPLES, average_numbers, binary_numbers, limit, mine, progress
+from clipseg_jax.evaluation.predictor import NoPromptPredictor
 from clipseg_jax.metrics import Accumulator
 from clipseg_jax.metrics.binary import confusion_counts
 
@@ -55,7 +57,6 @@ MIN_PIXELS = 2 * 32 * 32  # PFENet make_dataset: a class counts when it has this
 CANVAS = 352  # pascal_1shot.yaml / coco.yaml test image_size (test_Resize size, COCOWrapper Resize)
 SUPPORT_MODE = "crop_blur_highlight352"  # the paper's one-shot prompt (the yamls' pas_h2 / coco_h2 mask)
 IGNORE = 255
-N_EXAMPLES = 6
 
 
 # ---- reading a prepared semantic split (PASCAL VOC, COCO) -------------------------------------------------
@@ -217,8 +218,6 @@ def episode_probabilities(predictor, query: np.ndarray, support: np.ndarray) -> 
   own = getattr(predictor, "one_shot_probabilities", None)
   if own is not None:
     return np.asarray(own(query, support), np.float32)
-  from clipseg_jax.evaluation.protocols import NoPromptPredictor
-
   model = predictor.model
   if isinstance(predictor, NoPromptPredictor):
     cond = dict(conditional_embeddings=np.zeros((1, model.config.projection_dim), np.float32))
@@ -236,8 +235,6 @@ def _folds(opts):
 
 
 def _finish(per_fold: dict, opts):
-  from clipseg_jax.evaluation.protocols import average_numbers, binary_numbers
-
   numbers = {}
   for f, (acc, episodes) in per_fold.items():
     numbers[f"fold{f}"] = {**binary_numbers(acc.allreduce(), opts.threshold), "episodes": episodes}
@@ -248,7 +245,6 @@ def _finish(per_fold: dict, opts):
 def pascal5i(predictor, opts):
   """PASCAL-5i one-shot as PFEPascalWrapper + score.py (module docstring); `opts.episodes` does not apply
   (one episode per listed image), `opts.limit` keeps the first N."""
-  from clipseg_jax.evaluation.protocols import _limit, _mine, _progress
   from clipseg_jax.input_pipeline.classes import pascal5i_fold
 
   records = SemanticRecords(opts.dataset or "pascal_voc", opts.split or "val", opts.data_dir)
@@ -259,9 +255,9 @@ def pascal5i(predictor, opts):
     episodes = pfenet_episodes(counts, pascal5i_fold(fold), rng, ids=records.ids)
     if not episodes:
       raise ValueError(f"PASCAL-5i fold {fold}: no image has a fold class with {MIN_PIXELS} pixels")
-    acc, n = Accumulator(), _limit(len(episodes), opts)
-    for e in _progress(range(n), n, f"pascal5i fold {fold}", opts):
-      if not _mine(e):
+    acc, n = Accumulator(), limit(len(episodes), opts)
+    for e in progress(range(n), n, f"pascal5i fold {fold}", opts):
+      if not mine(e):
         continue
       q, c, s = episodes[e]
       label = binary_label(records.segmentation(q), c)
@@ -281,7 +277,6 @@ def pascal5i(predictor, opts):
 
 def coco20i(predictor, opts):
   """COCO-20i one-shot as COCOWrapper + score.py (module docstring): `opts.episodes` per fold (hsnet: 1000)."""
-  from clipseg_jax.evaluation.protocols import _limit, _mine, _progress
   from clipseg_jax.input_pipeline.classes import coco20i_fold
 
   records = SemanticRecords(opts.dataset or "coco", opts.split or "validation", opts.data_dir)
@@ -293,9 +288,9 @@ def coco20i(predictor, opts):
   for fold in _folds(opts):
     rng = np.random.RandomState(opts.seed)
     episodes = hsnet_episodes(images_of, coco20i_fold(fold), opts.episodes, rng)
-    acc, n = Accumulator(), _limit(len(episodes), opts)
-    for e in _progress(range(n), n, f"coco20i fold {fold}", opts):
-      if not _mine(e):
+    acc, n = Accumulator(), limit(len(episodes), opts)
+    for e in progress(range(n), n, f"coco20i fold {fold}", opts):
+      if not mine(e):
         continue
       q, c, s = episodes[e]
       query_image, truth = coco_view(records.image(q), records.segmentation(q), c)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from clipseg_jax import preprocess
+from clipseg_jax.evaluation.common import N_EXAMPLES, limit, mine, nan_to_none, progress
 from clipseg_jax.metrics import ConfusionMatrix
 from clipseg_jax.prompts import resize_nearest
 
@@ -26,7 +27,6 @@ SCORE_OFFSET = np.float32(-10.0)  # CLIPSegMultiLabel's initial score; adding to
 # The original trains "unseen-10" with remove_classes [zs, 5] and "unseen-4" with [zs, 2] (5 and 2 pairs of
 # PASCAL_VOC_CLASSES_ZS) and scores both with JoEm's get_unseen_idx(remove_classes[1]): splits 5 and 2.
 SCORED_SPLIT = {"unseen-10": 5, "unseen-4": 2}
-DEFAULT_SPLITS = (2, 4, 5, 6, 8, 10)
 
 
 def original_pixels(image: np.ndarray, size: int) -> np.ndarray:
@@ -83,7 +83,6 @@ def voc_name(joem_name: str) -> str:
 def pascal_zeroshot(model, opts):
   """The protocol: `model` has `text(prompts)` and `zero_shot_probabilities(image, cond)` ([P, S, S] at
   the model's size, from `original_pixels`). Returns (numbers, examples)."""
-  from clipseg_jax.evaluation import protocols as P
   from clipseg_jax.input_pipeline.classes import joem_class_names, joem_unseen_idx, pascal_classes
   from clipseg_jax.input_pipeline.sources import prepared_source
 
@@ -93,9 +92,9 @@ def pascal_zeroshot(model, opts):
   names = joem_class_names()
   cond = model.text(names)
   cm, examples = ConfusionMatrix(len(names)), []
-  n = P._limit(len(source), opts)
-  for i in P._progress(range(n), n, "pascal_zeroshot", opts):
-    if not P._mine(i):
+  n = limit(len(source), opts)
+  for i in progress(range(n), n, "pascal_zeroshot", opts):
+    if not mine(i):
       continue
     r = source[i]
     probs = model.zero_shot_probabilities(r["image"], cond)
@@ -103,7 +102,7 @@ def pascal_zeroshot(model, opts):
     truth = resize_nearest(r["segmentation"][..., 0], pred.shape[-1])
     truth = np.where(truth < len(names), truth, 255)  # JoEm counts labels 0-20 only
     cm.add(pred, truth)
-    if len(examples) < P.N_EXAMPLES:
+    if len(examples) < N_EXAMPLES:
       examples.append((r["image"], pred, truth, "argmax of 21 prompts"))
   cm.allreduce()
   iou = cm.iou()
@@ -111,7 +110,7 @@ def pascal_zeroshot(model, opts):
     "images": n,
     "prompts": names,
     "background_scale": opts.background_scale,
-    "per_class_iou": dict(zip(["background"] + pascal_classes(), P._nan_to_none(iou))),
+    "per_class_iou": dict(zip(["background"] + pascal_classes(), nan_to_none(iou))),
     "miou_overall": joem_mean_iou(iou, range(len(names))),
   }
   for k in opts.unseen:
