@@ -121,6 +121,9 @@ class ClipSegConfig:
   transposed_convolution_kernels: tuple[int, int] | None = None
   # Not in HF: False gives the paper's CLIP-Deconv baseline (FiLM, projection, head; no blocks).
   use_decoder_blocks: bool = True
+  # Not in HF: the original's CLIPDenseBaseline (models/clipseg.py) when set: no decoder blocks, and after
+  # FiLM a `reduce2` MLP (Linear(reduce_dim, reduce2_dim), ReLU, Linear(reduce2_dim, reduce_dim)).
+  reduce2_dim: int | None = None
   extra: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   def __post_init__(self):
@@ -181,6 +184,7 @@ class ClipSegConfig:
       numbers_=("logit_scale_init_value",),
       strings=("decoder_hidden_act",),
       bools=("use_complex_transposed_convolution", "use_decoder_blocks"),
+      optional_ints=("reduce2_dim",),
     )
 
   def validate(self):
@@ -197,6 +201,11 @@ class ClipSegConfig:
     if not 0 <= self.conditional_layer < len(self.extract_layers):
       raise ValueError(
         f"conditional_layer={self.conditional_layer} must index one of the {len(self.extract_layers)} decoder blocks"
+      )
+    if self.reduce2_dim is not None and (self.reduce2_dim <= 0 or self.use_decoder_blocks):
+      raise ValueError(
+        f"reduce2_dim={self.reduce2_dim} (the CLIPDenseBaseline's MLP) needs a positive width and "
+        "use_decoder_blocks=False (the baseline has no decoder blocks)"
       )
     kernels = self.transposed_convolution_kernels
     if kernels is not None:
@@ -231,7 +240,8 @@ class ClipSegConfig:
     """Whether transformers' CLIPSeg builds this model (it has no CLIP-Deconv and only p // 4 kernels)."""
     p = self.vision_config.patch_size
     kernels_ok = self.transposed_convolution_kernels in (None, (p // 4, p // 4))
-    return self.use_decoder_blocks and (kernels_ok or not self.use_complex_transposed_convolution)
+    plain = self.use_decoder_blocks and self.reduce2_dim is None
+    return plain and (kernels_ok or not self.use_complex_transposed_convolution)
 
   @property
   def decoder_depth(self) -> int:
@@ -287,6 +297,8 @@ class ClipSegConfig:
     out["extract_layers"] = list(self.extract_layers)
     if self.use_decoder_blocks:
       out.pop("use_decoder_blocks")
+    if self.reduce2_dim is None:
+      out.pop("reduce2_dim")
     if self.transposed_convolution_kernels is None:
       out.pop("transposed_convolution_kernels")
     else:

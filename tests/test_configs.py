@@ -48,7 +48,20 @@ def test_invalid_configs(fields, match):
     ClipSegConfig(**fields)
 
 
-RECIPES = ["rd64_uni", "rd16_uni", "rd64_uni_refined", "rd64_uni_pc", "clip_deconv", "synthetic"]
+RECIPES = [
+  "rd64_uni",
+  "rd16_uni",
+  "rd64_uni_refined",
+  "rd64_uni_pc",
+  "rd64_uni_novis",
+  "rd64_uni_visual",
+  "clip_deconv",
+  "clip_baseline",
+  "pascal5i",
+  "pascal5i_baseline:3",
+  "pascal_zeroshot:2",
+  "synthetic",
+]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -89,6 +102,32 @@ def test_training_recipe_builds(name, tmp_path):
     assert decoder == 1_127_009
   if name == "clip_deconv":
     assert "layers_0" not in shapes["decoder"] and config.use_decoder_blocks is False
+  if name.startswith(("clip_baseline", "pascal5i_baseline")):  # CLIPDenseBaseline: block 9, reduce2 MLP
+    assert config.extract_layers == (9,) and "reduce2_0" in shapes["decoder"] and "layers_0" not in shapes["decoder"]
+  else:  # the original's training yamls: extract_layers [3, 7, 9], decoder dropout 0.1 (blocks only), AMP
+    assert config.extract_layers in ((3, 7, 9), (9,))
+    assert cfg.model.decoder_dropout == (0.1 if config.use_decoder_blocks else 0.0)
+  assert cfg.optim.compute_dtype == "bfloat16"
+
+
+def test_paper_recipes_follow_the_yamls():
+  """Settings each recipe takes from its timojl/clipseg yaml row."""
+  from clipseg_jax.train.configs import load_config
+
+  novis, visual, pc = load_config("rd64_uni_novis"), load_config("rd64_uni_visual"), load_config("rd64_uni_pc")
+  assert (novis.data.pcplus.visual_prompts, novis.data.pcplus.q_neg, tuple(novis.data.pcplus.templates)) == (
+    False,
+    0.2,
+    ("{}",),
+  )
+  assert tuple(pc.data.pcplus.templates) == ("{}",)  # mix: False -> raw phrases
+  assert visual.data.only_visual and visual.data.pcplus.mix_max == 0.0 and visual.data.pcplus.q_neg == 0.2
+  fold2 = load_config("pascal5i:2")
+  assert fold2.data.heldout_classes == ("diningtable", "dog", "horse", "motorbike", "person")
+  assert fold2.data.heldout_rule == "wordnet" and fold2.data.pcplus.mix_max == 0.5
+  assert len(load_config("pascal_zeroshot").data.heldout_classes) == 10  # rd64-uni-zs5: 5 pairs
+  base = load_config("pascal5i_baseline:1")
+  assert (base.data.pcplus.q_neg, base.data.pcplus.mix_max, base.model.reduce2_dim) == (0.0, 1.0, 64)
 
 
 def test_configs_take_overrides_as_config_flags_does(tmp_path):

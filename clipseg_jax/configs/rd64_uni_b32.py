@@ -10,7 +10,7 @@ from clipseg_jax.configs import common
 
 
 def get_config():
-  c = common.base()
+  c = common.paper()
   c.model.clip = "openai/clip-vit-base-patch32"  # or an OpenCLIP B/32 in HF layout, e.g.
   # "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" (gelu instead of quick_gelu: read from its config.json)
   c.model.extract_layers = (3, 7, 9)

@@ -19,7 +19,7 @@ def scaled_layers(layers=PAPER_LAYERS, depth: int = DEPTH_L14, base: int = DEPTH
 
 
 def get_config():
-  c = common.base()
+  c = common.paper()
   c.model.clip = "openai/clip-vit-large-patch14"  # or "openai/clip-vit-large-patch14-336"
   c.model.extract_layers = scaled_layers()
   c.model.transposed_convolution_kernels = (7, 2)

@@ -18,10 +18,11 @@ from clipseg_jax.models.decoder import Decoder
 class ClipSegModel(nn.Module):
   config: ClipSegConfig
   dtype: jnp.dtype | None = None
+  decoder_dropout: float = 0.0  # training only: see `Decoder.dropout_rate` (off unless deterministic=False)
 
   def setup(self):
     self.clip = CLIP(self.config, self.dtype)
-    self.decoder = Decoder(self.config, self.dtype)
+    self.decoder = Decoder(self.config, self.dtype, self.decoder_dropout)
 
   def __call__(
     self, pixel_values, input_ids=None, attention_mask=None, conditional_pixel_values=None, conditional_embeddings=None
@@ -57,9 +58,10 @@ class ClipSegModel(nn.Module):
     states, _ = self.clip.vision_model(pixel_values, depth=self.config.vision_depth)
     return [states[i] for i in self.config.extract_layers]
 
-  def decode_activations(self, activations, cond):
-    """Raw (or cached) CLIP activations and [B, E] conditions -> logits [B, H, W] (training)."""
-    return self.decoder(self.decoder.reduce(activations), cond)
+  def decode_activations(self, activations, cond, deterministic: bool = True):
+    """Raw (or cached) CLIP activations and [B, E] conditions -> logits [B, H, W] (training:
+    deterministic=False with a 'dropout' rng turns the decoder's dropout on)."""
+    return self.decoder(self.decoder.reduce(activations), cond, deterministic)
 
   def text_embeddings(self, input_ids, attention_mask=None):
     return self.clip.text_embeds(input_ids, attention_mask)

@@ -18,6 +18,10 @@ from clipseg_jax.models.layers import DecoderLayer, Unpatchify
 class Decoder(nn.Module):
   config: ClipSegConfig
   dtype: jnp.dtype | None = None
+  # Training only (a hyper-parameter, not part of the model's config): dropout inside the decoder blocks
+  # where torch's nn.TransformerEncoderLayer applies it (its default 0.1 was on while the original
+  # trained); active only when called with deterministic=False.
+  dropout_rate: float = 0.0
 
   def setup(self):
     cfg = self.config
@@ -32,10 +36,16 @@ class Decoder(nn.Module):
         cfg.decoder_intermediate_size,
         cfg.vision_config.layer_norm_eps,
         self.dtype,
+        self.dropout_rate,
         name=f"layers_{i}",
       )
       for i in range(cfg.decoder_depth if cfg.use_decoder_blocks else 0)
     ]
+    if cfg.reduce2_dim is not None:  # CLIPDenseBaseline: names keep the nn.Sequential's indices
+      self.reduce2 = [
+        nn.Dense(cfg.reduce2_dim, dtype=self.dtype, name="reduce2_0"),
+        nn.Dense(d, dtype=self.dtype, name="reduce2_2"),
+      ]
     p = cfg.vision_config.patch_size
     if cfg.use_complex_transposed_convolution:
       # Names keep the indices of HF's nn.Sequential (1 and 3 are the ReLUs). Kernels: transformers'
@@ -53,15 +63,18 @@ class Decoder(nn.Module):
     """Vision activations in `extract_layers` order -> reduced tokens, deepest first."""
     return [reduce(a) for reduce, a in zip(self.reduces, activations[::-1])]
 
-  def __call__(self, reduced, cond):
-    """Reduced activations (deepest first) and [..., E] conditions -> logits [..., H, W]."""
+  def __call__(self, reduced, cond, deterministic: bool = True):
+    """Reduced activations (deepest first) and [..., E] conditions -> logits [..., H, W].
+    `deterministic=False` (training) turns the blocks' dropout on (a 'dropout' rng is then needed)."""
     a = None
     for i, r in enumerate(reduced):
       a = r if a is None else r + a
       if i == self.config.conditional_layer:
         a = self.film_mul(cond)[..., None, :] * a + self.film_add(cond)[..., None, :]
+        if self.config.reduce2_dim is not None:
+          a = self.reduce2[1](jax.nn.relu(self.reduce2[0](a)))
       if self.layers:
-        a = self.layers[i](a)
+        a = self.layers[i](a, deterministic)
     return self.upsample(a)
 
   def upsample(self, tokens):

@@ -26,7 +26,9 @@ DECODER_FIELDS = (
   "use_complex_transposed_convolution",
   "use_decoder_blocks",
   "transposed_convolution_kernels",
+  "reduce2_dim",
 )
+OPTIONAL_FIELDS = {"reduce2_dim": None}  # keys that configs written before them may lack
 
 
 RANDOM = "random:"  # "random:SOURCE": SOURCE's architecture with random weights (the paper's ablation)
@@ -49,7 +51,9 @@ def model_config(model_cfg) -> ClipSegConfig:
   """ClipSegConfig: towers from the CLIP source's config.json, decoder from the training config."""
   clip_dir = resolve_clip(model_cfg.clip)
   raw = json.loads((clip_dir / "config.json").read_text())
-  fields = {k: model_cfg[k] for k in DECODER_FIELDS}
+  fields = {
+    k: model_cfg.get(k, OPTIONAL_FIELDS.get(k)) if k in OPTIONAL_FIELDS else model_cfg[k] for k in DECODER_FIELDS
+  }
   fields["extract_layers"] = tuple(fields["extract_layers"])
   fields["transposed_convolution_kernels"] = tuple(fields["transposed_convolution_kernels"]) or None  # (): HF's
   if raw.get("model_type") == "clipseg":  # towers of a CLIPSeg checkpoint

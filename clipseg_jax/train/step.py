@@ -81,20 +81,34 @@ def _update(state: TrainState, tx, loss_fn):
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask, activation_scale: float = 1.0):
-  """The loss as a function of the trainable parameters (CLIP outputs are constants here)."""
+def dropout_rng(module: ClipSegModel, seed: int, step):
+  """The decoder dropout's key for one step: a function of (seed, step) alone, so a resumed run draws the
+  same masks as an uninterrupted one; None when the module has no dropout (deterministic decoding)."""
+  if not module.decoder_dropout:
+    return None
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def decode(module: ClipSegModel, params, activations, cond, rng=None):
+  """Decoder logits in training mode: dropout on when `rng` is given (`dropout_rng`), off otherwise."""
+  train = {"deterministic": False, "rngs": {"dropout": rng}} if rng is not None else {}
+  return module.apply({"params": params}, activations, cond, method=ClipSegModel.decode_activations, **train)
+
+
+def decoder_loss(module: ClipSegModel, frozen, activations, cond, mask, activation_scale: float = 1.0, rng=None):
+  """The loss as a function of the trainable parameters (CLIP outputs are constants here); `rng`: the
+  step's dropout key (None: no dropout)."""
   activations = [a * activation_scale for a in activations]
 
   def loss_fn(trainable):
-    logits = module.apply(
-      {"params": freeze.merge(frozen, trainable)}, activations, cond, method=ClipSegModel.decode_activations
-    )
-    return bce(logits, mask)
+    return bce(decode(module, freeze.merge(frozen, trainable), activations, cond, rng), mask)
 
   return loss_fn
 
 
-def finetune_loss(module: ClipSegModel, frozen, batch, visual_prompts: bool, withhold_prompt: bool, activation_scale):
+def finetune_loss(
+  module: ClipSegModel, frozen, batch, visual_prompts: bool, withhold_prompt: bool, activation_scale, rng=None
+):
   """The loss as a function of the trainable parameters, CLIP's trainable leaves among them: CLIP's
   forward runs inside the differentiated function."""
 
@@ -108,7 +122,7 @@ def finetune_loss(module: ClipSegModel, frozen, batch, visual_prompts: bool, wit
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
     acts = [a * activation_scale for a in acts]
-    return bce(module.apply({"params": params}, acts, cond, method=ClipSegModel.decode_activations), batch["mask"])
+    return bce(decode(module, params, acts, cond, rng), batch["mask"])
 
   return loss_fn
 
@@ -131,14 +145,21 @@ def fold_activation_scale(trainable: dict, activation_scale: float) -> dict:
 
 
 def make_stream_step(
-  module: ClipSegModel, tx, visual_prompts: bool, withhold_prompt: bool = False, activation_scale: float = 1.0
+  module: ClipSegModel,
+  tx,
+  visual_prompts: bool,
+  withhold_prompt: bool = False,
+  activation_scale: float = 1.0,
+  seed: int = 0,
 ):
   """Step on raw batches (clipseg_jax.input_pipeline.loader): frozen CLIP forward, then the decoder's
-  update; or, when the train state holds CLIP leaves (freeze rules), CLIP's forward under the gradient."""
+  update; or, when the train state holds CLIP leaves (freeze rules), CLIP's forward under the gradient.
+  The decoder's dropout (if the module has any) draws from `dropout_rng(module, seed, state.step)`."""
 
   def step(state: TrainState, frozen, batch):
+    rng = dropout_rng(module, seed, state.step)
     if freeze.trains_clip(state.params):
-      loss_fn = finetune_loss(module, frozen, batch, visual_prompts, withhold_prompt, activation_scale)
+      loss_fn = finetune_loss(module, frozen, batch, visual_prompts, withhold_prompt, activation_scale, rng)
       return _update(state, tx, loss_fn)
     clip = lambda method, *args: jax.lax.stop_gradient(module.apply({"params": frozen}, *args, method=method))
     acts = clip(ClipSegModel.activations, preprocess.normalize(batch["pixels"]))
@@ -148,22 +169,26 @@ def make_stream_step(
       cond = prompts.interpolate(cond, visual, batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
-    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale))
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale, rng))
 
   return step
 
 
-def make_cached_step(module: ClipSegModel, tx, withhold_prompt: bool = False, activation_scale: float = 1.0):
-  """Step on cached CLIP features: the batch holds table indices; only the decoder runs."""
+def make_cached_step(
+  module: ClipSegModel, tx, withhold_prompt: bool = False, activation_scale: float = 1.0, seed: int = 0
+):
+  """Step on cached CLIP features: the batch holds table indices; only the decoder runs (its dropout, if
+  any, as in `make_stream_step`)."""
 
   def step(state: TrainState, frozen, tables, batch):
+    rng = dropout_rng(module, seed, state.step)
     if freeze.trains_clip(state.params):
       raise ValueError("cached CLIP features cannot train CLIP: set data.cache_features=False")
     acts = [a[batch["record"]] for a in tables["activations"]]
     cond = prompts.interpolate(tables["text"][batch["text"]], tables["visual"][batch["visual"]], batch["text_weight"])
     if withhold_prompt:
       cond = jnp.zeros_like(cond)
-    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale))
+    return _update(state, tx, decoder_loss(module, frozen, acts, cond, batch["mask"], activation_scale, rng))
 
   return step
 

@@ -52,6 +52,10 @@ RESUMABLE = {
 ADDED_DEFAULTS = {
   "optim.freeze_rules": [list(rule) for rule in freeze.DEFAULT_RULES],
   "model.transposed_convolution_kernels": [],
+  "model.decoder_dropout": 0.0,
+  "model.reduce2_dim": None,
+  "data.heldout_rule": "synonyms",
+  "data.only_visual": False,
 }
 
 
@@ -139,6 +143,8 @@ def check_workdir(cfg, workdir: Path):
   old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(configs.to_json(cfg)))
   old = {**ADDED_DEFAULTS, **old}  # runs saved before a key existed ran with its default
   diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE and old.get(k) != new.get(k))
+  if not old.get("data.heldout_classes") and not new.get("data.heldout_classes"):  # no class held out: no rule
+    diff = [k for k in diff if k != "data.heldout_rule"]
   if diff:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
     raise ValueError(f"{workdir} holds a run of another config ({details}); use a new --workdir")
@@ -205,7 +211,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     withhold_prompt=bool(cfg.model.withhold_prompt),
   )
   compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
-  module = ClipSegModel(config, compute)
+  module = ClipSegModel(config, compute, decoder_dropout=float(cfg.model.get("decoder_dropout", 0.0)))
   check_image_size(config, cfg.data.pcplus.image_size, cfg.model.clip)
   params = initial_params(config, cfg.model.clip, cfg.seed)
   rules = freeze.rules_of(cfg.optim)
@@ -336,7 +342,7 @@ class Data:
 
   def __init__(self, cfg, module, frozen, mesh, tokenizer_dir):
     from clipseg_jax.input_pipeline import open_source
-    from clipseg_jax.input_pipeline.heldout import make_filter
+    from clipseg_jax.input_pipeline.heldout import make_filter, repeated_phrases
     from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions
 
     self.cfg, self.mesh = cfg, mesh
@@ -344,7 +350,15 @@ class Data:
     self.cached = use_cache(cfg)
     data_dir = os.path.expanduser(cfg.data.data_dir)
     source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
-    keep = make_filter(cfg.data.heldout_classes) if cfg.data.heldout_classes else None
+    classes, rule = cfg.data.heldout_classes, cfg.data.get("heldout_rule", "synonyms")
+    keep = make_filter(classes, rule) if classes else None
+    if cfg.data.get("only_visual"):
+      if not self.opts.visual_prompts or self.opts.mix_max:
+        raise ValueError(
+          "data.only_visual conditions on the visual prompt alone: it needs data.pcplus.visual_prompts=True "
+          f"and data.pcplus.mix_max=0.0 (got {self.opts.visual_prompts}, {self.opts.mix_max})"
+        )
+      keep = repeated_phrases(source, keep)
     self.local = cfg.batch_size // jax.process_count()
     if self.cached:
       from clipseg_jax.train.features import FeatureCache
@@ -382,11 +396,18 @@ class Data:
     """The jitted `(state, guard, frozen, ...) -> (state, guard, metrics)` (see `guarded`)."""
     guard_sh = jax.tree.map(lambda _: rep, initial_guard())
     if self.cached:
-      fn = steps.make_cached_step(module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale)
+      fn = steps.make_cached_step(
+        module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale, seed=self.cfg.seed
+      )
       rest = (jax.tree.map(lambda _: rep, self.tables), batch_sh)
     else:
       fn = steps.make_stream_step(
-        module, tx, self.opts.visual_prompts, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale
+        module,
+        tx,
+        self.opts.visual_prompts,
+        self.cfg.model.withhold_prompt,
+        self.cfg.model.activation_scale,
+        seed=self.cfg.seed,
       )
       if self.opts.device_augment:  # the loader shipped uint8 supports: prompt engineering runs here
         from clipseg_jax.input_pipeline import device
