@@ -109,6 +109,55 @@ def make_loader(
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
   transform = (PCPlusRawTransform if options.device_augment else PCPlusTransform)(source, index, options)
+  pad = padded_keys(options) if options.device_augment else {}
+  tail = dict(worker_count=worker_count, read_threads=read_threads, worker_buffer=worker_buffer, pool_slots=pool_slots)
+  return _batched(ds, transform, pad, batch_size, seed, max_length, tokenizer_dir, drop_remainder, **tail)
+
+
+def make_episode_loader(
+  transform,
+  *,
+  batch_size: int,
+  seed: int,
+  worker_count: int = 0,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  max_length: int = MAX_LENGTH,
+  tokenizer_dir=None,
+  read_threads: int = 1,
+  worker_buffer: int = 2,
+  pool_slots: int | None = None,
+):
+  """`make_loader` for an episodic transform (`input_pipeline.episodes`): (index, rng) -> sample, where the
+  index only seeds the sample (every sample is a fresh episode); `len(transform)` samples an epoch."""
+  import grain
+
+  if len(transform) < shard_count:
+    raise ValueError(f"{len(transform)} episodes per epoch cannot be split over {shard_count} hosts")
+  ds = grain.MapDataset.range(len(transform))[shard_index::shard_count].shuffle(seed=seed).repeat(None)
+  tail = dict(worker_count=worker_count, read_threads=read_threads, worker_buffer=worker_buffer, pool_slots=pool_slots)
+  return _batched(ds, transform, {}, batch_size, seed, max_length, tokenizer_dir, True, **tail)
+
+
+def _batched(
+  ds,
+  transform,
+  pad,
+  batch_size,
+  seed,
+  max_length,
+  tokenizer_dir,
+  drop_remainder,
+  *,
+  worker_count,
+  read_threads,
+  worker_buffer,
+  pool_slots,
+):
+  """The shared tail: the per-sample random transform, tokenization, batching into reused shared memory,
+  read-ahead and worker processes."""
+  import grain
+
   ds = ds.random_map(transform, seed=seed + 1)
   ds = ds.map(Tokenize(max_length, tokenizer_dir))
   if pool_slots is None:
@@ -117,7 +166,6 @@ def make_loader(
   # One thread making a worker's batches keeps them in the order grain delivers them, which the
   # slots' reclaiming relies on (handoff.open_batch).
   pooled = worker_count > 0 and pool_slots > 0 and read_threads <= 1 and handoff.supported()
-  pad = padded_keys(options) if options.device_augment else {}
   batcher = handoff.Batcher(pool_slots if pooled else 0, pad)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batcher)
   # A small read-ahead: grain's default (500 elements per process) held ~1 GB of float32 samples per

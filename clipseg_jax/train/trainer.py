@@ -347,6 +347,11 @@ class Data:
 
     self.cfg, self.mesh = cfg, mesh
     self.opts = PCPlusOptions.from_config(cfg.data.pcplus)
+    self.local = cfg.batch_size // jax.process_count()
+    episodes = cfg.data.get("episodes")
+    if episodes is not None and episodes.get("kind"):  # episodic training (COCO-20i): input_pipeline/episodes.py
+      self._init_episodes(cfg, tokenizer_dir, module.config.text_config.max_position_embeddings)
+      return
     self.cached = use_cache(cfg)
     data_dir = os.path.expanduser(cfg.data.data_dir)
     source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
@@ -359,7 +364,6 @@ class Data:
           f"and data.pcplus.mix_max=0.0 (got {self.opts.visual_prompts}, {self.opts.mix_max})"
         )
       keep = repeated_phrases(source, keep)
-    self.local = cfg.batch_size // jax.process_count()
     if self.cached:
       from clipseg_jax.train.features import FeatureCache
 
@@ -391,6 +395,32 @@ class Data:
         tokenizer_dir=str(tokenizer_dir),
       )
       self.iterator = iter(loader)
+
+  def _init_episodes(self, cfg, tokenizer_dir, max_length: int):
+    """Streamed episodes (`data.episodes.kind`), made on the host: no feature cache, no device path."""
+    from clipseg_jax.input_pipeline.episodes import make_transform
+    from clipseg_jax.input_pipeline.loader import make_episode_loader
+
+    if str(cfg.data.cache_features).lower() == "true":
+      raise ValueError("data.episodes draws a new episode per sample: set data.cache_features to 'auto'")
+    if self.opts.q_neg:
+      raise ValueError(
+        "data.pcplus.q_neg does not apply to episodes: their negatives are data.episodes.negative_prob "
+        f"(got q_neg={self.opts.q_neg})"
+      )
+    self.cached = False
+    loader = make_episode_loader(
+      make_transform(cfg.data, self.opts),
+      batch_size=self.local,
+      seed=cfg.seed,
+      worker_count=cfg.data.workers,
+      pool_slots=cfg.data.get("pool_slots"),
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      max_length=max_length,
+      tokenizer_dir=str(tokenizer_dir),
+    )
+    self.iterator = iter(loader)
 
   def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips: int = 0):
     """The jitted `(state, guard, frozen, ...) -> (state, guard, metrics)` (see `guarded`)."""
