@@ -126,9 +126,12 @@ class ClipSeg:
     """reduced: per layer [N, T, D]; cond [P, E], of which the first `count` are real, the rest bucket
     padding -> logits [N, P, S, S]. With `chunk`, a loop decodes `chunk` prompts at a time and stops
     after the real ones (their logits are left zero): padding 5 prompts to 8 costs nothing."""
-    decode = lambda c: self.module.apply(
-      {"params": params}, [r[:, None] for r in reduced], c[None], method=ClipSegModel.decode
-    )
+    if self.module.dtype is None:
+      decode = lambda c: self.module.apply(
+        {"params": params}, [r[:, None] for r in reduced], c[None], method=ClipSegModel.decode
+      )
+    else:
+      decode = functools.partial(self._decode_flat, params, reduced)
     if chunk is None or cond.shape[0] <= chunk:
       return decode(cond)
 
@@ -139,6 +142,15 @@ class ClipSeg:
     one = jax.eval_shape(decode, cond[:chunk])  # [N, chunk, S, S]
     out = jnp.zeros((one.shape[0], cond.shape[0], *one.shape[2:]), one.dtype)
     return jax.lax.fori_loop(0, -(-count // chunk), body, out)
+
+  def _decode_flat(self, params, reduced, cond):
+    """`decode` of N images x P conditions as one batch of N * P (reduced precision): the fused
+    attention kernel takes [batch, tokens, heads, dim] only, not the broadcast [N, P, ...] layout."""
+    n, p = reduced[0].shape[0], cond.shape[0]
+    flat = [jnp.broadcast_to(r[:, None], (n, p, *r.shape[1:])).reshape(n * p, *r.shape[1:]) for r in reduced]
+    cond = jnp.broadcast_to(cond[None], (n, *cond.shape)).reshape(n * p, -1)
+    logits = self.module.apply({"params": params}, flat, cond, method=ClipSegModel.decode)
+    return logits.reshape(n, p, *logits.shape[1:])
 
   def _check_inputs(self, pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings):
     pixel_values = self._check_pixels(pixel_values, "pixel_values")
@@ -327,6 +339,8 @@ class ClipSeg:
       isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
     ):
       raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     # checked before any work
     return self._predict_chunks(iter(images), cond, threshold, batch_size, align_corners=align_corners)
 

@@ -10,9 +10,12 @@ reports it was given (`eval/TASK.json`). Where a model came from lives in `confi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -21,6 +24,7 @@ from clipseg_jax import preprocess
 from clipseg_jax.weights import card, hf, hub, io, original
 
 FLAX_MARKER = "clipseg_jax.json"  # written beside config.json + params/ by `save`
+FLAX_DIGEST_KEY = "params_sha256"  # in FLAX_MARKER: `io.fingerprint` of the params, checked when loading
 DECODER_MARKER = "clipseg_jax_decoder.json"  # a decoder-only directory: names its CLIP (`export_decoder`)
 DECODER_WEIGHTS = "decoder.safetensors"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -51,6 +55,31 @@ def preprocessor_config(image_size: int) -> dict:
     "rescale_factor": 1 / 255,
     "size": {"height": int(image_size), "width": int(image_size)},
   }
+
+
+def remove_orbax_temporaries(folder: Path, tries: int = 20, pause_s: float = 0.05):
+  """Delete the `*.orbax-checkpoint-tmp*` folders a failed Orbax save leaves in `folder` (retried
+  briefly: its background threads may still be finishing when the error is raised)."""
+  for _ in range(tries):
+    left = list(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
+    if not left:
+      return
+    for tmp in left:
+      shutil.rmtree(tmp, ignore_errors=True)
+    time.sleep(pause_s)
+
+
+@contextlib.contextmanager
+def writing(out: Path):
+  """Any failed write inside (disk full, permissions) as one OSError naming `out`, with the temporary
+  folders Orbax leaves behind (`*.orbax-checkpoint-tmp*`) removed."""
+  try:
+    yield
+  except OSError as e:
+    remove_orbax_temporaries(Path(out))
+    if str(out) in str(e):
+      raise
+    raise io.write_error(out, e) from e
 
 
 def write_json(path: Path, obj):
@@ -149,6 +178,8 @@ def export_hf(model, out_dir: str | os.PathLike, *, evaluation=None, name=None, 
   use as is: `config.json`, `model.safetensors` (bit-identical weights, with a sha256 digest in its
   header that `load_model` checks), tokenizer files, `preprocessor_config.json`, the model card and
   the given evaluation reports. name: the repo id or path the card's snippets load from."""
+  if model.config.reduce2_dim is not None:
+    raise ValueError("transformers' CLIPSeg has no CLIPDenseBaseline (reduce2_dim); use save()")
   if not model.config.use_decoder_blocks:
     raise ValueError("transformers' CLIPSeg has no decoder without blocks (CLIP-Deconv); use save()")
   if not model.config.hf_compatible:
@@ -157,11 +188,12 @@ def export_hf(model, out_dir: str | os.PathLike, *, evaluation=None, name=None, 
       "(it builds patch // 4 x patch // 4); use save()"
     )
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  io.write_safetensors(hf.to_hf(jax.device_get(model.params)), out / "model.safetensors")
-  model.config.to_json(out / "config.json")
-  save_tokenizer(model.tokenizer, out)
-  write_extras(model, out, "hf", evaluation=evaluation, name=name, license=license)
+  with writing(out):
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_safetensors(hf.to_hf(jax.device_get(model.params)), out / "model.safetensors")
+    model.config.to_json(out / "config.json")
+    save_tokenizer(model.tokenizer, out)
+    write_extras(model, out, "hf", evaluation=evaluation, name=name, license=license)
   return out
 
 
@@ -180,11 +212,22 @@ def export_original(model, path: str | os.PathLike) -> Path:
       "this model's CLIP was fine-tuned (optim.freeze_rules), but the original format holds the decoder only "
       "and would be read with the stock CLIP; export it with export_hf or save() (convert --to hf or flax)"
     )
+  if model.config.reduce2_dim is not None:
+    raise ValueError(
+      "the CLIPDenseBaseline (reduce2_dim) has no released file layout to write; export it with save() "
+      "(convert --to flax)"
+    )
   facts = card_facts(model, "original")
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  state = hf.to_hf(jax.device_get(model.params))
-  io.write_torch(original.hf_to_original(state, model.original_extras), path)
+  with writing(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = hf.to_hf(jax.device_get(model.params))
+    io.write_torch(original.hf_to_original(state, model.original_extras), path)
+    _write_original_sidecar(model, path, facts)
+  return path
+
+
+def _write_original_sidecar(model, path: Path, facts: dict):
   write_json(
     original_sidecar(path),
     {
@@ -197,23 +240,32 @@ def export_original(model, path: str | os.PathLike) -> Path:
       "written_by": f"clipseg-jax {card.version()}",
     },
   )
-  return path
 
 
 def save(model, out_dir: str | os.PathLike, *, evaluation=None, name=None, license=None) -> Path:
   """This project's Flax checkpoint: `config.json` + Orbax `params/` (+ tokenizer, preprocessor config,
-  model card, evaluation reports)."""
+  model card, evaluation reports), and a marker (`FLAX_MARKER`, written last) holding the params'
+  fingerprint (`FLAX_DIGEST_KEY`) that `load_model` checks."""
   import orbax.checkpoint as ocp
 
   out = Path(out_dir).absolute()
-  out.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(out / "params", jax.device_get(model.params), force=True)
-    ckpt.wait_until_finished()
-  model.config.to_json(out / "config.json")
-  save_tokenizer(model.tokenizer, out)
-  write_extras(model, out, "flax", evaluation=evaluation, name=name or str(out_dir), license=license)
-  write_json(out / FLAX_MARKER, {"format": "clipseg-jax params", "version": 1})
+  params = jax.device_get(model.params)
+  io.quiet_orbax()
+  with writing(out):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FLAX_MARKER).unlink(missing_ok=True)  # an interrupted save leaves no marker for stale params
+    try:
+      with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / "params", params, force=True)
+        ckpt.wait_until_finished()
+    except (ValueError, RuntimeError) as e:  # Orbax wraps a full disk in these
+      raise io.write_error(out / "params", e) from e
+    model.config.to_json(out / "config.json")
+    save_tokenizer(model.tokenizer, out)
+    write_extras(model, out, "flax", evaluation=evaluation, name=name or str(out_dir), license=license)
+    write_json(
+      out / FLAX_MARKER, {"format": "clipseg-jax params", "version": 1, FLAX_DIGEST_KEY: io.fingerprint(params)}
+    )
   return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -32,6 +31,12 @@ def load_model(
   if local.is_dir():
     from clipseg_jax.train import workdir  # training code only for a workdir
 
+    if (local / "checkpoints").is_dir() and not (local / "model" / "base.json").is_file():
+      raise FileNotFoundError(
+        f"{local} looks like a training workdir (it has checkpoints/) but has no model/base.json, which names "
+        "its CLIP: the run stopped before its setup finished, or the file was removed; rerun the training "
+        "command on it to resume"
+      )
     if workdir.is_workdir(local):
       model = workdir.load_workdir(local, dtype)
       model.config.extra[PROVENANCE] = workdir_provenance(local)
@@ -50,8 +55,10 @@ def load_model(
 def workdir_provenance(path: Path) -> dict:
   """What a training workdir says about its model: the CLIP (source, fingerprint) and the recipe it was
   trained with (dataset, steps, batch, optimiser, ...), for model cards (`export.PROVENANCE`)."""
-  run = json.loads((path / "config.json").read_text())
-  base = json.loads((path / "model" / "base.json").read_text())
+  from clipseg_jax.train import workdir
+
+  run = workdir.read_json(path / "config.json")
+  base = workdir.read_json(path / "model" / "base.json")
   data, pcplus, optim = run.get("data", {}), run.get("data", {}).get("pcplus", {}), run.get("optim", {})
   steps = [int(p.name) for p in (path / "checkpoints").iterdir() if p.name.isdigit()]
   prompts = ["text"] + (["visual"] if pcplus.get("visual_prompts") else [])

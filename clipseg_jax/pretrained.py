@@ -11,6 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from clipseg_jax import preprocess
@@ -19,6 +20,7 @@ from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.export import (
   DECODER_MARKER,
   DECODER_WEIGHTS,
+  FLAX_DIGEST_KEY,
   FLAX_MARKER,
   PREPROCESSOR_CONFIG,
   PROVENANCE,
@@ -26,6 +28,8 @@ from clipseg_jax.export import (
 )
 from clipseg_jax.tokenizer import has_tokenizer, load_tokenizer
 from clipseg_jax.weights import hf, io, original
+
+ORIGINAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")  # what an original decoder file is called
 
 
 def load_pretrained(
@@ -45,6 +49,11 @@ def load_pretrained(
   hub = {"revision": revision, "token": token, "cache_dir": cache_dir}
   path = io.resolve(source, **hub)
   if path.is_file():
+    if path.suffix not in ORIGINAL_SUFFIXES and not original_sidecar(path).is_file():
+      raise ValueError(
+        f"{path} is a file, not a model: load_model takes a directory (HF export, clipseg-jax checkpoint, "
+        f"training workdir), a hub id, or an original decoder file ({', '.join(ORIGINAL_SUFFIXES)}) with clip="
+      )
     model = load_original(path, clip, dtype, extract_layers, hub=hub)
   elif (path / DECODER_MARKER).exists():
     model = load_decoder(path, dtype, extract_layers, hub=hub)
@@ -58,9 +67,21 @@ def load_pretrained(
   return model
 
 
-def image_size(path: Path, default: int = preprocess.IMAGE_SIZE) -> int:
+def image_size(path: Path, default: int = preprocess.IMAGE_SIZE, config: ClipSegConfig | None = None) -> int:
   """The square input size in `path/preprocessor_config.json` (what transformers' processor resizes to),
-  else `default` (352, the released models' size)."""
+  else `default` (352, the released models' size); with `config`, one the model can take (a multiple of
+  its patch size) or an error naming the file."""
+  size = _image_size(path, default)
+  patch = config.vision_config.patch_size if config is not None else 1
+  if size % patch:
+    raise ValueError(
+      f"{path / PREPROCESSOR_CONFIG}: size {size} is not a multiple of the model's patch size {patch} "
+      f"(the decoder reads a square grid of patches); fix 'size' (e.g. {max(patch, size // patch * patch)})"
+    )
+  return size
+
+
+def _image_size(path: Path, default: int) -> int:
   config = path / PREPROCESSOR_CONFIG
   if not config.is_file():
     return default
@@ -112,7 +133,7 @@ def load_hf(path: Path, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
   if extract_layers is not None:
     config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
   params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
-  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path))
+  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path, config=config))
 
 
 def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
@@ -122,9 +143,39 @@ def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
   config = config_from(
     f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
   )
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(path.absolute() / "params", hf.param_template(config))
-  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path))
+  marker_path = path / FLAX_MARKER
+  try:
+    marker = json.loads(marker_path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{marker_path} is not valid JSON (a damaged clipseg-jax checkpoint?): {e}") from None
+  want = marker.get(FLAX_DIGEST_KEY) if isinstance(marker, dict) else None
+  io.quiet_orbax()  # a damaged file is the one error below, not pages of Orbax's threads' tracebacks
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      params = ckpt.restore(path.absolute() / "params", hf.param_template(config))
+  except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
+    raise ValueError(
+      f"cannot read the params of {path} (params/ truncated or damaged, or not saved by clipseg-jax): {_first_line(e)}"
+    ) from None
+  if want is None:  # saved before digests existed
+    io.check_finite(dict(enumerate(jax.tree.leaves(params))), path / "params")
+  elif io.fingerprint(params) != want:
+    raise ValueError(
+      f"{path} is corrupt: its params do not match the sha256 recorded when it was saved ({FLAX_DIGEST_KEY} in "
+      f"{FLAX_MARKER}); save or download it again"
+    )
+  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path, config=config))
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  """An exception's root cause as one short line (Orbax wraps TensorStore errors in pages of spec)."""
+  seen = {id(e)}
+  while (cause := e.__cause__ or e.__context__) is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    e = cause
+  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def clip_state(clip_dir: Path) -> dict:
@@ -167,7 +218,7 @@ def load_decoder(path: Path, dtype=jnp.float32, extract_layers=None, *, hub=None
   params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
   check_clip(path, clip, marker.get("clip_sha256"), params, strict=True)
   tokenizer = load_tokenizer(path if has_tokenizer(path) else clip_dir)
-  return ClipSeg(config, params, tokenizer, dtype, image_size=image_size(path))
+  return ClipSeg(config, params, tokenizer, dtype, image_size=image_size(path, config=config))
 
 
 def read_sidecar(path: Path) -> dict:
@@ -195,6 +246,12 @@ def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None, *, h
   clip_config = read_config(clip_dir / "config.json", expect="clip")
   decoder_state = io.read_state(path)
   original.check_backbone(decoder_state, clip_config, str(path), str(clip))
+  if extract_layers is None and side.get("extract_layers") is not None:  # recorded by export_original
+    extract_layers = side["extract_layers"]
+    if not isinstance(extract_layers, list) or not all(isinstance(i, int) for i in extract_layers):
+      raise ValueError(
+        f"{original_sidecar(path)}: 'extract_layers' must be a list of layer indices, got {extract_layers!r}"
+      )
   overrides = {} if extract_layers is None else {"extract_layers": tuple(extract_layers)}
   what = f"{clip_dir / 'config.json'} with the decoder {path} gives no valid config"
   config = config_from(what, original.decoder_config, clip_config, decoder_state, **overrides)

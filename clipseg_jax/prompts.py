@@ -42,6 +42,9 @@ from clipseg_jax import preprocess
 from clipseg_jax.preprocess import IMAGE_SIZE, to_rgb
 
 KERNEL_SIZE = 15  # the original's cv2.GaussianBlur(img, (15, 15), blur)
+# Largest visual prompt side a mode may ask for ("crop_blur_highlight99999" would allocate ~112 GiB);
+# the vision towers take 224-352.
+MAX_PROMPT_SIZE = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +87,15 @@ MODES = {
 
 def as_mask(mask, shape: tuple[int, int]) -> np.ndarray:
   """Bool HxW mask from a bool/uint8/float array or PIL image; must match the image's size."""
+  if mask is None:
+    raise ValueError("support mask is None: give an HxW array (or image) marking the object")
   if isinstance(mask, Image.Image):
     mask = np.asarray(mask.convert("L"))
   m = np.asarray(mask)
+  if m.dtype.kind not in "biuf" or m.ndim not in (2, 3):
+    raise ValueError(f"support mask must be an HxW numeric array or image, got {m.dtype} of shape {m.shape}")
+  if m.dtype.kind == "f" and not np.all(np.isfinite(m)):
+    raise ValueError("support mask holds NaN or infinite values")
   if m.ndim == 3:
     m = m[..., 0]
   if m.shape != tuple(shape):
@@ -179,6 +188,8 @@ def parse_mode(mode: str, size: int | None = None) -> tuple[Recipe, int]:
   """Mode name -> (recipe, output size). A known name may be followed by an output size
   ("crop_blur_highlight224", "blur_highlight96"); otherwise the size is the recipe's own
   (`crop_blur_highlight352`), else `size`, else 352."""
+  if not isinstance(mode, str):
+    raise ValueError(f"visual prompt mode must be a string (one of {', '.join(MODES)}), got {mode!r}")
   matches = [n for n in MODES if mode.startswith(n) and mode[len(n) :].isdigit()]
   if mode in MODES:
     name, digits = mode, ""
@@ -195,8 +206,8 @@ def parse_mode(mode: str, size: int | None = None) -> tuple[Recipe, int]:
     out = int(digits)
   else:
     out = recipe.size or size or IMAGE_SIZE
-  if out <= 0:
-    raise ValueError(f"visual prompt size must be positive, got {out} from mode {mode!r}")
+  if not 0 < out <= MAX_PROMPT_SIZE:
+    raise ValueError(f"visual prompt size must be in 1..{MAX_PROMPT_SIZE}, got {out} from mode {mode!r}")
   return recipe, out
 
 

@@ -36,10 +36,39 @@ def has_tokenizer(directory: str | os.PathLike) -> bool:
 def _from_dir(directory: str):
   from transformers import AutoTokenizer
 
-  tok = AutoTokenizer.from_pretrained(directory)
+  try:
+    tok = AutoTokenizer.from_pretrained(directory)
+  except Exception as e:  # noqa: BLE001 - tokenizers/transformers raise many types for damaged files
+    files = ", ".join(n for n in (*TOKENIZER_FILES, "tokenizer_config.json") if (Path(directory) / n).exists())
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"cannot read the tokenizer in {directory} ({files}: truncated or damaged?): {reason}") from None
   if tok.model_max_length > 10_000:  # unset in some saved configs
     tok.model_max_length = MAX_LENGTH
+  _guard_save(tok)
   return tok
+
+
+def _guard_save(tok):
+  """`tok.save_pretrained` with its failures (the Rust tokenizer reports a full disk as a bare Exception
+  "No space left on device (os error 28)") as one OSError naming the directory; the files it had
+  written by then are removed, so no half-written tokenizer.json is left behind."""
+  save = tok.save_pretrained
+
+  def save_pretrained(save_directory, *args, **kwargs):
+    folder = Path(save_directory)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    try:
+      return save(save_directory, *args, **kwargs)
+    except Exception as e:
+      if not isinstance(e, OSError) and "os error" not in str(e):
+        raise  # a bug, not the disk
+      written = set(folder.iterdir()) - before if folder.is_dir() else set()
+      for f in written:
+        if f.is_file():
+          f.unlink(missing_ok=True)
+      raise OSError(f"cannot write the tokenizer to {folder}: {e}") from e
+
+  tok.save_pretrained = save_pretrained
 
 
 def default_tokenizer():

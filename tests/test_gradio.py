@@ -275,3 +275,52 @@ def test_app_in_headless_chromium(app_url, tmp_path):
   finally:
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def png_header(width: int, height: int) -> bytes:
+  """A PNG whose header says width x height, with no pixel data (nothing to decode)."""
+  import zlib
+
+  def chunk(kind, data):
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+  ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_support_images_are_checked_before_decoding(tiny_model, tmp_path, photo):
+  """The support image's pixel count was never checked: a small PNG decoding to 12000x12000 cost
+  gigabytes. Paths are refused from their header, arrays by their size, the editor's uploads before
+  gradio decodes them."""
+  gr = pytest.importorskip("gradio")
+  from gradio.data_classes import FileData
+
+  s = Segmenter(tiny_model, AppLimits(max_pixels=1_000_000), tmp_path, warm_up=False)
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(png_header(12000, 12000))
+  editor = {"background": str(bomb), "layers": [str(bomb)], "composite": str(bomb)}
+  with pytest.raises(InputError, match=r"the support image: the image is 12000x12000 \(144.0 megapixels\)"):
+    s(photo, "a", editor)
+  big = {"background": np.zeros((1100, 1000, 3), np.uint8), "layers": [], "composite": None}
+  with pytest.raises(InputError, match="support image is larger than 1 megapixels"):
+    s(photo, "a", big)
+  component = gradio_app.bound_editor(gr, gr.ImageEditor(type="numpy", image_mode="RGBA"), 1_000_000)
+  with pytest.raises(gr.Error, match="12000x12000"):
+    component.convert_and_format_image(FileData(path=str(bomb)))
+  small = tmp_path / "small.png"
+  Image.fromarray(scene()).save(small)
+  assert component.convert_and_format_image(FileData(path=str(small))).shape == (48, 64, 4)
+
+
+def test_the_support_editor_is_bounded_with_a_small_brush(segmenter):
+  gr = pytest.importorskip("gradio")
+  app = gradio_app.build_app(None, segmenter=segmenter, examples=False)
+  (editor,) = [b for b in app.blocks.values() if isinstance(b, gr.ImageEditor)]
+  assert editor.brush.default_size == gradio_app.BRUSH_SIZE  # gradio's "auto" brush spills past objects
+  from gradio.data_classes import FileData
+
+  big = Path(segmenter.out_dir) / "bomb.png"
+  big.write_bytes(png_header(12000, 12000))
+  with pytest.raises(gr.Error, match="megapixels") as e:
+    editor.convert_and_format_image(FileData(path=str(big)))
+  assert e.value.print_exception is False  # a user's mistake: a message on the page, no traceback in the log

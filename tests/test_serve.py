@@ -459,3 +459,79 @@ def test_connections_beyond_the_cap_get_a_503_when_none_can_be_cut(make):
     thread.join(5)
     assert results[0][0] == 200
   served_in_time(url)
+
+
+def test_the_upload_budget_is_charged_as_bytes_arrive(make):
+  """Four trickling clients declaring large bodies used to reserve the whole in-flight budget up front,
+  so every honest uploader got a 503."""
+  srv, url = make(limits=ServerLimits(max_request_bytes=1 << 20, max_body_bytes_in_flight=2 << 20))
+  lines = ["Content-Type: application/json", f"Content-Length: {1 << 20}"]
+  socks = [connect(url) for _ in range(4)]
+  try:
+    for s in socks:
+      s.sendall(head(url, lines) + b'{"image": "')
+    time.sleep(0.3)
+    for _ in range(3):
+      served_in_time(url)
+    assert srv.body_bytes < 64 << 10  # what the trickling clients sent, not what they declared
+  finally:
+    for s in socks:
+      s.close()
+
+
+def test_an_upload_slower_than_the_minimum_rate_is_a_408(make):
+  srv, url = make(limits=ServerLimits(socket_timeout_s=0.5, read_timeout_s=20, min_upload_bytes_per_s=1000))
+  lines = ["Content-Type: application/json", "Content-Length: 100000"]
+  with connect(url) as sock:
+    sock.sendall(head(url, lines))
+    start = time.monotonic()
+    try:
+      for _ in range(20):  # 50 bytes every 0.2 s: never silent, 250 bytes/s
+        sock.sendall(b" " * 50)
+        time.sleep(0.2)
+    except OSError:
+      pass
+    status, _, out = response(sock)
+  assert status == 408 and "too slow" in out["error"], out
+  assert time.monotonic() - start < 3
+
+
+def test_idle_connections_are_cut_before_uploads_making_progress(make):
+  srv, url = make(limits=ServerLimits(max_connections=3, read_timeout_s=20))
+  body = GOOD
+  lines = ["Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
+  with connect(url) as uploading:
+    uploading.sendall(head(url, lines) + body[:100])  # the oldest connection, and making progress
+    time.sleep(0.2)
+    idle = [connect(url) for _ in range(12)]  # a flood that never sends a byte
+    try:
+      time.sleep(0.5)
+      uploading.sendall(body[100:])
+      status, _, out = response(uploading)
+      assert status == 200, out
+    finally:
+      for s in idle:
+        s.close()
+  served_in_time(url)
+
+
+def test_garbage_gets_a_status_line_and_unreadable_images_no_reprs(server):
+  with connect(server) as sock:
+    sock.sendall(b"\x16\x03\x01garbage bytes\r\n\r\n")
+    data = sock.recv(4096)
+  assert data.startswith(b"HTTP/1.0 400 "), data[:80]
+  body = json.dumps({"image": base64.b64encode(b"not an image at all").decode(), "prompts": ["a"]}).encode()
+  status, out = post(server, body)
+  assert status == 400 and "cannot read the upload as an image" in out["error"]
+  assert "object at 0x" not in out["error"], out
+
+
+def test_a_failed_connection_is_one_log_line(make, capsys):
+  srv, _ = make()
+  srv.quiet = False
+  try:
+    raise ConnectionResetError(104, "Connection reset by peer")
+  except ConnectionResetError:
+    srv.handle_error(None, ("127.0.0.1", 5555))
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "127.0.0.1: connection dropped: ConnectionResetError" in err

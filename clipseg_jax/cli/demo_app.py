@@ -44,8 +44,10 @@ def run(args):
   import jax.numpy as jnp
 
   from clipseg_jax.web.gradio_app import launch
+  from clipseg_jax.web.server import check_address
 
-  limits = app_limits(args)  # bad limits fail before the model loads
+  limits = app_limits(args)  # bad limits and ports fail before the model loads
+  check_address(args.host, args.port)
   print(f"loading {args.checkpoint} ...", flush=True)
   launch(
     checkpoint=args.checkpoint,

@@ -47,6 +47,7 @@ def add_arguments(p):
     "'pcplus': the PhraseCut+ training templates",
   )
   p.add_argument("--out", default="out/eval", help="output directory")
+  p.add_argument("--overwrite", action="store_true", help="replace the task's report left in --out by an earlier run")
 
 
 def run(args):
@@ -54,6 +55,7 @@ def run(args):
   from clipseg_jax.evaluation import report
   from clipseg_jax.evaluation.protocols import EvalOptions, check_model_fits, run_protocol
 
+  check_options(args)
   model = load_model(args.checkpoint, clip=args.clip)
   check_model_fits(model, args.task)
   opts = EvalOptions(
@@ -77,6 +79,25 @@ def run(args):
   }
   print(report.write(args.out, args.task, numbers, examples, meta))
   print(f"\nwrote {args.out}/{args.task}.json, .md, _predictions.png and the curves' PNGs")
+
+
+def check_options(args):
+  """Flags a run would fail on (or write invalid JSON for) after loading a model, refused before."""
+  from pathlib import Path
+
+  report = Path(args.out) / f"{args.task}.json"
+  if report.exists() and not args.overwrite:
+    raise FileExistsError(
+      f"{report} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
+    )
+  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # NaN fails this too
+    raise ValueError(f"--threshold must be a probability in [0, 1], got {args.threshold}")
+  for flag in ("limit", "episodes"):
+    value = getattr(args, flag)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag} must be at least 1, got {value}")
+  if args.background_scale is not None and not 0.0 < args.background_scale < float("inf"):
+    raise ValueError(f"--background-scale must be a finite number above 0, got {args.background_scale}")
 
 
 def zero_shot_options(args) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from clipseg_jax.cli import convert, data, demo, demo_app, evaluate, pretrain_clip, push, segment, serve, train
@@ -33,8 +35,27 @@ EXTRAS = {
   "gradio": "demo",
   "clu": "train",
 }
+# TensorFlow's C++ INFO lines (the oneDNN banner on every CPU run) are noise to a user; warnings stay.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # What a user's input or environment can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
+
+
+class QuietNoise(logging.Filter):
+  """Drops library chatter that says nothing to a user: TFDS' "Variant folder ... has no
+  dataset_info.json" for every unprepared version beside the prepared one."""
+
+  NOISE = ("Variant folder ",)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOISE)
+
+
+def quiet_noise():
+  for name in ("absl", "tensorflow_datasets"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, QuietNoise) for f in logger.filters):
+      logger.addFilter(QuietNoise())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +78,7 @@ def main(argv=None) -> int:
   parser = build_parser()
   args, rest = parser.parse_known_args([a for a in argv if a != "--debug"])
   args.debug = debug
+  quiet_noise()
   if rest and args.command not in TAKES_OVERRIDES:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:

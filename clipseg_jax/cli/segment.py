@@ -51,7 +51,9 @@ def add_arguments(p):
     "embedded model, offline, for synthetic scenes; photos: CIDAS/clipseg-rd64-refined)",
   )
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
-  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument(
+    "--out", default=None, help="output directory (default: a new folder STEM_segments in the current directory)"
+  )
   p.add_argument("--threshold", type=float, default=None, help="write binary masks at this probability")
   p.add_argument("--logits", action="store_true", help="also write raw logits (STEM_logits.npz)")
   p.add_argument("--batch-size", type=positive_int, default=4, help="images per vision-tower call")
@@ -143,6 +145,12 @@ def output_names(paths, labels, logits: bool = False) -> list[str]:
   return out
 
 
+def default_out(spec: str) -> Path:
+  """The folder outputs go to without --out: named after the first image (or directory) given."""
+  name = Path(spec.rstrip("/\\")).stem if not any(c in spec for c in "*?[") else "images"
+  return Path(f"{name or 'images'}_segments")
+
+
 def run(args):
   import jax.numpy as jnp
 
@@ -158,7 +166,7 @@ def run(args):
   if not prompts:
     raise ValueError("give at least one --prompt (or --support with --support-mask)")
   paths = expand_images(args.images)
-  out = Path(args.out)
+  out = Path(args.out) if args.out is not None else default_out(args.images[0])
   names = dict(zip(paths, output_names(paths, labels, args.logits)))
   if not args.overwrite:
     for path in paths:

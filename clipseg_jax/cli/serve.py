@@ -40,9 +40,10 @@ def run(args):
   import jax.numpy as jnp
 
   from clipseg_jax import load_model
-  from clipseg_jax.web.server import ServerLimits, make_server
+  from clipseg_jax.web.server import ServerLimits, check_address, make_server
 
-  limits = limits_from_args(args, ServerLimits)  # bad limits fail before the model loads
+  limits = limits_from_args(args, ServerLimits)  # bad limits, ports and origins fail before the model loads
+  check_address(args.host, args.port, args.allow_origin)
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
   server = make_server(
     model,

@@ -9,12 +9,16 @@ warning naming the step and the reason. Steps saved before digests existed resto
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
+
+from clipseg_jax.export import remove_orbax_temporaries
+from clipseg_jax.weights.io import quiet_orbax
 
 log = logging.getLogger("clipseg_jax.train")
 DIGEST = "_sha256"  # the key of the digests in a step's `data` item
@@ -27,6 +31,7 @@ class CheckpointError(ValueError):
 class Checkpointer:
   def __init__(self, directory, keep: int = 3, asynchronous: bool = True):
     self.directory = Path(directory).absolute()
+    quiet_orbax()  # a failed save or restore is the one line this class raises or logs
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "params", "data"))
 
@@ -42,7 +47,23 @@ class Checkpointer:
     args = ocp.args.Composite(
       state=ocp.args.StandardSave(state), params=ocp.args.StandardSave(state.params), data=ocp.args.JsonSave(data)
     )
-    return self.manager.save(step, args=args, force=force)
+    with self._writing():
+      return self.manager.save(step, args=args, force=force)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A failed (possibly earlier, asynchronous) save as one OSError naming the directory, with the
+    temporary step folders Orbax leaves behind removed."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - Orbax re-raises TensorStore's errors as ValueError/RuntimeError
+      remove_orbax_temporaries(self.directory)
+      if isinstance(e, CheckpointError):
+        raise
+      reason = _one_line(e)
+      if "RESOURCE_EXHAUSTED" in reason or "No space left" in reason:
+        reason = f"no space left on the device ({reason})"
+      raise OSError(f"cannot write a checkpoint in {self.directory}: {reason}") from None
 
   def restore(self, abstract_state, shardings=None, step: int | None = None):
     """(state, data state, step) of `step`, or by default of the newest step that restores (older ones
@@ -123,10 +144,12 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.close()
+    with self._writing():
+      self.manager.close()
 
 
 def _leaves(tree) -> list:

@@ -8,6 +8,7 @@ of a user's own file defining `get_config()`. Overrides follow `config_flags`: `
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from clipseg_jax import configs as recipes
 
 RECIPES = Path(recipes.__file__).resolve().parent
 PREFIX = "--config."
+# Keys a run cannot start with a value outside of (checked where the config has them, before any setup).
+AT_LEAST_ONE = ("total_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+AT_LEAST_ZERO = ("eval_every", "sample_every", "export_every", "eval_images", "optim.warmup_steps")  # 0: off
+NON_NEGATIVE = ("optim.learning_rate", "optim.end_learning_rate", "optim.weight_decay", "optim.grad_clip_norm")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def recipe_names() -> list[str]:
@@ -58,11 +64,55 @@ def _parse(path: str, args) -> tuple[ml_collections.ConfigDict, list[str]]:
   argv = ["clipseg-jax", f"--config={path}", *args]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True, sys_argv=argv)
+  file = path.rpartition(":")[0] if ":" in Path(path).name else path
   try:
     rest = values(argv, known_only=False)
+    config = values.config
   except flags.Error as e:
-    raise ValueError(str(e)) from None
-  return values.config, rest[1:]
+    raise ValueError(f"{file}: {_first_line(e)}") from None
+  except SyntaxError as e:
+    raise ValueError(f"{file}: syntax error on line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - whatever a user's get_config() raises, named with its file
+    raise ValueError(f"{file}: get_config() failed: {type(e).__name__}: {_first_line(e)}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"{file}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
+  return config, rest[1:]
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [""])[0]
+
+
+def _get(config, key: str):
+  node = config
+  for name in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return None, False
+    node = node[name]
+  return node, True
+
+
+def check_values(config: ml_collections.ConfigDict, source: str = "config"):
+  """Values a run would fail on late (or finish on, having done nothing: keep_checkpoints=0) refused
+  now, one line naming the key."""
+
+  def number(key, value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+  for key in AT_LEAST_ONE + AT_LEAST_ZERO:
+    value, present = _get(config, key)
+    least = 1 if key in AT_LEAST_ONE else 0
+    if (
+      present and value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= least)
+    ):
+      raise ValueError(f"{source}: {key} must be an integer of at least {least}, got {value!r}")
+  for key in NON_NEGATIVE:
+    value, present = _get(config, key)
+    if present and value is not None and not (number(key, value) and value >= 0):
+      raise ValueError(f"{source}: {key} must be a finite number of at least 0, got {value!r}")
+  value, present = _get(config, "optim.compute_dtype")
+  if present and value not in COMPUTE_DTYPES:
+    raise ValueError(f"{source}: optim.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
 
 
 def load_config(spec, overrides=()) -> ml_collections.ConfigDict:
@@ -75,6 +125,7 @@ def load_config(spec, overrides=()) -> ml_collections.ConfigDict:
   config, rest = _parse(path, overrides)
   if rest:
     raise ValueError(f"unrecognized arguments: {' '.join(rest)} (overrides are --config.KEY=VALUE)")
+  check_values(config, f"config {spec}")
   return config
 
 

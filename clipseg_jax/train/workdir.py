@@ -110,6 +110,19 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def read_json(path: Path) -> dict:
+  """A workdir's JSON file as a dict, or one error naming it (a damaged or hand-edited file)."""
+  try:
+    raw = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} is missing: the workdir {path.parent} is incomplete") from None
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON (damaged?): {e}") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path} should hold a JSON object, got {type(raw).__name__}")
+  return raw
+
+
 def is_workdir(path: Path) -> bool:
   return path.is_dir() and (path / "checkpoints").is_dir() and (path / "model" / "base.json").exists()
 
@@ -117,9 +130,12 @@ def is_workdir(path: Path) -> bool:
 def load_workdir(path: Path, dtype=jnp.float32) -> ClipSeg:
   """The latest checkpoint of the run in `path` as a ClipSeg: its trained leaves (the decoder, and any
   CLIP leaves the freeze rules fine-tuned) over the base CLIP."""
-  config = ClipSegConfig.from_json(path / "model" / "config.json")
-  base = json.loads((path / "model" / "base.json").read_text())
-  run = json.loads((path / "config.json").read_text())
+  try:
+    config = ClipSegConfig.from_json(path / "model" / "config.json")
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise ValueError(f"{path / 'model' / 'config.json'} is not a valid model config (damaged?): {e}") from None
+  base = read_json(path / "model" / "base.json")
+  run = read_json(path / "config.json")
   template = hf.param_template(config)
   labels = freeze.labels(template, freeze.rules_of(run.get("optim", {})))
   trainable, frozen = freeze.split(template, labels)

@@ -27,7 +27,9 @@ import ctypes
 import dataclasses
 import io
 import json
+import math
 import queue
+import re
 import socket
 import sys
 import threading
@@ -47,6 +49,9 @@ PAGE = Path(__file__).with_name("index.html")
 JSON_TYPE = "application/json"
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")  # always accepted in Host, with the port served
 PREFLIGHT_MAX_AGE_S = 600  # how long a browser may cache an allowed CORS preflight
+
+
+UPLOAD_CHUNK = 1 << 16  # body bytes read (and charged to the in-flight budget) at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +93,39 @@ class ServerLimits:
     default=30.0, metadata={"help": "the whole request (line, headers, body) must arrive within this"}
   )
   retry_after_s: int = dataclasses.field(default=5, metadata={"help": "Retry-After of a 503"})
+  min_upload_bytes_per_s: int = dataclasses.field(
+    default=16 << 10,
+    metadata={"help": "an upload slower than this on average (after --socket-timeout-s) is dropped with a 408"},
+  )
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      if getattr(self, f.name) <= 0:
-        raise ValueError(f"ServerLimits.{f.name} must be positive, got {getattr(self, f.name)!r}")
+    check_positive(self)
+
+
+def check_positive(limits):
+  """Every field of a limits dataclass a finite number above zero (NaN and inf refused too), named as
+  its command-line flag."""
+  for f in dataclasses.fields(limits):
+    value = getattr(limits, f.name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+      flag = "--" + f.name.replace("_", "-")
+      raise ValueError(f"{type(limits).__name__}.{f.name} must be positive and finite ({flag}), got {value!r}")
+
+
+def check_address(host: str, port: int, allow_origin: str | None = None):
+  """What `make_server` will be given, checked before a model loads: a port in 0..65535, an address
+  this machine can listen on now, an origin of the form scheme://host[:port]."""
+  if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    raise ValueError(f"--port must be between 0 and 65535 (0: any free port), got {port!r}")
+  if allow_origin is not None and not re.fullmatch(r"https?://[^/\s*]+(:\d{1,5})?", allow_origin):
+    raise ValueError(f"--allow-origin must be one origin, scheme://host[:port] (no path, no '*'), got {allow_origin!r}")
+  try:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+      probe.bind((host, port))
+  except OSError as e:
+    raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 class BadRequest(ValueError):
@@ -133,7 +166,7 @@ def check_pixels(raw: bytes, max_pixels: int):
   except Image.DecompressionBombError as e:
     raise BadRequest(f"the image is too large to decode safely: {e}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from e
   except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise BadRequest(f"cannot read the upload as an image: {e}") from e
+    raise BadRequest(f"cannot read the upload as an image: {without_reprs(e)}") from e
   if width * height > max_pixels:
     raise BadRequest(
       f"the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); the limit is "
@@ -150,10 +183,18 @@ def decode_image(data: str, max_pixels: int | None = None, max_side: int | None 
   return read_image(raw, max_side)
 
 
+def without_reprs(error) -> str:
+  """An error's text without Python object reprs (PIL names the buffer: `<_io.BytesIO object at 0x...>`)."""
+  return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the data", str(error))
+
+
 def read_image(raw: bytes, max_side: int | None = None) -> tuple[Image.Image, list[str]]:
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    image = preprocess.read_image(io.BytesIO(raw), "the upload", max_side)  # ValueError: a 400 with its message
+    try:
+      image = preprocess.read_image(io.BytesIO(raw), "the upload", max_side)  # ValueError: a 400 with its message
+    except ValueError as e:
+      raise ValueError(without_reprs(e)) from None
   return image, [str(w.message) for w in caught]
 
 
@@ -297,8 +338,8 @@ class DeadlineReader(io.RawIOBase):
   silent `timeout` seconds or the request's `deadline` (time.monotonic) has passed: a client sending
   a byte now and then cannot hold a thread for longer than the deadline."""
 
-  def __init__(self, sock: socket.socket, timeout: float, deadline: float):
-    self.sock, self.timeout, self.deadline = sock, timeout, deadline
+  def __init__(self, sock: socket.socket, timeout: float, deadline: float, on_bytes=None):
+    self.sock, self.timeout, self.deadline, self.on_bytes = sock, timeout, deadline, on_bytes
 
   def readable(self):
     return True
@@ -308,7 +349,10 @@ class DeadlineReader(io.RawIOBase):
     if remaining <= 0:
       raise TimeoutError("the request took too long to arrive")
     self.sock.settimeout(min(self.timeout, remaining))
-    return self.sock.recv_into(b)
+    n = self.sock.recv_into(b)
+    if n and self.on_bytes is not None:
+      self.on_bytes(n)
+    return n
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -318,14 +362,19 @@ class Handler(BaseHTTPRequestHandler):
   allowed_hosts: frozenset = frozenset()
 
   server: BoundedHTTPServer
+  # A garbage request line is answered as HTTP/1.0 (http.server would answer "HTTP/0.9": a body
+  # without a status line, which no client can tell from a reply).
+  default_request_version = "HTTP/1.0"
 
   def setup(self):
     limits = self.segmenter.limits
     self.timeout = limits.socket_timeout_s  # StreamRequestHandler.setup sets it on the socket
     super().setup()
     self.rfile.close()  # the socket's own file: replaced by one that keeps to the deadline
+    sock = self.connection
+    deadline = time.monotonic() + limits.read_timeout_s
     self.rfile = io.BufferedReader(
-      DeadlineReader(self.connection, limits.socket_timeout_s, time.monotonic() + limits.read_timeout_s)
+      DeadlineReader(sock, limits.socket_timeout_s, deadline, lambda n: self.server.progressed(sock))
     )
     self.server.reading(self.connection, True)
 
@@ -415,14 +464,34 @@ class Handler(BaseHTTPRequestHandler):
       raise BadRequest(
         f"the upload is {length / (1 << 20):.1f} MB; the limit is {limit >> 20} MB", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
       )
-    with self.server.body_budget(length):
-      body = self.rfile.read(length)
-      if len(body) < length:
-        raise ConnectionError(f"the client sent {len(body)} of {length} bytes and closed")
+    with self.server.body_budget() as budget:
+      body = self._receive(length, budget)
       try:
         return json.loads(body or b"null")
       except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep, huge numbers
         raise BadRequest(f"the request body is not JSON: {type(e).__name__}: {e}"[:500]) from e
+
+  def _receive(self, length: int, budget) -> bytes:
+    """`length` body bytes, charged to the server's in-flight budget as they arrive (not as declared:
+    a client announcing 40 MB and trickling reserves only what it sent), dropped with a 408 when slower
+    on average than `min_upload_bytes_per_s` once `socket_timeout_s` has passed."""
+    limits = self.segmenter.limits
+    chunks, got, start = [], 0, time.monotonic()
+    while got < length:
+      chunk = self.rfile.read1(min(UPLOAD_CHUNK, length - got))
+      if not chunk:
+        raise ConnectionError(f"the client sent {got} of {length} bytes and closed")
+      budget.charge(len(chunk))
+      chunks.append(chunk)
+      got += len(chunk)
+      elapsed = time.monotonic() - start
+      if got < length and elapsed > limits.socket_timeout_s and got < limits.min_upload_bytes_per_s * elapsed:
+        raise BadRequest(
+          f"the upload is too slow ({got / elapsed:.0f} bytes/s; the minimum is {limits.min_upload_bytes_per_s})",
+          HTTPStatus.REQUEST_TIMEOUT,
+          {"Connection": "close"},
+        )
+    return b"".join(chunks)
 
   def _headers_read(self):
     """The request has arrived: no more deadline; the connection is no longer preemptible."""
@@ -487,34 +556,50 @@ class BoundedHTTPServer(ThreadingHTTPServer):
   def reading(self, sock, flag: bool):
     with self.readers_lock:
       if flag:
-        self.readers[sock] = None
+        self.readers[sock] = False  # sent nothing yet
       else:
         self.readers.pop(sock, None)
 
-  def body_budget(self, length: int):
+  def body_budget(self):
+    """A context whose `charge(n)` counts n more body bytes held in memory against
+    `max_body_bytes_in_flight` (a 503 once it would be exceeded); all are given back on exit."""
     server = self
 
     class Budget:
-      def __enter__(self):
+      held = 0
+
+      def charge(self, n: int):
         with server.body_lock:
-          if server.body_bytes + length > server.limits.max_body_bytes_in_flight:
+          if server.body_bytes + n > server.limits.max_body_bytes_in_flight:
             raise BadRequest(
               "the server is busy receiving other uploads; try again shortly",
               HTTPStatus.SERVICE_UNAVAILABLE,
               {"Retry-After": str(server.limits.retry_after_s)},
             )
-          server.body_bytes += length
+          server.body_bytes += n
+          self.held += n
+
+      def __enter__(self):
+        return self
 
       def __exit__(self, *exc):
         with server.body_lock:
-          server.body_bytes -= length
+          server.body_bytes -= self.held
 
     return Budget()
+
+  def progressed(self, sock):
+    """`sock` has sent bytes: it is no longer idle (idle connections are cut first when all are busy)."""
+    with self.readers_lock:
+      if sock in self.readers:
+        self.readers[sock] = True
 
   def process_request(self, request, client_address):
     if not self.slots.acquire(blocking=False):
       with self.readers_lock:
-        oldest = next(iter(self.readers), None)
+        # The oldest connection that has sent nothing goes first; one making progress only if none is idle.
+        idle = (sock for sock, sent in self.readers.items() if not sent)
+        oldest = next(idle, None) or next(iter(self.readers), None)
         if oldest is not None:
           del self.readers[oldest]
       if oldest is not None:
@@ -539,6 +624,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
   def refuse(self, request):
     """A 503 without a thread: the response is small enough for the socket's buffer."""
     self.refused += 1
+    if not self.quiet:
+      print(
+        f"refused a connection: all {self.limits.max_connections} connections busy (503)", file=sys.stderr, flush=True
+      )
     body = json.dumps({"error": "the server is busy; try again shortly"}).encode()
     head = (
       f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: {JSON_TYPE}\r\nContent-Length: {len(body)}\r\n"
@@ -556,8 +645,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     self.RequestHandlerClass.segmenter.close()
 
   def handle_error(self, request, client_address):
+    """One line per failed connection (a client that reset, say), never a traceback: abuse must not
+    flood the log."""
     if not self.quiet:
-      super().handle_error(request, client_address)
+      error = sys.exc_info()[1]
+      print(f"{client_address[0]}: connection dropped: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
 
 def allowed_hosts(host: str, port: int, extra=()) -> frozenset:

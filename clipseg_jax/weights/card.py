@@ -9,7 +9,6 @@ import math
 from importlib import metadata
 
 TAGS = ("clipseg", "image-segmentation", "jax", "flax")
-PIPELINE_TAG = "image-segmentation"
 PAPER = "https://arxiv.org/abs/2112.10003"
 PROJECT = "clipseg-jax"
 # Metrics of an evaluation report's results, in the order the card lists them (`clipseg-jax eval` names).
@@ -35,7 +34,8 @@ def front_matter(facts: dict) -> str:
   library = "transformers" if facts["format"] == "hf" else PROJECT
   lines = ["---", f"library_name: {library}", f"license: {json.dumps(facts.get('license') or 'other')}", "tags:"]
   lines += [f"- {t}" for t in TAGS]
-  lines.append(f"pipeline_tag: {PIPELINE_TAG}")
+  # No pipeline_tag: transformers' pipeline("image-segmentation") refuses CLIPSeg (it needs prompts), so the
+  # Hub's widget would fail; the card shows the CLIPSegProcessor call that works.
   if facts.get("base_model"):
     lines.append(f"base_model: {json.dumps(facts['base_model'])}")
   return "\n".join(lines + ["---"])

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +29,7 @@ HF_WEIGHT_FILES = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 # sha256 over the tensors in sorted-key order: each key, dtype, shape and C-order bytes (`state_digest`).
 DIGEST_KEY = "clipseg_jax.sha256"
+WRITE_ERROR_CHARS = 400  # a write error's reason is cut to this (TensorStore's name whole file specs)
 NEW_FILE_MODE = 0o666  # what open() asks for a new file, before the umask (mkstemp's temporaries are 0600)
 # Models shipped inside the package, by name (`load_model("embedded:synthetic")`, `clip="embedded:synthetic-clip"`).
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -51,6 +55,63 @@ def state_digest(state: dict[str, np.ndarray]) -> str:
     h.update(json.dumps([k, v.dtype.str, list(v.shape)]).encode())
     h.update(v.reshape(-1).view(np.uint8))
   return h.hexdigest()
+
+
+def check_finite(state: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
+  """A file without a digest cannot tell flipped bytes from weights; NaN or inf in any float tensor is
+  refused (no trained CLIPSeg holds them, and they would only give NaN masks)."""
+  for k, v in state.items():
+    v = np.asarray(v)
+    if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
+      raise ValueError(f"{path} is corrupt: tensor {k!r} holds NaN or infinite values (export or download it again)")
+  return state
+
+
+def write_error(path, error: BaseException, needed: int | None = None) -> OSError:
+  """A failed write (disk full, permissions, a vanished directory) as one OSError naming `path`.
+  `needed`: the bytes it was writing, to name a full disk where the library's error does not."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  if "RESOURCE_EXHAUSTED" in text or "No space left" in text:  # TensorStore's word for a full disk (Orbax)
+    text = f"no space left on the device ({text})"
+  if len(text) > WRITE_ERROR_CHARS:
+    text = text[: WRITE_ERROR_CHARS - 3] + "..."
+  if needed is not None and "no space left" not in text:
+    try:
+      if shutil.disk_usage(Path(path).parent).free < needed:
+        text = f"no space left on the device ({text})"
+    except OSError:
+      pass
+  return OSError(f"cannot write {path}: {text}")
+
+
+class _OrbaxErrors(logging.Filter):
+  """Drops Orbax's own error records: each background thread logs the same failure (a full disk, a
+  damaged file) with its traceback, 150+ of them; the caller raises that failure once, as one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def quiet_orbax():
+  """Orbax failures as the one error they raise: its threads' error logs dropped, and the "Event loop
+  is closed" tracebacks that TensorStore callbacks print (`sys.unraisablehook`) after Orbax closed its
+  loop; anything else reaches the previous hook."""
+  for name in ("absl", "orbax"):
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _OrbaxErrors) for f in logger.filters):
+      logger.addFilter(_OrbaxErrors())
+  previous = sys.unraisablehook
+  if getattr(previous, "_clipseg_quiet", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._clipseg_quiet = True
+  sys.unraisablehook = hook
 
 
 def file_digest(path: Path) -> str:
@@ -115,7 +176,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   except (SafetensorError, ValueError, TypeError, OverflowError) as e:
     raise ValueError(f"cannot read {path}: not a complete safetensors file (truncated or corrupt?): {e}") from e
   want = metadata.get(DIGEST_KEY)
-  if want is not None and state_digest(state) != want:
+  if want is None:
+    return check_finite(state, path)
+  if state_digest(state) != want:
     raise ValueError(
       f"{path} is corrupt: its tensors do not match the sha256 digest recorded when it was written "
       f"({DIGEST_KEY} in its header); export or download it again"
@@ -131,7 +194,8 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
       f"reading {path.name} needs PyTorch: pip install 'clipseg-jax[torch]' (safetensors files need no torch)"
     ) from None
   check = sidecar(path)
-  if check.is_file():
+  checked = check.is_file()
+  if checked:
     want = check.read_text().split()[:1]
     if want != [file_digest(path)]:
       raise ValueError(
@@ -156,7 +220,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     if v.dtype == torch.bfloat16:  # numpy has no bfloat16
       v = v.float()
     out[k] = v.detach().cpu().numpy()
-  return out
+  return out if checked else check_finite(out, path)
 
 
 def atomic_path(final: Path):
@@ -189,10 +253,14 @@ def write_safetensors(state: dict[str, np.ndarray], path: str | os.PathLike, met
   path = Path(path)
   arrays = {k: np.array(v, order="C") for k, v in state.items()}
   meta = {"format": "pt", **(metadata or {}), DIGEST_KEY: state_digest(arrays)}
+  from safetensors import SafetensorError
+
   tmp = atomic_path(path)
   try:
     save_file(arrays, str(tmp), metadata=meta)
     _publish(tmp, path)
+  except (OSError, SafetensorError) as e:
+    raise write_error(path, e, sum(a.nbytes for a in arrays.values())) from e
   finally:
     tmp.unlink(missing_ok=True)
 
@@ -214,6 +282,8 @@ def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
     check.unlink(missing_ok=True)  # never a stale sidecar beside the new file
     _publish(tmp, path)
     _publish(tmp_check, check)
+  except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+    raise write_error(path, e, sum(np.asarray(v).nbytes for v in state.values())) from e
   finally:
     tmp.unlink(missing_ok=True)
     tmp_check.unlink(missing_ok=True)

@@ -128,9 +128,10 @@ def decoder_config(clip_config: dict, state: dict[str, np.ndarray], **overrides)
   fields.update(overrides)
   try:
     cfg = ClipSegConfig.from_clip_dict(clip_config, **fields)
-  except ValueError as e:  # original files do not record extract_layers; (3, 6, 9) fits ViT-B/16
+  except ValueError as e:  # the paper's files do not record extract_layers; (3, 6, 9) fits ViT-B/16
     raise ValueError(
-      f"{e}; original decoder files do not record extract_layers: pass extract_layers= for this CLIP"
+      f"{e}; this decoder file has no <file>.json sidecar recording its extract_layers: pass extract_layers= "
+      "(convert: --extract-layers) for this CLIP"
     ) from None
   if cfg.decoder_depth != depth:
     raise ValueError(
