@@ -21,7 +21,9 @@ def add_arguments(p):
   p.add_argument("--split", default=None)
   p.add_argument("--threshold", type=float, default=None, help="fix the threshold (default: best)")
   p.add_argument("--fold", type=int, default=None, choices=range(4), help="one-shot fold (default: all)")
-  p.add_argument("--episodes", type=int, default=1000, help="one-shot episodes per fold")
+  p.add_argument(
+    "--episodes", type=int, default=1000, help="COCO-20i episodes per fold (PASCAL-5i runs one per listed val image)"
+  )
   p.add_argument("--limit", type=int, default=None, help="only the first N images/episodes")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(

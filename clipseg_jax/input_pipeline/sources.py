@@ -73,8 +73,7 @@ def prepared_source(name: str, split: str, data_dir):
   builder = tfds_builder(name, data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
-      f"dataset {name!r} is not prepared in {data_dir}: run "
-      f"`clipseg-jax data build {name.split('/')[0]} --data-dir {data_dir}` first"
+      f"dataset {name!r} is not prepared in {data_dir}: run `clipseg-jax data build {name} --data-dir {data_dir}` first"
     )
   if split not in builder.info.splits:
     raise ValueError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)}")
