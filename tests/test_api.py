@@ -283,7 +283,39 @@ def test_mask_grid_gives_each_prompt_its_colour():
   probs[:, 5:15, 5:15] = 1.0
   grid = np.asarray(visualize.mask_grid(im, probs, ["a", "b"], height=20))
   assert grid.shape == (38, 3 * 24, 3)
-  for tile in (1, 2):  # tile 0 is the image itself
-    want = np.round(visualize.ALPHA * visualize.PALETTE[tile - 1])
-    np.testing.assert_allclose(grid[10, tile * 24 + 10], want, atol=2)
+  shown = [grid[10, tile * 24 + 10].astype(float) / visualize.ALPHA for tile in (1, 2)]  # tile 0: the image
+  assert np.abs(shown[0] - shown[1]).max() > 50  # two prompts, two colours
+  for tile, color in zip((1, 2), shown):
     assert grid[1, tile * 24 + 1].tolist() == [0, 0, 0]  # outside the mask: the image
+    assert np.abs(visualize.PALETTE - color).max(1).min() < 4  # a palette colour
+
+
+def redmean(a, b):
+  """Perceived RGB distance ("redmean"), written out from its definition."""
+  r = (a[0] + b[0]) / 2
+  dr, dg, db = (float(x) - float(y) for x, y in zip(a, b))
+  return ((2 + r / 256) * dr * dr + 4 * dg * dg + (2 + (255 - r) / 256) * db * db) ** 0.5
+
+
+def test_overlay_colour_contrasts_with_the_object_and_sits_beside_the_image():
+  from clipseg_jax import visualize
+
+  im = np.full((40, 60, 3), 128, np.uint8)
+  im[10:30, 10:30] = visualize.PALETTE[0]  # an object in the palette's first colour (red)
+  im[10:30, 35:55] = (20, 20, 20)
+  probs = np.zeros((2, 40, 60), np.float32)
+  probs[0, 10:30, 10:30] = 1.0
+  probs[1, 10:30, 35:55] = 1.0
+  out = np.asarray(visualize.overlay(im, probs)).astype(float)
+  taken = []  # the first prompt's pick: the second prompt chooses among the rest
+  for k, (y, x) in enumerate([(20, 20), (20, 45)]):
+    drawn = (out[y, x] - (1 - visualize.ALPHA) * im[y, x]) / visualize.ALPHA  # the colour laid over
+    distances = [redmean(c, im[y, x]) for c in visualize.PALETTE]
+    chosen = int(np.argmin(np.abs(visualize.PALETTE - drawn).max(1)))
+    assert chosen == max((i for i in range(len(distances)) if i not in taken), key=distances.__getitem__)
+    assert k == 1 or chosen != 0  # not red on the red square
+    taken.append(chosen)
+  np.testing.assert_array_equal(out[0, 0], im[0, 0])  # no mask: the image as it is
+  side = visualize.beside(Image.fromarray(im), visualize.overlay(im, probs))
+  assert side.size == (60 + 4 + 60, 40)
+  np.testing.assert_array_equal(np.asarray(side)[:, :60], im)

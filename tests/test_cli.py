@@ -36,9 +36,9 @@ def test_segment_writes_masks_and_overlays(tiny_dir, tmp_path):
     for i, slug in enumerate(["a-red-circle", "the-sky"]):
       mask = Image.open(out / f"{stem}_{i}_{slug}_mask.png")
       overlay = Image.open(out / f"{stem}_{i}_{slug}_overlay.png")
-      assert mask.size == overlay.size == size
+      assert mask.size == size and overlay.size == (2 * size[0] + 4, size[1])  # the image, then its overlay
       assert mask.mode == "L" and overlay.mode == "RGB"
-    assert Image.open(out / f"{stem}_overlay.png").size == size
+    assert Image.open(out / f"{stem}_overlay.png").size == (2 * size[0] + 4, size[1])
 
 
 def test_segment_threshold_gives_binary_masks(tiny_dir, tmp_path):
@@ -151,6 +151,7 @@ def test_errors_are_one_line_unless_debug(tiny_dir, tmp_path, capsys, monkeypatc
 
   monkeypatch.setattr(cli.COMMANDS["data"], "run", needs_grain)
   assert main(["data", "build", "synthetic"]) == 2
-  assert "pip install 'clipseg-jax[data]'" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "pip install 'clipseg-jax[data] @ git+https://github.com/" in err  # installable today, not PyPI's form
   with pytest.raises(ModuleNotFoundError):
     main(["data", "build", "synthetic", "--debug"])

@@ -152,7 +152,7 @@ def test_cli_options_and_colab_share(monkeypatch, capsys):
   assert app_limits(args).max_prompts == 3
   monkeypatch.setitem(sys.modules, "gradio", None)  # not installed: one line naming the extra, before any loading
   assert cli_main.main(["demo-app", "--checkpoint", "/nonexistent"]) == 2
-  assert "pip install 'clipseg-jax[demo]'" in capsys.readouterr().err
+  assert "pip install 'clipseg-jax[demo] @ git+https://github.com/" in capsys.readouterr().err
 
   calls = []
 

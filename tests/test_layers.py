@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Module-name prefix -> layer; a module may import only from its own layer or lower ones.
 LAYERS = [
+  ("clipseg_jax.project", 0),
   ("clipseg_jax.config", 0),
   ("clipseg_jax.models", 0),
   ("clipseg_jax.weights", 1),

@@ -3,12 +3,18 @@ top to bottom with a local random-weight checkpoint and image substituted for th
 does: a cell of new parameter values after the `parameters` cell), the install and the app skipped."""
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 from PIL import Image
+
+if sys.version_info >= (3, 11):
+  import tomllib
+else:  # pragma: no cover
+  import tomli as tomllib
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "notebooks" / "clipseg_quickstart.ipynb"
 BADGE = re.compile(
@@ -24,6 +30,12 @@ def with_parameters(nb, **values):
   return nb
 
 
+def repository_setting() -> str:
+  """The GitHub owner/name that pyproject.toml's [project.urls] Repository names."""
+  project = tomllib.loads((NOTEBOOK.parents[2] / "pyproject.toml").read_text())["project"]
+  return project["urls"]["Repository"].removeprefix("https://github.com/")
+
+
 def code(nb) -> list[str]:
   return [c.source for c in nb.cells if c.cell_type == "code"]
 
@@ -35,6 +47,7 @@ def test_colab_parts():
   params = code(nb)[0]  # first, so that the install cell can use REPO
   assert "parameters" in next(c for c in nb.cells if c.cell_type == "code").metadata["tags"]
   assert f'REPO = "{badge.group(1)}"' in params  # the badge and the install name the same repository
+  assert badge.group(1) == repository_setting() != "ORG/REPO"  # ... the one pyproject names, filled in
   install = code(nb)[1]
   assert 'importlib.util.find_spec("clipseg_jax") is None' in install  # skipped where installed (CI)
   assert '"clipseg-jax[demo] @ git+https://github.com/{REPO}@{REF}"' in install

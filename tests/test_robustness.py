@@ -66,7 +66,7 @@ def test_segment_duplicate_stems_all_written_and_rerun_refused(tiny_dir, tmp_pat
   want = {"in_x-jpg": "x.jpg", "x-png": "x.png", "a_x-jpg": "a/x.jpg", "b_x-jpg": "b/x.jpg"}
   for stem, name in want.items():  # each output is its own image's (sizes differ)
     h, w = sizes[name]
-    assert Image.open(out / f"{stem}_overlay.png").size == (w, h)
+    assert Image.open(out / f"{stem}_overlay.png").size == (2 * w + 4, h)  # the image beside its overlay
     assert Image.open(out / f"{stem}_0_a-cat_mask.png").size == (w, h)
 
   # A rerun into the same --out refuses before writing anything, naming the file.

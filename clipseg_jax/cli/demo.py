@@ -106,4 +106,5 @@ def overlays(model, dataset, data_dir, out: Path, n: int = 3):
     r = source[i]
     phrases = list(dict.fromkeys(r["phrases"]))[:4]
     probs = model.predict(r["image"], phrases)[0]
-    visualize.overlay(r["image"], probs, phrases).resize((384, 384)).save(out / f"overlay_{i}.png")
+    shown = visualize.overlay(r["image"], probs, phrases).resize((384, 384))
+    visualize.beside(r["image"].resize((384, 384)), shown).save(out / f"overlay_{i}.png")

@@ -8,6 +8,7 @@ import os
 import sys
 
 from clipseg_jax.cli import convert, data, demo, demo_app, evaluate, pretrain_clip, push, segment, serve, train
+from clipseg_jax.project import install_hint
 
 COMMANDS = {
   "segment": segment,
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
       raise
     print(
       f"clipseg-jax {args.command}: error: this needs the optional '{extra}' dependencies "
-      f"(no module {e.name!r}): pip install 'clipseg-jax[{extra}]'",
+      f"(no module {e.name!r}): {install_hint(extra)}",
       file=sys.stderr,
     )
     return 2

@@ -200,8 +200,8 @@ def run(args):
     for i, (label, mask) in enumerate(zip(labels, shown)):
       stem = f"{name}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")
-      visualize.overlay(image, mask, [label]).save(out / f"{stem}_overlay.png")
-    visualize.overlay(image, shown, labels).save(out / f"{name}_overlay.png")
+      visualize.beside(image, visualize.overlay(image, mask, [label])).save(out / f"{stem}_overlay.png")
+    visualize.beside(image, visualize.overlay(image, shown, labels)).save(out / f"{name}_overlay.png")
     if args.logits:
       np.savez_compressed(out / f"{name}_logits.npz", logits=result["logits"], prompts=np.array(labels))
     bar.update(done + len(failures) - bar.n)  # skipped files count as seen

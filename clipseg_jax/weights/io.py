@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipseg_jax.project import install_hint
+
 HF_WEIGHT_FILES = (
   "model.safetensors",
   "model.safetensors.index.json",
@@ -191,7 +193,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     import torch
   except ImportError:
     raise ImportError(
-      f"reading {path.name} needs PyTorch: pip install 'clipseg-jax[torch]' (safetensors files need no torch)"
+      f"reading {path.name} needs PyTorch: {install_hint('torch')} (safetensors files need no torch)"
     ) from None
   check = sidecar(path)
   checked = check.is_file()
@@ -271,7 +273,7 @@ def write_torch(state: dict[str, np.ndarray], path: str | os.PathLike):
   try:
     import torch
   except ImportError:
-    raise ImportError("writing a .pth file needs PyTorch: pip install 'clipseg-jax[torch]'") from None
+    raise ImportError(f"writing a .pth file needs PyTorch: {install_hint('torch')}") from None
   path = Path(path)
   check = sidecar(path)
   tmp = atomic_path(path)
