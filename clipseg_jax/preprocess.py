@@ -116,6 +116,11 @@ def normalize(pixels_uint8):
   return (pixels_uint8.astype(np.float32) / 255.0 - MEAN) / STD
 
 
+def denormalize(pixels) -> np.ndarray:
+  """Normalised pixels (`normalize`'s output) -> uint8 RGB for people to look at."""
+  return np.clip(np.round((np.asarray(pixels, np.float32) * STD + MEAN) * 255.0), 0, 255).astype(np.uint8)
+
+
 def resize_square(image, size: int, *, nearest: bool = False) -> np.ndarray:
   """A PIL image or an HxW(x3) array -> [size, size(, 3)], aspect not kept: bilinear for images (as
   `CLIPSegProcessor`), nearest for masks (as the original's data code). Bool masks stay bool."""

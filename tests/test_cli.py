@@ -1,5 +1,6 @@
 """`clipseg-jax segment` and `convert` on local random-weight checkpoints."""
 
+import os
 import subprocess
 import sys
 
@@ -131,6 +132,22 @@ def test_convert_all_formats(tiny_checkpoint, tiny_model, tmp_path, torch):
 def test_console_script():
   out = subprocess.run([sys.executable, "-m", "clipseg_jax.cli.main", "--help"], capture_output=True, text=True)
   assert out.returncode == 0 and "segment" in out.stdout and "convert" in out.stdout
+
+
+def test_library_chatter_is_quiet():
+  """TensorFlow's oneDNN banner (printed before its logging starts), TFDS' variant-folder notes and JAX's
+  TPU-backend notes say nothing to a user of the CLI: none reaches stderr; other warnings still do."""
+  code = (
+    "import logging, sys; from clipseg_jax.cli.main import quiet_noise; quiet_noise(); "
+    "logging.basicConfig(); import tensorflow as tf; tf.constant(1.0) + 1.0; "
+    "logging.getLogger('absl').warning('Variant folder /x/1.0.0 has no dataset_info.json'); "
+    "logging.getLogger('jax._src.xla_bridge').warning(\"Unable to initialize backend 'tpu': no libtpu\"); "
+    "logging.getLogger('jax._src.xla_bridge').warning('something else')"
+  )
+  env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+  err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stderr
+  assert "oneDNN" not in err and "Variant folder" not in err and "'tpu'" not in err
+  assert "something else" in err
 
 
 def test_errors_are_one_line_unless_debug(tiny_dir, tmp_path, capsys, monkeypatch):

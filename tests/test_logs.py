@@ -24,6 +24,8 @@ def read_events(logdir):
           data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
           if data.HasField("session_start_info"):
             hparams.append(data.session_start_info.hparams)
+          if data.HasField("session_end_info"):
+            hparams.append(data.session_end_info.status)
         elif plugin == "images":
           t = tf.make_ndarray(v.tensor)  # [width, height, encoded...]
           images.setdefault(v.tag, []).append((event.step, (int(t[0]), int(t[1]))))
@@ -55,7 +57,10 @@ def test_tensorboard_holds_learning_rate_pictures_and_hparams(trained_run):
   width, height = images[tag][0][1]
   assert width == 3 * 160 and height > 160  # image | prediction | truth, one row per example
 
-  (session,) = hparams
+  from tensorboard.plugins.hparams import api_pb2
+
+  session, end = hparams  # the session's hparams, then its end: the HParams tab lists the run as finished
+  assert end == api_pb2.Status.Value("STATUS_SUCCESS")
   saved = json.loads((workdir / "config.json").read_text())
   assert session["batch_size"].number_value == saved["batch_size"]
   assert session["model.clip"].string_value == saved["model"]["clip"]

@@ -36,24 +36,35 @@ EXTRAS = {
   "gradio": "demo",
   "clu": "train",
 }
-# TensorFlow's C++ INFO lines (the oneDNN banner on every CPU run) are noise to a user; warnings stay.
+# TensorFlow's C++ INFO lines are noise to a user; warnings stay. Its oneDNN banner is printed before its
+# logging starts, so only turning oneDNN off silences it (TF only reads and decodes records here: no maths).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # What a user's input or environment can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
 
 
 class QuietNoise(logging.Filter):
   """Drops library chatter that says nothing to a user: TFDS' "Variant folder ... has no
-  dataset_info.json" for every unprepared version beside the prepared one."""
+  dataset_info.json" for every unprepared version beside the prepared one, and JAX's note that a TPU
+  backend (libtpu, installed by some images) cannot start on a machine without a TPU."""
 
-  NOISE = ("Variant folder ",)
+  NOISE = (
+    "Variant folder ",
+    "Unable to initialize backend 'tpu'",
+    "Platform 'tpu' is experimental",
+    "A Google TPU may be present on this machine",
+  )
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(self.NOISE)
 
 
+NOISY_LOGGERS = ("absl", "tensorflow_datasets", "jax._src.xla_bridge")
+
+
 def quiet_noise():
-  for name in ("absl", "tensorflow_datasets"):
+  for name in NOISY_LOGGERS:
     logger = logging.getLogger(name)
     if not any(isinstance(f, QuietNoise) for f in logger.filters):
       logger.addFilter(QuietNoise())

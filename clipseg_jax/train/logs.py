@@ -5,6 +5,7 @@ as hyper-parameters, written through clu's metric writers."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,25 @@ class Writer:
 
   def hparams(self, config: dict):
     self.writer.write_hparams(hparams(config))
+    self.writer.flush()
+
+  def session_end(self, status: str):
+    """Mark the run's hparams session ended (`status`: SUCCESS, FAILURE, ...), so TensorBoard's HParams tab
+    lists it as finished, with its final metrics, instead of as still running."""
+    import tensorflow as tf
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(f"STATUS_{status}"), end_time_secs=time.time())
+    summary = summary_pb2.Summary()
+    summary.value.add(
+      tag=metadata.SESSION_END_INFO_TAG,
+      metadata=metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(session_end_info=end)),
+      tensor=metadata.NULL_TENSOR,
+    )
+    # clu's writer has no call for a raw summary: write through the TF2 writer it wraps.
+    with self.writer._summary_writer.as_default():
+      tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
     self.writer.flush()
 
   def scalars(self, step: int, values: dict):

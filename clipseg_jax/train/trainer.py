@@ -295,6 +295,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     desc="train",
     disable=not (lead and show_progress),
   )
+  status = "FAILURE"  # of the TensorBoard session, unless the loop ends
   try:
     for step in bar:
       state, guard, metrics = step_fn(state, guard, frozen, *data.batch(step, batch_sh))
@@ -326,8 +327,11 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
       if stop:
         log.warning("SIGTERM: saved step %d, exiting", done)
         break
+    status = "SUCCESS" if done == cfg.total_steps else None  # stopped early: the session goes on at resume
   finally:
     if writer:
+      if status:
+        writer.session_end(status)
       writer.close()
     ckpt.wait()
     ckpt.close()
