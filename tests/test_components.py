@@ -57,6 +57,23 @@ def test_fused_attention_matches_torch_eager(dtype, torch):
   np.testing.assert_allclose(np.asarray(got, np.float32), want.transpose(1, 2).numpy(), atol=0.05)
 
 
+def test_fused_attention_takes_leading_batch_dims():
+  """The decoder attends over [images, prompts, tokens, heads, dim]: the fused kernel takes one batch
+  dimension, so several must give softmax(q.k / sqrt(d) + bias) v per slice, written out here."""
+  import jax.numpy as jnp
+
+  from clipseg_jax.models.layers import fused_attention
+
+  rng = np.random.RandomState(0)
+  q, k, v = (rng.randn(2, 3, 5, 4, 8).astype(np.float32) for _ in range(3))
+  bias = rng.randn(1, 3, 1, 5, 5).astype(np.float32)  # broadcast over images and heads
+  got = np.asarray(fused_attention(*(jnp.asarray(t, jnp.bfloat16) for t in (q, k, v)), jnp.asarray(bias)), np.float32)
+  scores = np.einsum("abqhd,abkhd->abhqk", q, k) / np.sqrt(8) + bias
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  want = np.einsum("abhqk,abkhd->abqhd", probs / probs.sum(-1, keepdims=True), v)
+  assert got.shape == want.shape and np.abs(got - want).max() < 0.05  # bf16 operands
+
+
 def test_tokenize_cleans_text_as_openai_clip():
   """OpenAI's `clip.tokenize` (what the released weights saw) runs ftfy, unescapes HTML entities twice
   and collapses whitespace before BPE; plain strings keep their ids."""

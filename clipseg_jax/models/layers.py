@@ -107,7 +107,17 @@ REDUCED_PRECISION = (jnp.bfloat16, jnp.float16)
 def fused_attention(q, k, v, bias=None):
   """softmax(q.k / sqrt(d) + bias) v through `jax.nn.dot_product_attention`: cuDNN's fused (flash)
   kernel on GPUs, which never writes the [heads, T, T] scores to memory; XLA's formula elsewhere.
-  Only for reduced precision: float32 keeps the eager formula above, bit-close to PyTorch."""
+  Only for reduced precision: float32 keeps the eager formula above, bit-close to PyTorch. Any number of
+  leading batch dimensions (e.g. the decoder's [images, prompts, ...]): the kernel takes one, so they are
+  flattened into it."""
+  lead = q.shape[:-3]
+  if len(lead) > 1:
+    heads, t, s = q.shape[-2], q.shape[-3], k.shape[-3]
+    q, k, v = (x.reshape((-1,) + x.shape[-3:]) for x in (q, k, v))
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, lead + (heads, t, s)).reshape(-1, heads, t, s)
+    out = fused_attention(q, k, v, bias)
+    return out.reshape(lead + out.shape[-3:])
   if bias is not None:
     # float32's minimum overflows to -inf in float16, and a fully masked row would become NaN.
     bias = jnp.maximum(bias, jnp.finfo(q.dtype).min).astype(q.dtype)
