@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,7 +64,7 @@ def decoder(workdir):
   return jax.tree.map(np.asarray, load_model(workdir).params["decoder"])
 
 
-def rel_err(a, b):
+def norm_rel_err(a, b):
   """||a - b|| / ||b|| over all parameters together (the norm-wise relative error).
 
   Not the largest elementwise difference: Adam divides each coordinate's momentum by its own gradient
@@ -82,14 +83,16 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   import jax.numpy as jnp
 
   from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import freeze
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.model import initial_params, model_config
+  from clipseg_jax.train.recipe_model import initial_params, model_config
 
   cfg = load_config(CONFIG, overrides(setup, **{"optim.warmup_steps": 0}))
   config = model_config(cfg.model)
   module = ClipSegModel(config)
-  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, 0))
+  params = initial_params(config, cfg.model.clip, 0)
+  trainable, frozen = freeze.split(params, freeze.labels(params))
   tx = steps.make_optimizer(cfg.optim, 10)
   state = steps.init_state(trainable, tx)
   assert set(trainable) == {"decoder"} and set(frozen) == {"clip"}
@@ -109,7 +112,7 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   stream = steps.make_stream_step(module, tx, visual_prompts=True)
   new_state, metrics = jax.jit(stream)(state, frozen, batch)
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen_before)))
-  assert rel_err(new_state.params, trainable) > 0  # the decoder did move
+  assert norm_rel_err(new_state.params, trainable) > 0  # the decoder did move
 
   from clipseg_jax import preprocess
 
@@ -141,14 +144,16 @@ def test_activation_scale_folds_into_the_model(setup, tmp_path):
   """Training on s x CLIP's activations is the HF model with reduce kernels x s: the periodic evaluator
   and load_model(WORKDIR) see the folded weights, so the trained run's loss is the loaded model's."""
   from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import freeze
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.model import initial_params, model_config
+  from clipseg_jax.train.recipe_model import initial_params, model_config
 
   cfg = load_config(CONFIG, overrides(setup))
   config = model_config(cfg.model)
   module = ClipSegModel(config)
-  trainable, frozen = steps.split(initial_params(config, cfg.model.clip, 0))
+  params = initial_params(config, cfg.model.clip, 0)
+  trainable, frozen = freeze.split(params, freeze.labels(params))
   rng = np.random.RandomState(0)
   acts = module.apply({"params": frozen}, rng.randn(2, 64, 64, 3).astype(np.float32), method=ClipSegModel.activations)
   cond, mask = rng.randn(2, config.projection_dim).astype(np.float32), (rng.rand(2, 64, 64) > 0.5).astype(np.float32)
@@ -176,8 +181,8 @@ def test_sharding_equivalence(setup, tmp_path):
   run_cli(setup, tmp_path / "m42", devices=8, **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp"})
   run_cli(setup, tmp_path / "m11", **{"mesh.shape": "(1,1)"})
   ref = decoder(tmp_path / "m11")
-  assert rel_err(decoder(tmp_path / "m81"), ref) <= 1e-5
-  assert rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
+  assert norm_rel_err(decoder(tmp_path / "m81"), ref) <= 1e-5
+  assert norm_rel_err(decoder(tmp_path / "m42"), ref) <= 1e-5
 
 
 def two_processes(setup, workdir, **extra):
@@ -215,7 +220,7 @@ def test_two_processes_equal_one(setup, tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   single = run_cli(setup, tmp_path / "single", devices=8, eval_every=3)
-  assert rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
+  assert norm_rel_err(decoder(tmp_path / "multi"), decoder(tmp_path / "single")) <= 1e-5
   # Each process scored half the held-out images; the summed metrics are the single process's.
   final = lambda out: dict(kv.split("=") for kv in out.split("final: ")[-1].splitlines()[0].split(", "))
   multi, one = final(outs[0]), final(single)
@@ -230,7 +235,7 @@ def test_kill_and_resume_matches_uninterrupted(setup, tmp_path, cached):
   uninterrupted run ends."""
   extra = {"total_steps": 40} if cached else {"total_steps": 40, "data.pcplus.augment": True}
   killed, straight = kill_and_resume(setup, tmp_path, **extra)
-  assert rel_err(decoder(killed), decoder(straight)) <= 1e-6
+  assert norm_rel_err(decoder(killed), decoder(straight)) <= 1e-6
 
 
 def kill_and_resume(setup, tmp_path, **extra):
@@ -250,33 +255,42 @@ def kill_and_resume(setup, tmp_path, **extra):
   return killed, straight
 
 
+FIRST_SAVE = 3  # the SIGTERM runs save every 3 steps: their first checkpoint says they are training
+
+
 def wait_until_training(workdir: Path):
-  """Until a run has written workdir/config.json and taken some steps."""
+  """Until a run has saved its first checkpoint (it is past compilation and taking steps)."""
   deadline = time.time() + 300
-  while not (workdir / "config.json").exists() and time.time() < deadline:
-    time.sleep(0.2)
-  time.sleep(8)
+  while not (workdir / "checkpoints" / str(FIRST_SAVE)).exists() and time.time() < deadline:
+    time.sleep(0.1)
+
+
+def sigterm_step(out: str) -> int:
+  """The step a run said it saved at SIGTERM."""
+  found = re.findall(r"SIGTERM: saved step (\d+)", out)
+  assert found, out[-2000:]
+  return int(found[-1])
 
 
 def test_sigterm_saves_and_exits(setup, tmp_path):
-  proc = run_cli(setup, tmp_path / "term", wait=False, **{"total_steps": 100000, "checkpoint_every": 100000})
+  proc = run_cli(setup, tmp_path / "term", wait=False, **{"total_steps": 100000, "checkpoint_every": FIRST_SAVE})
   wait_until_training(tmp_path / "term")
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out[-2000:]
   saved = [int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert saved and 0 < max(saved) < 100000
+  assert FIRST_SAVE <= sigterm_step(out) == max(saved) < 100000
 
 
 def test_sigterm_to_one_process_stops_all(setup, tmp_path):
   """Preemption that reaches only process 1: both processes save the same step and exit cleanly."""
-  procs = two_processes(setup, tmp_path / "term2", **{"total_steps": 100000, "checkpoint_every": 100000})
+  procs = two_processes(setup, tmp_path / "term2", **{"total_steps": 100000, "checkpoint_every": FIRST_SAVE})
   wait_until_training(tmp_path / "term2")
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=180)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   saved = [int(p.name) for p in (tmp_path / "term2" / "checkpoints").iterdir() if p.name.isdigit()]
-  assert len(saved) == 1 and 0 < saved[0] < 100000
+  assert FIRST_SAVE <= sigterm_step(outs[0]) == sigterm_step(outs[1]) == max(saved) < 100000
 
 
 def test_bad_input_fails_before_compute(setup, trained_run, tmp_path, capsys):
@@ -328,7 +342,7 @@ def test_demo_end_to_end(tmp_path, capsys):
   # The workdir carries its tokenizer and records what the decoder saw (text prompts only here), which
   # picks the evaluator's predictor and refuses tasks with support images.
   assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
-  assert model.config.extra["trained_prompts"] == ["text"]
+  assert model.manifest.trained_prompts == ("text",)
   from clipseg_jax.evaluation.protocols import NoPromptPredictor, check_model_fits, predictor_for
 
   assert not isinstance(predictor_for(model), NoPromptPredictor)
