@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip uv
 	# torch through pip, which takes a CPU wheel kept on this machine's disk; uv resolves the rest (minutes faster)
 	$(PY) -m pip install -q '$(TORCH_SPEC)'
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[torch,data,train,test,dev,demo]'
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[torch,data,train,test,dev,demo,video,onnx]'
 	touch $@
 
 # Debian's chromium + chromedriver for the web demo's browser test (skipped where they are missing).

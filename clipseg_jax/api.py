@@ -21,6 +21,7 @@ from clipseg_jax import prompts as prompt_lib
 from clipseg_jax.config import ClipSegConfig
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer, tokenize
+from clipseg_jax.weights import manifest as manifests
 
 PREDICT_BATCH = 4  # query images per vision-tower call in `predict`
 TOKEN_BUCKET = 8  # prompt lengths are padded to a multiple of this
@@ -58,24 +59,43 @@ class _JitAt:
 
 @dataclasses.dataclass(eq=False)
 class ClipSeg:
-  """A CLIPSeg model: `.config` (HF CLIPSegConfig fields), `.params` (plain pytree), `.tokenizer`."""
+  """A CLIPSeg model: `.config` (HF CLIPSegConfig fields), `.params` (plain pytree), `.tokenizer`, and
+  `.manifest` (what the model is: input size, visual prompt mode, prompt kinds, its CLIP, provenance;
+  `weights.manifest`). `image_size`: the input size, overriding the manifest's (default: the manifest's,
+  else 352)."""
 
   config: ClipSegConfig
   params: dict
   tokenizer: Any = None
   dtype: Any = jnp.float32
-  image_size: int = preprocess.IMAGE_SIZE
+  image_size: int | None = None
   # Tensors of an original decoder file that the model does not use, written back by export_original.
   original_extras: dict = dataclasses.field(default_factory=dict, repr=False)
+  manifest: manifests.Manifest | None = dataclasses.field(default=None, repr=False)
 
   def __setattr__(self, name, value):
     if name == "params":
       # Host (numpy) leaves would be copied again on every jitted call: all ~150M parameters of
       # ViT-B/16, 60 ms of each call on CPU. Device arrays already placed (sharded) stay as they are.
       value = jax.device_put(value)
+    if self.__dict__.get("manifest") is not None and name in ("config", "image_size"):  # one record of both
+      key = "architecture" if name == "config" else name
+      super().__setattr__("manifest", self.manifest.replace(**{key: value}))
     super().__setattr__(name, value)
 
+  @property
+  def prompt_mode(self) -> str:
+    """The visual prompt engineering the model was trained with (`prompts.MODES`), applied to supports."""
+    return self.manifest.prompt_mode
+
   def __post_init__(self):
+    # Facts older versions kept in config.extra move to the manifest; an explicit image_size wins.
+    found = self.manifest or manifests.derive(self.config)
+    size = self.image_size if self.image_size is not None else found.image_size
+    self.config = manifests.without_legacy(self.config)
+    self.manifest = found.replace(architecture=self.config, image_size=size)
+    self.image_size = size
+    prompt_lib.parse_mode(self.prompt_mode, size)  # an unknown mode: a clear error now, not at the first support
     if self.tokenizer is None:
       self.tokenizer = load_tokenizer()
     compute = None if jnp.dtype(self.dtype) == jnp.float32 else self.dtype
@@ -126,12 +146,9 @@ class ClipSeg:
     """reduced: per layer [N, T, D]; cond [P, E], of which the first `count` are real, the rest bucket
     padding -> logits [N, P, S, S]. With `chunk`, a loop decodes `chunk` prompts at a time and stops
     after the real ones (their logits are left zero): padding 5 prompts to 8 costs nothing."""
-    if self.module.dtype is None:
-      decode = lambda c: self.module.apply(
-        {"params": params}, [r[:, None] for r in reduced], c[None], method=ClipSegModel.decode
-      )
-    else:
-      decode = functools.partial(self._decode_flat, params, reduced)
+    decode = lambda c: self.module.apply(
+      {"params": params}, [r[:, None] for r in reduced], c[None], method=ClipSegModel.decode
+    )
     if chunk is None or cond.shape[0] <= chunk:
       return decode(cond)
 
@@ -142,15 +159,6 @@ class ClipSeg:
     one = jax.eval_shape(decode, cond[:chunk])  # [N, chunk, S, S]
     out = jnp.zeros((one.shape[0], cond.shape[0], *one.shape[2:]), one.dtype)
     return jax.lax.fori_loop(0, -(-count // chunk), body, out)
-
-  def _decode_flat(self, params, reduced, cond):
-    """`decode` of N images x P conditions as one batch of N * P (reduced precision): the fused
-    attention kernel takes [batch, tokens, heads, dim] only, not the broadcast [N, P, ...] layout."""
-    n, p = reduced[0].shape[0], cond.shape[0]
-    flat = [jnp.broadcast_to(r[:, None], (n, p, *r.shape[1:])).reshape(n * p, *r.shape[1:]) for r in reduced]
-    cond = jnp.broadcast_to(cond[None], (n, *cond.shape)).reshape(n * p, -1)
-    logits = self.module.apply({"params": params}, flat, cond, method=ClipSegModel.decode)
-    return logits.reshape(n, p, *logits.shape[1:])
 
   def _check_inputs(self, pixel_values, input_ids, attention_mask, cond_pixels, cond_embeddings):
     pixel_values = self._check_pixels(pixel_values, "pixel_values")
@@ -237,10 +245,15 @@ class ClipSeg:
     return self._text(self.params, jnp.asarray(ids), jnp.asarray(mask))[: len(texts)]
 
   def encode_visual(self, pairs: Sequence[tuple[Any, Any]]) -> jax.Array:
-    """[P, E] embeddings of (support image, support mask) pairs after `crop_blur_highlight` (which
-    returns normalised pixels: the vision tower takes them as they are)."""
-    supports = [prompt_lib.crop_blur_highlight(image, mask, self.image_size) for image, mask in pairs]
+    """[P, E] embeddings of (support image, support mask) pairs after the visual prompt engineering the
+    model was trained with (`prompt_mode`; normalised pixels: the vision tower takes them as they are)."""
+    supports = [self.support_pixels(image, mask) for image, mask in pairs]
     return self._visual(self.params, jnp.asarray(np.stack(supports)))
+
+  def support_pixels(self, image, mask) -> np.ndarray:
+    """A visual prompt as the vision tower sees it: normalised pixels [S, S, 3] (`preprocess.denormalize`
+    turns them into a picture). The one place the visual prompt's mode applies."""
+    return prompt_lib.visual_prompt(image, mask, self.prompt_mode, self.image_size)
 
   def encode_prompts(self, prompts: Sequence, *, templates: Sequence[str] | None = None) -> jax.Array:
     """Strings, (image, mask) pairs and `prompts.Mixed`, in order -> [P, E]; `templates`: a prompt
@@ -262,6 +275,8 @@ class ClipSeg:
           f"prompts.Mixed, got {type(p).__name__}"
         )
     e = self.config.projection_dim
+    if self.manifest.withhold_prompt:  # the ablation's decoder never saw a prompt: it gets none (zeros)
+      return jnp.zeros((len(prompts), e), jnp.float32)
     text, visual = np.zeros((len(prompts), e), np.float32), np.zeros((len(prompts), e), np.float32)
     if t_idx := [i for i, t in enumerate(texts) if t is not None]:
       text[t_idx] = np.asarray(self.encode_text([texts[i] for i in t_idx], templates=templates))
@@ -355,6 +370,29 @@ class ClipSeg:
       for im, lg in zip(chunk, logits):
         probs = preprocess.resize_map(_sigmoid(lg), im.height, im.width, align_corners=align_corners)
         yield {"masks": probs > threshold if threshold is not None else probs, "logits": lg}
+
+  # ---- prompt algebra, label maps (clipseg_jax.algebra, clipseg_jax.labelmap) ---------------------
+
+  def predict_expressions(self, images, expressions, **options):
+    """`predict` for prompt expressions (`"head" - "ear"`, `"a cat" | "a dog"`, `"x" & $ref` with
+    `operands={"ref": (image, mask)}`; plain strings and visual pairs are prompts as in `predict`) ->
+    [n_images, n_expressions, H, W]; one vision pass per image, all leaves in one decode, combined in a jitted
+    function (semantics and options, e.g. logic="fuzzy"|"product": `clipseg_jax.algebra`)."""
+    from clipseg_jax import algebra
+
+    return algebra.predict_expressions(self, images, expressions, **options)
+
+  def predict_expression(self, images, expression, **options):
+    """One expression -> [n_images, H, W] (a list of [H_i, W_i] when sizes differ)."""
+    out = self.predict_expressions(images, [expression], **options)
+    return out[:, 0] if isinstance(out, np.ndarray) else [o[0] for o in out]
+
+  def predict_label_map(self, images, prompts, *, thresholds=0.5, **options):
+    """uint8 label maps [n_images, H, W]: 0 background, i = prompts[i - 1] (argmax over the prompts whose
+    probability exceeds its threshold: `clipseg_jax.labelmap`); prompts may be expressions."""
+    from clipseg_jax import labelmap
+
+    return labelmap.predict_label_maps(self, images, list(prompts), thresholds=thresholds, **options)
 
   # ---- writing (clipseg_jax.export) --------------------------------------------------------------
 

@@ -4,9 +4,9 @@ Hub. Plain functions of a model's `config`, `params`, `tokenizer` and `image_siz
 
 Every directory gets a model card (`README.md`: what the model is, what it was trained on, its
 evaluations, the CLIP it needs and that CLIP's fingerprint, how to load it), `preprocessor_config.json`
-(the image size and normalisation, as transformers' `CLIPSegProcessor` reads them) and the evaluation
-reports it was given (`eval/TASK.json`). Where a model came from lives in `config.extra[PROVENANCE]`
-(written into `config.json`, so it survives exports and reloads)."""
+(the image size and normalisation, as transformers' `CLIPSegProcessor` reads them), the model's manifest
+(`clipseg_manifest.json`: what the model is, where it came from; `weights.manifest`) and the evaluation
+reports it was given (`eval/TASK.json`). An original decoder file carries its manifest in its sidecar."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 
 from clipseg_jax import preprocess
-from clipseg_jax.weights import card, hf, hub, io, original
+from clipseg_jax.weights import backbone, card, hf, hub, io, original
+from clipseg_jax.weights.manifest import LEGACY_PROVENANCE, Manifest
 
 FLAX_MARKER = "clipseg_jax.json"  # written beside config.json + params/ by `save`
 FLAX_DIGEST_KEY = "params_sha256"  # in FLAX_MARKER: `io.fingerprint` of the params, checked when loading
@@ -30,14 +31,17 @@ DECODER_WEIGHTS = "decoder.safetensors"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 CARD = "README.md"
 EVAL_DIR = "eval"  # evaluation reports (`clipseg-jax eval`'s TASK.json) kept with a model
-PROVENANCE = "clipseg_jax_provenance"  # config.extra key: clip, base_model, license, training
+PROVENANCE = LEGACY_PROVENANCE  # where config.json kept provenance before manifests (read when deriving one)
+SIDECAR_MANIFEST = "manifest"  # the key of the manifest in an original file's sidecar
 PIL_BILINEAR = 2  # PIL.Image.BILINEAR, as `resample` in CIDAS/clipseg-rd64-refined's preprocessor_config.json
 PUSH_FORMATS = ("hf", "flax")
 
 
 def provenance(model) -> dict:
-  """What is known of where `model` came from (see `PROVENANCE`); empty when nothing was recorded."""
-  return dict(model.config.extra.get(PROVENANCE) or {})
+  """What is known of where `model` came from: its manifest's provenance (base_model, license, training)
+  and its CLIP's name; empty when nothing was recorded."""
+  m = model.manifest
+  return {**m.provenance, **({"clip": m.clip} if m.clip else {})}
 
 
 def preprocessor_config(image_size: int) -> dict:
@@ -146,7 +150,7 @@ def card_facts(model, fmt: str, *, reports=(), name=None, license=None, clip=Non
     "format": fmt,
     "config": model.config.to_dict(),
     "image_size": model.image_size,
-    "clip_sha256": io.fingerprint(model.params["clip"]),
+    "clip_sha256": io.fingerprint(model.params["clip"]),  # the weights this model holds (fine-tuned ones too)
     "name": name,
     "clip": clip,
     "base_model": prov.get("base_model") or hub_clip,
@@ -157,14 +161,21 @@ def card_facts(model, fmt: str, *, reports=(), name=None, license=None, clip=Non
   }
 
 
+def manifest_of(model, facts: dict) -> Manifest:
+  """The manifest an export writes: the model's, with the CLIP and license its card names."""
+  prov = {**model.manifest.provenance, **({"license": facts["license"]} if facts.get("license") else {})}
+  return model.manifest.replace(clip=facts["clip"], clip_sha256=facts["clip_sha256"], provenance=prov)
+
+
 def write_extras(model, out: Path, fmt: str, *, evaluation=None, name=None, license=None, clip=None, notes=None):
-  """preprocessor_config.json, eval/TASK.json and the model card (README.md) of an export in `out`."""
+  """preprocessor_config.json, the manifest, eval/TASK.json and the model card (README.md) of an export in `out`."""
   reports = read_reports(evaluation)
   for report in reports:
     (out / EVAL_DIR).mkdir(exist_ok=True)
     write_json(out / EVAL_DIR / f"{Path(report['task']).name}.json", report)
   write_json(out / PREPROCESSOR_CONFIG, preprocessor_config(model.image_size))
   facts = card_facts(model, fmt, reports=reports, name=name or str(out), license=license, clip=clip, notes=notes)
+  manifest_of(model, facts).write(out)
   (out / CARD).write_text(card.card(facts))
 
 
@@ -207,7 +218,7 @@ def export_original(model, path: str | os.PathLike) -> Path:
   sidecar that reading checks and a `<path>.json` one naming the CLIP it needs (the file holds the
   decoder only) with that CLIP's fingerprint; `load_model(path)` reads the CLIP's name from it. Refused
   for a model whose CLIP was fine-tuned (the file could not carry it)."""
-  if model.config.extra.get("clip_finetuned"):
+  if model.manifest.clip_finetuned:
     raise ValueError(
       "this model's CLIP was fine-tuned (optim.freeze_rules), but the original format holds the decoder only "
       "and would be read with the stock CLIP; export it with export_hf or save() (convert --to hf or flax)"
@@ -238,6 +249,7 @@ def _write_original_sidecar(model, path: Path, facts: dict):
       "extract_layers": list(model.config.extract_layers),
       "image_size": model.image_size,
       "written_by": f"clipseg-jax {card.version()}",
+      SIDECAR_MANIFEST: manifest_of(model, facts).to_dict(),
     },
   )
 
@@ -279,20 +291,15 @@ def export_decoder(
   Refused when the model's CLIP weights are not exactly `clip`'s (a fine-tuned CLIP: use export_hf)."""
   digest = io.fingerprint(model.params["clip"])
   clip_dir = io.resolve(clip)
-  state = io.read_state(clip_dir)
-  if not any(k.startswith("clip.") for k in state):  # an HF CLIPModel checkpoint
-    state = {f"clip.{k}": v for k, v in state.items()}
   template = {"clip": hf.param_template(model.config)["clip"]}
-  named = hf.from_hf({k: v for k, v in state.items() if k.startswith("clip.")}, template, source=str(clip_dir))
+  named = hf.from_hf(backbone.clip_state(io.read_state(clip_dir)), template, source=str(clip_dir))
   if io.fingerprint(named["clip"]) != digest:
     raise ValueError(f"the model's CLIP weights are not those of {clip!r} (fine-tuned?): export it whole (export_hf)")
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   decoder = {k: v for k, v in hf.to_hf(jax.device_get(model.params)).items() if k.startswith("decoder.")}
   io.write_safetensors(decoder, out / DECODER_WEIGHTS)
-  config = model.config.to_dict()
-  config[PROVENANCE] = {**provenance(model), "clip": clip}
-  write_json(out / "config.json", config)
+  model.config.to_json(out / "config.json")
   write_extras(model, out, "decoder", evaluation=evaluation, name=name, license=license, clip=clip, notes=notes)
   write_json(out / DECODER_MARKER, {"format": "clipseg-jax decoder", "version": 1, "clip": clip, "clip_sha256": digest})
   return out

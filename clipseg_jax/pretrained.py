@@ -1,14 +1,16 @@
-"""Reading a model: a hub id, an HF-format directory, this project's Flax checkpoint, a decoder-only
-directory with the CLIP it names (the embedded `embedded:synthetic`), or an original decoder file
-(`rd64-uni.pth`, ...) with the HF CLIP it was trained on. Training workdirs are read by
-`clipseg_jax.train.workdir`; `clipseg_jax.load_model` takes all of them."""
+"""Reading a model, every format: a hub id, an HF-format directory, this project's Flax checkpoint, a
+decoder-only directory with the CLIP it names (the embedded `embedded:synthetic`), a training workdir
+(its latest checkpoint; read without training code), or an original decoder file (`rd64-uni.pth`, ...)
+with the HF CLIP it was trained on. `clipseg_jax.load_model` is the front door.
+
+Each model comes with its manifest (`weights.manifest`): read from the format's manifest, or for models
+written before manifests, derived from where those kept its facts."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import warnings
 from pathlib import Path
 
 import jax
@@ -23,13 +25,14 @@ from clipseg_jax.export import (
   FLAX_DIGEST_KEY,
   FLAX_MARKER,
   PREPROCESSOR_CONFIG,
-  PROVENANCE,
+  SIDECAR_MANIFEST,
   original_sidecar,
 )
 from clipseg_jax.tokenizer import has_tokenizer, load_tokenizer
-from clipseg_jax.weights import hf, io, original
+from clipseg_jax.weights import backbone, hf, io, manifest, original, workdir
 
 ORIGINAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")  # what an original decoder file is called
+WRONG_MASKS = "its masks will be wrong"
 
 
 def load_pretrained(
@@ -42,11 +45,16 @@ def load_pretrained(
   token: str | None = None,
   cache_dir: str | os.PathLike | None = None,
 ) -> ClipSeg:
-  """A ClipSeg from a hub id, a local HF directory, a Flax checkpoint, a decoder-only directory, or an
-  original decoder file with `clip=` (an HF CLIP hub id or directory; optional when the file's
-  `<file>.json` sidecar names it). revision/token/cache_dir go to huggingface_hub for hub ids, `clip=`'s
-  too."""
+  """A ClipSeg from a hub id, a local HF directory, a Flax checkpoint, a decoder-only directory, a training
+  workdir (its latest checkpoint that restores), or an original decoder file with `clip=` (an HF CLIP hub
+  id or directory; optional when the file's `<file>.json` sidecar names it). revision/token/cache_dir go
+  to huggingface_hub for hub ids, `clip=`'s too."""
   hub = {"revision": revision, "token": token, "cache_dir": cache_dir}
+  local = Path(os.path.expanduser(str(source)))
+  if local.is_dir():
+    workdir.check_started(local)
+    if workdir.is_workdir(local):
+      return load_workdir(local, dtype)
   path = io.resolve(source, **hub)
   if path.is_file():
     if path.suffix not in ORIGINAL_SUFFIXES and not original_sidecar(path).is_file():
@@ -63,8 +71,27 @@ def load_pretrained(
     model = load_hf(path, dtype, extract_layers)
   s = str(source)
   if io.is_hub_id(s) and not s.startswith(io.EMBEDDED_PREFIX):  # fetched from the Hub: what it derives from
-    model.config.extra[PROVENANCE] = {**model.config.extra.get(PROVENANCE, {}), "base_model": s}
+    model.manifest = model.manifest.replace(provenance={**model.manifest.provenance, "base_model": s})
   return model
+
+
+def load_workdir(path: Path, dtype=jnp.float32) -> ClipSeg:
+  """The latest checkpoint of the training run in `path` that restores (`weights.workdir.read_model`)."""
+  config, params, found = workdir.read_model(path)
+  return ClipSeg(config, params, load_tokenizer(path / workdir.MODEL_DIR), dtype, manifest=found)
+
+
+def read_manifest(path: Path, config: ClipSegConfig, **facts) -> manifest.Manifest:
+  """The manifest of the model directory `path` (`manifest.read_or_derive`: derived, for a model written
+  before manifests, from `facts` and `preprocessor_config.json`'s size), which must agree with that size."""
+  found = manifest.read_or_derive(path, config, image_size=image_size(path, config=config), **facts)
+  size = _image_size(path, None)  # None: no square size to compare
+  if size is not None and found.image_size != size:
+    raise ValueError(
+      f"{path / PREPROCESSOR_CONFIG} resizes to {size} but {manifest.path_of(path)} records the input size "
+      f"{found.image_size}: edit both (or write the model again with the size you want)"
+    )
+  return found
 
 
 def image_size(path: Path, default: int = preprocess.IMAGE_SIZE, config: ClipSegConfig | None = None) -> int:
@@ -130,10 +157,11 @@ def load_hf(path: Path, dtype=jnp.float32, extract_layers=None) -> ClipSeg:
   config = config_from(
     f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
   )
+  found = read_manifest(path, config)
   if extract_layers is not None:
     config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
   params = hf.from_hf(io.read_state(path), hf.param_template(config), source=str(path))
-  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path, config=config))
+  return ClipSeg(config, params, load_tokenizer(path), dtype, manifest=found)
 
 
 def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
@@ -164,7 +192,8 @@ def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
       f"{path} is corrupt: its params do not match the sha256 recorded when it was saved ({FLAX_DIGEST_KEY} in "
       f"{FLAX_MARKER}); save or download it again"
     )
-  return ClipSeg(config, params, load_tokenizer(path), dtype, image_size=image_size(path, config=config))
+  found = read_manifest(path, config)
+  return ClipSeg(config, params, load_tokenizer(path), dtype, manifest=found)
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -176,27 +205,6 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
   text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
   text = f"{type(e).__name__}: {text}" if text else type(e).__name__
   return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def clip_state(clip_dir: Path) -> dict:
-  """The `clip.*` tensors of an HF CLIP (`openai/clip-vit-base-patch16` layout) or CLIPSeg checkpoint."""
-  state = io.read_state(clip_dir)
-  if not any(k.startswith("clip.") for k in state):
-    state = {f"clip.{k}": v for k, v in state.items()}
-  return {k: v for k, v in state.items() if k.startswith("clip.")}
-
-
-def check_clip(what: Path, clip: str, want: str | None, params: dict, *, strict: bool):
-  """A decoder recorded the fingerprint of the CLIP it was trained on; `clip` now gives other weights."""
-  if not want or io.fingerprint(params["clip"]) == want:
-    return
-  message = (
-    f"{what} was trained on other weights of the CLIP {clip!r} than it loads now (fingerprints differ): "
-    "its masks will be wrong"
-  )
-  if strict:
-    raise ValueError(message)
-  warnings.warn(message, stacklevel=3)
 
 
 def load_decoder(path: Path, dtype=jnp.float32, extract_layers=None, *, hub=None) -> ClipSeg:
@@ -212,13 +220,14 @@ def load_decoder(path: Path, dtype=jnp.float32, extract_layers=None, *, hub=None
   config = config_from(
     f"{config_path} is not a valid CLIPSeg config", ClipSegConfig.from_dict, read_config(config_path)
   )
+  found = read_manifest(path, config, clip=clip, clip_sha256=marker.get("clip_sha256"))
   if extract_layers is not None:
     config = dataclasses.replace(config, extract_layers=tuple(extract_layers))
-  state = {**clip_state(clip_dir), **io.read_state(path / DECODER_WEIGHTS)}
+  state = {**backbone.clip_state(io.read_state(clip_dir)), **io.read_state(path / DECODER_WEIGHTS)}
   params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
-  check_clip(path, clip, marker.get("clip_sha256"), params, strict=True)
+  backbone.check_fingerprint(path, clip, marker.get("clip_sha256"), params["clip"], remedy=WRONG_MASKS)
   tokenizer = load_tokenizer(path if has_tokenizer(path) else clip_dir)
-  return ClipSeg(config, params, tokenizer, dtype, image_size=image_size(path, config=config))
+  return ClipSeg(config, params, tokenizer, dtype, manifest=found)
 
 
 def read_sidecar(path: Path) -> dict:
@@ -235,6 +244,7 @@ def read_sidecar(path: Path) -> dict:
 
 def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None, *, hub=None) -> ClipSeg:
   side = read_sidecar(path)
+  recorded = sidecar_manifest(path, side)
   clip = clip if clip is not None else side.get("clip")
   if clip is None:
     raise ValueError(
@@ -245,7 +255,8 @@ def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None, *, h
   clip_dir = io.resolve(clip, **(hub or {}))
   clip_config = read_config(clip_dir / "config.json", expect="clip")
   decoder_state = io.read_state(path)
-  original.check_backbone(decoder_state, clip_config, str(path), str(clip))
+  towers = config_from(f"{clip_dir / 'config.json'} is not a valid CLIP config", backbone.towers_of, clip_config)
+  backbone.check_backbone(original.backbone_of(decoder_state), towers, f"the decoder {path}", clip)
   if extract_layers is None and side.get("extract_layers") is not None:  # recorded by export_original
     extract_layers = side["extract_layers"]
     if not isinstance(extract_layers, list) or not all(isinstance(i, int) for i in extract_layers):
@@ -256,9 +267,19 @@ def load_original(path: Path, clip, dtype=jnp.float32, extract_layers=None, *, h
   what = f"{clip_dir / 'config.json'} with the decoder {path} gives no valid config"
   config = config_from(what, original.decoder_config, clip_config, decoder_state, **overrides)
   decoder, extras = original.original_to_hf(decoder_state, source=str(path))
-  state = {**clip_state(clip_dir), **decoder}
+  state = {**backbone.clip_state(io.read_state(clip_dir)), **decoder}
   params = hf.from_hf(state, hf.param_template(config), source=f"{path} + {clip_dir}")
-  check_clip(path, clip, side.get("clip_sha256"), params, strict=False)  # the paper's files: any CLIP goes
-  config.extra[PROVENANCE] = {**config.extra.get(PROVENANCE, {}), "clip": clip}
+  # The paper's files name no CLIP: any CLIP of the right shape goes, with a warning where one was recorded.
+  want = recorded.clip_sha256 if recorded else side.get("clip_sha256")
+  backbone.check_fingerprint(path, clip, want, params["clip"], strict=False, remedy=WRONG_MASKS)
   size = side.get("image_size", preprocess.IMAGE_SIZE)
-  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, image_size=size, original_extras=extras)
+  found = recorded or manifest.derive(config, image_size=size, clip=clip, clip_sha256=side.get("clip_sha256"))
+  found = found.replace(architecture=config, clip=clip)
+  return ClipSeg(config, params, load_tokenizer(clip_dir), dtype, original_extras=extras, manifest=found)
+
+
+def sidecar_manifest(path: Path, side: dict) -> manifest.Manifest | None:
+  """The manifest an original file's sidecar holds (`export.SIDECAR_MANIFEST`), or None (older sidecars)."""
+  if side.get(SIDECAR_MANIFEST) is None:
+    return None
+  return manifest.Manifest.from_dict(side[SIDECAR_MANIFEST], f"{original_sidecar(path)} ({SIDECAR_MANIFEST!r})")

@@ -17,7 +17,9 @@ from PIL import Image
 from clipseg_jax.config import ClipSegConfig, tiny_config
 
 
-def rel_err(ours, ref) -> float:
+def max_rel_err(ours, ref) -> float:
+  """The largest elementwise difference relative to the largest |ref| (one array; cf. test_training's
+  norm-wise `norm_rel_err` over parameter trees)."""
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
   assert ours.shape == ref.shape, (ours.shape, ref.shape)
   return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))

@@ -9,7 +9,8 @@ from PIL import Image
 
 from clipseg_jax.train.clip_pretrain import clip_loss, pretrain
 from clipseg_jax.train.configs import load_config
-from clipseg_jax.train.model import EMBEDDED, model_config
+from clipseg_jax.train.recipe_model import model_config
+from clipseg_jax.weights.io import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,7 @@ def test_pretrain_exports_a_transformers_clip(tmp_path, torch):
 
   from clipseg_jax.models.clip import CLIP
   from clipseg_jax.train.clip_pretrain import clip_config
-  from clipseg_jax.train.model import clip_params
+  from clipseg_jax.weights.backbone import clip_params
 
   cfg = load_config(
     "synthetic_clip",
@@ -153,7 +154,7 @@ def zero_shot_accuracy(source: str, n: int = 48) -> tuple[float, float]:
   from clipseg_jax.models.clip import CLIP
   from clipseg_jax.tokenizer import load_tokenizer
   from clipseg_jax.train.clip_pretrain import clip_config
-  from clipseg_jax.train.model import clip_params
+  from clipseg_jax.weights.backbone import clip_params
 
   cfg = load_config("synthetic_clip")
   config = clip_config(cfg)

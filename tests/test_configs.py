@@ -1,6 +1,8 @@
 """Each released architecture builds (`jax.eval_shape`, no weights allocated) with exactly the tensor
 names and shapes of transformers' model for the same config."""
 
+from pathlib import Path
+
 import jax
 import pytest
 
@@ -72,7 +74,7 @@ def test_training_recipe_builds(name, tmp_path):
 
   from clipseg_jax.models.clipseg import init_params
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.model import model_config
+  from clipseg_jax.train.recipe_model import model_config
 
   CLIPConfig(vision_config=dict(patch_size=16), projection_dim=512).save_pretrained(tmp_path)
   cfg = load_config(name)
@@ -153,3 +155,50 @@ def test_configs_take_overrides_as_config_flags_does(tmp_path):
     "  c = synthetic.get_config()\n  c.total_steps = 3\n  return c\n"
   )
   assert load_config(str(own)).total_steps == 3
+
+
+def test_recipes_import_no_library_code():
+  """Recipes hold literals: a config file imports ml_collections, the standard library and other
+  recipes (clipseg_jax.configs), nothing else of clipseg_jax (the library reads the config, not back)."""
+  import ast
+  import sys
+
+  from clipseg_jax import configs
+
+  allowed = {"ml_collections", "clipseg_jax"} | set(sys.stdlib_module_names)
+  for path in sorted(Path(configs.__file__).parent.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+      if isinstance(node, ast.ImportFrom):
+        names = [node.module or ""] if not node.level else ["clipseg_jax.configs"]
+      for name in names:
+        assert name.split(".")[0] in allowed, (path.name, name)
+        assert name == "clipseg_jax.configs" or not name.startswith("clipseg_jax"), (path.name, name)
+
+
+def test_recipe_literals_are_the_library_defaults(monkeypatch, tmp_path):
+  from clipseg_jax.configs import common, pascal5i, pascal_zeroshot
+  from clipseg_jax.input_pipeline import heldout, pcplus
+  from clipseg_jax.input_pipeline.sources import data_dir_or_default
+  from clipseg_jax.train import freeze
+  from clipseg_jax.train.configs import load_config
+
+  assert common.SHUFFLE_PLUS == pcplus.TEMPLATES and common.DECODER_ONLY == freeze.DEFAULT_RULES
+  assert [list(c) for c in pascal5i.FOLD_CLASSES] == [heldout.fold_classes(f) for f in range(4)]
+  assert pascal_zeroshot.PAIRS == heldout.ZERO_SHOT_PAIRS
+  assert load_config("pascal_zeroshot:2").data.heldout_classes == tuple(heldout.zero_shot_classes(2))
+  for recipe, arg, match in ((pascal5i, "4", "fold must be 0-3"), (pascal_zeroshot, "6", "removes 1-5 class pairs")):
+    with pytest.raises(ValueError, match=match):
+      recipe.get_config(arg)
+  # An unset data directory is $TFDS_DATA_DIR (as `clipseg-jax data build` writes there), else TFDS's default.
+  cfg = load_config("synthetic")
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  assert data_dir_or_default(cfg.data.data_dir) == str(tmp_path)
+  assert data_dir_or_default(load_config("synthetic", ["--config.data.data_dir=~/d"]).data.data_dir) == str(
+    Path("~/d").expanduser()
+  )
+  from clipseg_jax.cli.main import build_parser
+
+  assert build_parser().parse_args(["data", "build", "synthetic"]).data_dir == str(tmp_path)
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert data_dir_or_default(cfg.data.data_dir) == str(Path("~/tensorflow_datasets").expanduser())

@@ -268,6 +268,13 @@ def test_visual_task_on_text_only_checkpoint(tiny_dir, tmp_path, capsys):
 
   d = tmp_path / "text_only"
   shutil.copytree(tiny_dir, d)
+  manifest = json.loads((d / "clipseg_manifest.json").read_text())
+  manifest["prompts"]["trained"] = ["text"]  # the model's record says so
+  (d / "clipseg_manifest.json").write_text(json.dumps(manifest))
+  assert main(["eval", "--checkpoint", str(d), "--task", "pascal5i", "--data-dir", str(tmp_path)]) == 2
+  assert "trained on text prompts only" in capsys.readouterr().err
+  # An export from before the manifest kept it in config.json: still honoured.
+  (d / "clipseg_manifest.json").unlink()
   config = json.loads((d / "config.json").read_text())
   config["trained_prompts"] = ["text"]
   (d / "config.json").write_text(json.dumps(config))

@@ -70,7 +70,7 @@ def test_rule_errors_name_the_rule():
 def tiny(training_root):
   from clipseg_jax.models.clipseg import ClipSegModel
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.model import initial_params, model_config
+  from clipseg_jax.train.recipe_model import initial_params, model_config
 
   cfg = load_config("synthetic", training_overrides(training_root, **{"optim.warmup_steps": 0}))
   config = model_config(cfg.model)
@@ -167,7 +167,7 @@ def test_meshes_agree_and_exports_carry_the_block(training_root, tmp_path):
   export_original refuses (its format holds the decoder only)."""
   import json
 
-  from test_training import rel_err, run_cli
+  from test_training import norm_rel_err, run_cli
 
   from clipseg_jax import load_model
 
@@ -176,22 +176,22 @@ def test_meshes_agree_and_exports_carry_the_block(training_root, tmp_path):
   ref = trained(tmp_path / "m11")
   run_cli(training_root, tmp_path / "m81", devices=8, **{"mesh.shape": "(8,1)", **extra})
   run_cli(training_root, tmp_path / "m42", devices=8, **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp", **extra})
-  assert rel_err(trained(tmp_path / "m81"), ref) <= 1e-5
-  assert rel_err(trained(tmp_path / "m42"), ref) <= 1e-5
+  assert norm_rel_err(trained(tmp_path / "m81"), ref) <= 1e-5
+  assert norm_rel_err(trained(tmp_path / "m42"), ref) <= 1e-5
   # The fine-tuned block moved away from the base CLIP; the block before it did not.
-  from clipseg_jax.train.model import clip_params
+  from clipseg_jax.weights.backbone import clip_params
 
   model = load_model(tmp_path / "m11")
   base = jax.tree.map(np.asarray, clip_params(model.config, str(training_root / "clip")))
   enc, base_enc = model.params["clip"]["vision_model"]["encoder"], base["vision_model"]["encoder"]
-  assert rel_err(enc["layers_3"], base_enc["layers_3"]) > 1e-4
-  assert rel_err(enc["layers_2"], base_enc["layers_2"]) == 0
+  assert norm_rel_err(enc["layers_3"], base_enc["layers_3"]) > 1e-4
+  assert norm_rel_err(enc["layers_2"], base_enc["layers_2"]) == 0
   recorded = json.loads((tmp_path / "m11" / "model" / "base.json").read_text())
   assert recorded["clip_trained"] and all(
     p.startswith("clip/vision_model/encoder/layers_3/") for p in recorded["clip_trained"]
   )
   exported = load_model(model.export_hf(tmp_path / "hf")).params
-  assert rel_err(exported["clip"]["vision_model"]["encoder"]["layers_3"], ref["block"]) == 0
+  assert norm_rel_err(exported["clip"]["vision_model"]["encoder"]["layers_3"], ref["block"]) == 0
   with pytest.raises(ValueError, match="decoder only"):
     model.export_original(tmp_path / "x.pth")
 
@@ -201,18 +201,18 @@ def test_meshes_agree_and_exports_carry_the_block(training_root, tmp_path):
 def test_resume_with_a_trainable_block_is_exact(training_root, tmp_path):
   """Kill mid-run, rerun the same command: ends where the uninterrupted run ends, the block's optimiser
   state included."""
-  from test_training import kill_and_resume, rel_err
+  from test_training import kill_and_resume, norm_rel_err
 
   extra = {"optim.freeze_rules": rules_arg(LAST), "data.pcplus.visual_prompts": True, "total_steps": 30}
   killed, straight = kill_and_resume(training_root, tmp_path, **extra)
-  assert rel_err(trained(killed), trained(straight)) <= 1e-6
+  assert norm_rel_err(trained(killed), trained(straight)) <= 1e-6
 
 
 def test_leaves_the_loss_never_reads_are_named():
   """Text-only training runs the vision tower up to the deepest extracted block: later blocks and the
   pooled output's LayerNorm and projection get no gradient, only weight decay; the run warns of them."""
   from clipseg_jax.config import tiny_config
-  from clipseg_jax.train.model import unreached
+  from clipseg_jax.train.recipe_model import unreached
 
   config = tiny_config(extract_layers=(0, 1))  # 4 blocks, 2 read
   z = np.zeros(2)

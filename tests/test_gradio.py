@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from clipseg_jax.prompts import Mixed
-from clipseg_jax.web import gradio_app
-from clipseg_jax.web.gradio_app import AppLimits, InputError, Segmenter, painted_mask, split_prompts
+from clipseg_jax.web import app_inputs, gradio_app
+from clipseg_jax.web.gradio_app import AppLimits, AppSegmenter, InputError, painted_mask, split_prompts
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(os.environ.get("CLIPSEG_ARTIFACTS", "out/test-artifacts")) / "gradio_app.png"
@@ -47,7 +47,8 @@ def editor_value(image: np.ndarray, box=(10, 20, 12, 30)) -> dict:
 @pytest.fixture(scope="module")
 def segmenter(tiny_model, tmp_path_factory):
   limits = AppLimits(max_prompts=4, max_prompt_chars=30)
-  return Segmenter(tiny_model, limits, tmp_path_factory.mktemp("gradio"), warm_up=False)  # tests compile what they use
+  # warm_up=False: the tests compile what they use
+  return AppSegmenter(tiny_model, limits, tmp_path_factory.mktemp("gradio"), warm_up=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,14 @@ def test_text_visual_and_mixed_prompts(segmenter, photo, tiny_model):
   want = tiny_model.predict(image, [(support, mask)])[0, 0] > 0.5
   np.testing.assert_array_equal(r.layers[0][0], want.astype(np.float32))
   assert "threshold 0.5" in r.notes
+  # The visual prompt as the model sees it: crop_blur_highlight's pixels, un-normalised for people.
+  from clipseg_jax.prompts import crop_blur_highlight
+
+  pixels = crop_blur_highlight(support, mask, tiny_model.image_size)
+  seen = np.clip(np.round((pixels * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255), 0, 255)
+  np.testing.assert_array_equal(r.support_view, seen.astype(np.uint8))
+  assert "as the model sees it" in r.notes and "paint more tightly" in r.notes
+  assert segmenter(photo, "a cat", None, "", 0.5, 0.5).support_view is None  # text only: nothing to show
 
 
 @pytest.mark.parametrize(
@@ -114,8 +123,31 @@ def test_bad_requests(segmenter, photo, text, support, mix, match):
     segmenter(photo, text, support, mix, 0.5, 0.5)
 
 
+def test_expressions_label_map_and_instances(segmenter, photo, tiny_model):
+  """A line of the text box may be an expression over prompts and the painted support ($support); the label
+  map and the instances' boxes come on request."""
+  assert split_prompts('"a, b" - "c"\nx, y') == ['"a, b" - "c"', "x", "y"]  # an expression line stays whole
+  support = scene(seed=1)
+  value = editor_value(support)
+  r = segmenter(photo, '"a cat" - $support\na dog', value, "", 0.5, gradio_app.SOFT, True, True)
+  labels = [label for _, label in r.layers]
+  assert labels == ['"a cat" - $support', "a dog", gradio_app.VISUAL_LABEL]
+  mask = painted_mask(value["layers"], support.shape[:2])
+  want = tiny_model.predict_expressions(scene(), ['"a cat" - $s', "a dog", "$s"], operands={"s": (support, mask)})[0]
+  np.testing.assert_allclose(np.stack([m for m, _ in r.layers]), want, atol=1e-6)
+  assert r.label_view is not None and r.label_view.shape == scene().shape
+  for box, label in r.boxes:
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48 and label.split(" #")[0] in labels
+  assert "instance(s) at threshold 0.5" in r.notes
+  with pytest.raises(InputError, match="position"):
+    segmenter(photo, '"a cat" -', None, "", 0.5, 0.5)
+  with pytest.raises(InputError, match=r"\$support is not bound"):
+    segmenter(photo, '"a cat" - $support', None, "", 0.5, 0.5)  # no support painted
+
+
 def test_large_images_are_bounded(tiny_model, tmp_path):
-  s = Segmenter(tiny_model, AppLimits(max_side=32, max_pixels=10_000), tmp_path, warm_up=False)
+  s = AppSegmenter(tiny_model, AppLimits(max_side=32, max_pixels=10_000), tmp_path, warm_up=False)
   with pytest.raises(InputError, match="choose an image"):
     s(None, "a")
   big = tmp_path / "big.png"
@@ -127,7 +159,7 @@ def test_large_images_are_bounded(tiny_model, tmp_path):
   r = s(str(wide), "a", editor_value(scene(64, 64), (8, 40, 8, 40)))
   assert r.image.shape == (16, 32, 3) and r.layers[0][0].shape == (16, 32)
   assert "downscaled to 32x16" in r.notes and "the support image" in r.notes
-  tiny_upload = Segmenter(tiny_model, AppLimits(max_upload_bytes=64), tmp_path, warm_up=False)
+  tiny_upload = AppSegmenter(tiny_model, AppLimits(max_upload_bytes=64), tmp_path, warm_up=False)
   with pytest.raises(InputError, match="larger than"):
     tiny_upload(str(wide), "a")
   with pytest.raises(ValueError, match="max_prompts must be positive"):
@@ -136,7 +168,7 @@ def test_large_images_are_bounded(tiny_model, tmp_path):
 
 def test_old_downloads_are_pruned(tiny_model, tmp_path, photo, monkeypatch):
   monkeypatch.setattr(gradio_app, "KEEP_RESULTS", 2)
-  s = Segmenter(tiny_model, out_dir=tmp_path, warm_up=False)
+  s = AppSegmenter(tiny_model, out_dir=tmp_path, warm_up=False)
   folders = [Path(s(photo, "a").files[0]).parent for _ in range(3)]
   assert not folders[0].exists() and folders[1].exists() and folders[2].exists()
 
@@ -175,7 +207,7 @@ def test_build_app_with_offline_examples(segmenter):
   app = gradio_app.build_app(segmenter.model, name="tiny", segmenter=segmenter)
   assert isinstance(app, gr.Blocks)
   examples = list((segmenter.out_dir / "examples").glob("*.png"))
-  assert len(examples) == 4 * len(gradio_app.EXAMPLE_SEEDS)  # query; support, painted layer, composite
+  assert len(examples) == 4 * len(app_inputs.EXAMPLE_SEEDS)  # query; support, painted layer, composite
   rows = gradio_app.example_inputs(segmenter.out_dir / "examples")
   query, text, editor, mix, _ = rows[0]
   r = segmenter(query, text, editor, mix, 0.5, 0.5)  # file paths, as the examples give them
@@ -295,7 +327,7 @@ def test_support_images_are_checked_before_decoding(tiny_model, tmp_path, photo)
   gr = pytest.importorskip("gradio")
   from gradio.data_classes import FileData
 
-  s = Segmenter(tiny_model, AppLimits(max_pixels=1_000_000), tmp_path, warm_up=False)
+  s = AppSegmenter(tiny_model, AppLimits(max_pixels=1_000_000), tmp_path, warm_up=False)
   bomb = tmp_path / "bomb.png"
   bomb.write_bytes(png_header(12000, 12000))
   editor = {"background": str(bomb), "layers": [str(bomb)], "composite": str(bomb)}

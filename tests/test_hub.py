@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from conftest import max_rel_err
 from PIL import Image
 
 from clipseg_jax import ClipSeg, load_model
 from clipseg_jax.cli.main import main
-from clipseg_jax.export import DECODER_MARKER, PROVENANCE, export_decoder
+from clipseg_jax.export import DECODER_MARKER, export_decoder
 from clipseg_jax.load import workdir_provenance
 from clipseg_jax.weights import io
 
@@ -75,7 +75,7 @@ def test_export_runs_in_transformers_processor_and_model(model64, tmp_path, torc
   back = load_model(out)
   assert back.image_size == IMAGE_SIZE  # read back from preprocessor_config.json
   ours = next(back.predict_iter([image], back.encode_text(prompts)))["logits"]
-  assert rel_err(ours, want) <= 1e-5
+  assert max_rel_err(ours, want) <= 1e-5
 
 
 def test_files_respect_the_umask(tmp_path):
@@ -89,16 +89,19 @@ def test_files_respect_the_umask(tmp_path):
 
 
 def test_card_says_what_where_and_how(model64, tmp_path):
-  from clipseg_jax.train.model import fingerprint
+  from clipseg_jax.weights.io import fingerprint
 
-  model64.config.extra[PROVENANCE] = {
-    "clip": "openai/clip-vit-base-patch16",
-    "training": {"dataset": "phrasecut", "steps": 20000, "batch_size": 64, "optimizer": {"learning_rate": 0.001}},
-  }
+  before = model64.manifest
+  model64.manifest = before.replace(
+    clip="openai/clip-vit-base-patch16",
+    provenance={
+      "training": {"dataset": "phrasecut", "steps": 20000, "batch_size": 64, "optimizer": {"learning_rate": 0.001}}
+    },
+  )
   try:
     out = model64.export_hf(tmp_path / "hf", evaluation=REPORT, name="org/clipseg-test", license="mit")
   finally:
-    model64.config.extra.pop(PROVENANCE)
+    model64.manifest = before
   card = (out / "README.md").read_text()
   meta = front_matter(card)
   for line in ("library_name: transformers", 'license: "mit"'):
@@ -248,13 +251,15 @@ def test_revision_and_cache_dir_reach_the_hub(tiny_dir, tmp_path, offline):
   shutil.copytree(tiny_dir, v2)
   pre = json.loads((v2 / "preprocessor_config.json").read_text())
   (v2 / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 64, "width": 64}}))
+  manifest = json.loads((v2 / "clipseg_manifest.json").read_text())
+  (v2 / "clipseg_manifest.json").write_text(json.dumps({**manifest, "input": {"image_size": 64}}))
   main_hash, v2_hash = "a" * 40, "b" * 40
   cache = tmp_path / "cache"
   hub_cache(cache, "org/tiny", {main_hash: Path(tiny_dir), v2_hash: v2}, {"main": main_hash, "v2": v2_hash})
 
   model = load_model("org/tiny", cache_dir=cache)
   assert model.image_size == 352
-  assert model.config.extra[PROVENANCE]["base_model"] == "org/tiny"
+  assert model.manifest.provenance["base_model"] == "org/tiny"
   assert load_model("org/tiny", cache_dir=str(cache), revision="v2").image_size == 64
   assert load_model("org/tiny", cache_dir=cache, revision=v2_hash, token="hf_x").image_size == 64
   with pytest.raises(OSError, match="'org/tiny' at revision 'v3'"):

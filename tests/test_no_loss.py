@@ -50,7 +50,7 @@ def test_bfloat16_segment_serve_and_app(bf16_model, tiny_dir, tmp_path):
   assert main([*args, "--out", str(tmp_path / "out")]) == 0
   assert (tmp_path / "out" / "a_0_a-cat_mask.png").is_file()
 
-  from clipseg_jax.web.gradio_app import AppLimits, Segmenter
+  from clipseg_jax.web.gradio_app import AppLimits, AppSegmenter
   from clipseg_jax.web.server import make_server
 
   srv = make_server(bf16_model, "bf16", port=0, quiet=True)
@@ -68,7 +68,7 @@ def test_bfloat16_segment_serve_and_app(bf16_model, tiny_dir, tmp_path):
   finally:
     srv.shutdown()
     srv.server_close()
-  app = Segmenter(bf16_model, AppLimits(), tmp_path / "app", warm_up=False)
+  app = AppSegmenter(bf16_model, AppLimits(), tmp_path / "app", warm_up=False)
   assert len(app(str(tmp_path / "a.png"), "a cat\na dog").layers) == 2
 
 
@@ -267,6 +267,11 @@ def test_recipe_files_that_do_not_load_name_the_file(tmp_path, capsys):
     load_config(plain)
   with pytest.raises(ValueError, match=r"raises.py: get_config\(\) failed: KeyError"):
     load_config(raises)
+  # A recipe argument get_config() refuses: its own message, not config_flags' "Error whilst parsing".
+  with pytest.raises(
+    ValueError, match=r"pascal5i.py: get_config\(\) failed: ValueError: PASCAL-5i fold must be 0-3, got 4"
+  ):
+    load_config("pascal5i:4")
   assert main(["train", "--config", str(syntax), "--workdir", str(tmp_path / "w")]) == 2
   assert "syntax error" in capsys.readouterr().err and not (tmp_path / "w").exists()
 

@@ -12,14 +12,14 @@ from PIL import Image
 from test_pcplus import MemorySource, assert_same, batches
 
 from clipseg_jax import preprocess, prompts
-from clipseg_jax.input_pipeline import device
+from clipseg_jax.input_pipeline import device, handoff
 from clipseg_jax.input_pipeline.loader import make_loader
 from clipseg_jax.input_pipeline.pcplus import (
   PairIndex,
   PCPlusOptions,
   PCPlusRawTransform,
   PCPlusTransform,
-  stack_samples,
+  padded_keys,
 )
 
 SIZE = 32
@@ -35,6 +35,13 @@ def pairs_of_both_paths(opts, n=60, seed=0, source=None):
   a = [host(i, np.random.default_rng([seed, k])) for k, i in enumerate(ids)]
   b = [raw(i, np.random.default_rng([seed, k])) for k, i in enumerate(ids)]
   return a, b
+
+
+def stack_samples(samples, opts):
+  """Samples of either path batched as the loader does (texts left out): the device path's crops padded
+  to the buffer."""
+  batcher = handoff.Batcher(pad=padded_keys(opts) if opts.device_augment else {})
+  return batcher([{k: v for k, v in s.items() if k != "text"} for s in samples])
 
 
 def stack_raw(samples, opts):

@@ -71,6 +71,52 @@ def test_segment_api(server, tiny_model):
   assert np.abs(mask - want).max() <= 0.5 / 255 + 1e-6  # the page shows what predict computes
 
 
+def test_expressions_label_maps_and_instances(server, tiny_model):
+  """Expressions come back as the library computes them (its operators are tested in test_algebra.py), a label
+  map takes the most probable prompt above its threshold, instances are the components of a thresholded mask."""
+  image = np.random.RandomState(1).randint(0, 256, (40, 56, 3), np.uint8)
+  prompts = ['"a cat" - "a dog"', '"a cat" | "a dog"', "a dog"]
+  body = {"image": png_b64(image), "prompts": prompts, "label_map": True, "thresholds": [0.5, 0.45, 0.4]}
+  status, out = post(server, json.dumps({**body, "instances": True, "min_area": 3}).encode())
+  assert status == 200, out
+  want = tiny_model.predict_expressions(image, prompts)[0]
+  cat, dog = tiny_model.predict(image, ["a cat", "a dog"])[0]
+  assert np.abs(want[1] - np.maximum(cat, dog)).max() < 0.05  # combined at the model's size, then resized
+  for entry, w in zip(out["masks"], want):
+    assert np.abs(np.asarray(decode_png(entry["mask"]), np.float32) / 255 - w).max() <= 0.5 / 255 + 1e-5
+  # The label map, from the rule: prompt i where p_i > t_i and p_i is the largest such; else background.
+  t = np.array([0.5, 0.45, 0.4])[:, None, None]
+  stack = np.stack(want)
+  above = np.where(stack > t, stack, -1.0)
+  labels = np.where(above.max(0) >= 0, above.argmax(0) + 1, 0)
+  got = decode_png(out["label_map"]["labels"])
+  assert got.mode == "P" and got.size == (56, 40)
+  assert (np.asarray(got) == labels).mean() > 0.99  # pixels at a threshold's edge may round either way
+  assert [e["name"] for e in out["label_map"]["legend"]] == ["background", *prompts]
+  for entry in out["masks"]:
+    scores = [i["score"] for i in entry["instances"]]
+    assert scores == sorted(scores, reverse=True) and all(0.5 < s <= 1 for s in scores)
+    for i in entry["instances"]:
+      x0, y0, x1, y1 = i["box"]
+      assert 0 <= x0 < x1 <= 56 and 0 <= y0 < y1 <= 40 and 3 <= i["area"] <= (x1 - x0 + 1) * (y1 - y0 + 1)
+
+
+@pytest.mark.parametrize(
+  "extra,match",
+  [
+    ({"prompts": ['"a" - ']}, "position"),
+    ({"prompts": ['"a" | "b" | "c" | "d" | "e" | "f" | "g" | "h" | "i" | "j" | "k"']}, "distinct prompts"),
+    ({"prompts": ["a"], "logic": "boolean"}, "logic must be one of"),
+    ({"prompts": ["a"], "label_map": "yes"}, "label_map must be true or false"),
+    ({"prompts": ["a", "b"], "label_map": True, "thresholds": [0.5]}, "one threshold or 2"),
+    ({"prompts": ["a"], "instances": True, "min_area": -1}, "min_area"),
+  ],
+)
+def test_bad_expressions_and_options_are_400s(server, extra, match):
+  got, out = post(server, json.dumps({"image": png_b64(np.zeros((8, 8, 3), np.uint8)), **extra}).encode())
+  assert got == 400 and match in out["error"], out
+
+
 @pytest.mark.parametrize(
   "body,status,match",
   [

@@ -6,9 +6,7 @@ NAME: synthetic (generated), phrasecut, pascal_voc, coco (read from their origin
 
 from __future__ import annotations
 
-import os
-
-DEFAULT_DATA_DIR = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+from clipseg_jax.input_pipeline.sources import default_data_dir
 
 
 def add_arguments(p):
@@ -16,7 +14,7 @@ def add_arguments(p):
   b = sub.add_parser("build", help="prepare a dataset as TFDS array_record files")
   b.add_argument("name", help="synthetic, phrasecut, pascal_voc or coco (optionally NAME/CONFIG)")
   b.add_argument("--manual-dir", default=None, help="the dataset's original files")
-  b.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where prepared datasets live")
+  b.add_argument("--data-dir", default=default_data_dir(), help="where prepared datasets live")
 
 
 def run(args):

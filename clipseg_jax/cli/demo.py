@@ -98,6 +98,8 @@ def iou_fg(numbers: dict) -> tuple[str, str, str]:
 
 def overlays(model, dataset, data_dir, out: Path, n: int = 3):
   """A few held-out scenes, each with its phrases drawn over it."""
+  from PIL import Image
+
   from clipseg_jax import visualize
   from clipseg_jax.input_pipeline import open_source
 
@@ -107,4 +109,4 @@ def overlays(model, dataset, data_dir, out: Path, n: int = 3):
     phrases = list(dict.fromkeys(r["phrases"]))[:4]
     probs = model.predict(r["image"], phrases)[0]
     shown = visualize.overlay(r["image"], probs, phrases).resize((384, 384))
-    visualize.beside(r["image"].resize((384, 384)), shown).save(out / f"overlay_{i}.png")
+    visualize.beside(Image.fromarray(r["image"]).resize((384, 384)), shown).save(out / f"overlay_{i}.png")

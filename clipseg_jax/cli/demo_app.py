@@ -2,7 +2,7 @@
 
 Example: clipseg-jax demo-app (the embedded model, offline), or clipseg-jax demo-app --checkpoint
 CIDAS/clipseg-rd64-refined --host 0.0.0.0 --share. Needs the optional extra: pip install
-'clipseg-jax[demo]'. What clients can spend is bounded: see `clipseg_jax.web.gradio_app.AppLimits`
+'clipseg-jax[demo]'. What clients can spend is bounded: see `clipseg_jax.web.limits.AppLimits`
 (a --flag for each of its fields).
 """
 
@@ -17,7 +17,8 @@ DEFAULT_PORT = 7860
 
 def add_arguments(p):
   # The app module imports gradio only when the app is built, so --help works without the extra.
-  from clipseg_jax.web.gradio_app import DEFAULT_CHECKPOINT, AppLimits
+  from clipseg_jax.web.limits import AppLimits
+  from clipseg_jax.weights.io import DEFAULT_CHECKPOINT
 
   p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="anything load_model takes (default: %(default)s)")
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
@@ -34,7 +35,7 @@ def add_arguments(p):
 
 
 def app_limits(args):
-  from clipseg_jax.web.gradio_app import AppLimits
+  from clipseg_jax.web.limits import AppLimits
 
   return limits_from_args(args, AppLimits)
 

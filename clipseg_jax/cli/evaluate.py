@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from clipseg_jax.cli.data import DEFAULT_DATA_DIR
+from clipseg_jax.input_pipeline.sources import default_data_dir
 
 
 def add_arguments(p):
@@ -16,7 +16,7 @@ def add_arguments(p):
   p.add_argument("--checkpoint", required=True, help="anything load_model takes")
   p.add_argument("--clip", default=None, help="HF CLIP checkpoint, with an original .pth --checkpoint")
   p.add_argument("--task", required=True, choices=sorted(PROTOCOLS))
-  p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="prepared datasets (or the folder dataset)")
+  p.add_argument("--data-dir", default=default_data_dir(), help="prepared datasets (or the folder dataset)")
   p.add_argument("--dataset", default=None, help="override the task's dataset, e.g. synthetic/tiny")
   p.add_argument("--split", default=None)
   p.add_argument("--threshold", type=float, default=None, help="fix the threshold (default: best)")

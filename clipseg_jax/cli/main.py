@@ -7,11 +7,24 @@ import logging
 import os
 import sys
 
-from clipseg_jax.cli import convert, data, demo, demo_app, evaluate, pretrain_clip, push, segment, serve, train
+from clipseg_jax.cli import (
+  calibrate,
+  convert,
+  data,
+  demo,
+  demo_app,
+  evaluate,
+  pretrain_clip,
+  push,
+  segment,
+  serve,
+  train,
+)
 from clipseg_jax.project import install_hint
 
 COMMANDS = {
   "segment": segment,
+  "calibrate": calibrate,
   "convert": convert,
   "train": train,
   "eval": evaluate,
@@ -35,6 +48,10 @@ EXTRAS = {
   "tensorboard": "train",
   "gradio": "demo",
   "clu": "train",
+  "av": "video",
+  "onnx": "onnx",
+  "onnxruntime": "onnx",
+  "onnxscript": "onnx",
 }
 # TensorFlow's C++ INFO lines are noise to a user; warnings stay. Its oneDNN banner is printed before its
 # logging starts, so only turning oneDNN off silences it (TF only reads and decodes records here: no maths).

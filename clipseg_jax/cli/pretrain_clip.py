@@ -25,7 +25,7 @@ def run(args, overrides=()):
   summary = pretrain(cfg, args.workdir)
   print(f"pretrained: {summary}; HF CLIP directory in {Path(args.workdir) / 'clip'}")
   if args.install:
-    from clipseg_jax.train.model import EMBEDDED
+    from clipseg_jax.weights.io import EMBEDDED
 
     target = Path(cfg.export_dir) if cfg.export_dir else EMBEDDED["embedded:synthetic-clip"]
     target.mkdir(parents=True, exist_ok=True)

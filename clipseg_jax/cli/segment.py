@@ -12,6 +12,14 @@ Output names start with the image's stem (`photo` for `photo.jpg`) where that is
 given; images whose outputs would share names are told apart by their extension (`x-jpg`, `x-png`), then
 by their parent directories (`a_x-jpg`, `b_x-jpg`). Files already in --out are never overwritten: the
 command refuses before it writes anything, naming the first such file, unless --overwrite is given.
+
+A --prompt that starts with a quote, `(` or `$` is a prompt expression (clipseg_jax.algebra): `"head" - "ear"`,
+`"a cat" | "a dog"`, `("a" | "b") & "c"`; visual prompts are its operands `$support1`, `$support2`, ... (in
+the order of --support). --label-map writes STEM_labels.png (a palette PNG: 0 background, i = prompt i),
+STEM_labels_legend.json and STEM_labels_overlay.png; --instances writes each connected component as
+STEM_I_PROMPT_instanceK.png and their boxes, areas and scores in STEM_instances.json. --min-area, --fill-holes,
+--erode, --dilate and --feather clean the masks written (clipseg_jax.instances); thresholds: --thresholds
+(per prompt, e.g. from `clipseg-jax calibrate`), else --threshold, else 0.5.
 """
 
 from __future__ import annotations
@@ -19,18 +27,19 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from clipseg_jax import visualize
+from clipseg_jax import algebra, labelmap, visualize
+from clipseg_jax import instances as instance_lib
+from clipseg_jax.cli import segment_video
 from clipseg_jax.preprocess import load_image
+from clipseg_jax.weights.io import DEFAULT_CHECKPOINT
 
-# Offline out of the box: the embedded demo model (synthetic scenes only); photos want a released model,
-# one argument away (--checkpoint CIDAS/clipseg-rd64-refined).
-DEFAULT_CHECKPOINT = "embedded:synthetic"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -59,6 +68,26 @@ def add_arguments(p):
   p.add_argument("--batch-size", type=positive_int, default=4, help="images per vision-tower call")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
   p.add_argument("--overwrite", action="store_true", help="replace output files left in --out by an earlier run")
+  g = p.add_argument_group("expressions, label maps, instances and clean masks")
+  g.add_argument(
+    "--logic",
+    choices=algebra.LOGICS,
+    default=algebra.DEFAULT_LOGIC,
+    help="how expressions combine probabilities: fuzzy (max/min) or product (1-(1-p)(1-q), pq, p(1-q))",
+  )
+  g.add_argument("--label-map", action="store_true", help="also write one label map of all prompts (palette PNG)")
+  g.add_argument(
+    "--thresholds",
+    default=None,
+    help="per-prompt thresholds: a number, a comma list (one per prompt) or a JSON file from `calibrate`",
+  )
+  g.add_argument("--instances", action="store_true", help="also write each connected component (PNG + JSON)")
+  g.add_argument("--min-area", type=non_negative_int, default=0, help="drop components under this many pixels")
+  g.add_argument("--fill-holes", action="store_true", help="fill holes inside masks")
+  g.add_argument("--erode", type=non_negative_int, default=0, help="shrink masks by a disk of this radius (pixels)")
+  g.add_argument("--dilate", type=non_negative_int, default=0, help="grow masks by a disk of this radius (pixels)")
+  g.add_argument("--feather", type=float, default=0.0, help="soft mask edges: Gaussian sigma in pixels")
+  segment_video.add_arguments(p)  # a video file or a folder of frames (--frames): cli/segment_video.py
 
 
 def positive_int(text: str) -> int:
@@ -69,6 +98,31 @@ def positive_int(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
   return value
+
+
+def non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+  return value
+
+
+def cleaning(args) -> dict:
+  """The clean-mask options given (`instances.clean_mask` keywords); empty when none is."""
+  options = dict(min_area=args.min_area, fill_holes=args.fill_holes, erode=args.erode, dilate=args.dilate)
+  options = {k: v for k, v in options.items() if v}
+  if args.feather:
+    options["feather"] = args.feather
+  return options
+
+
+def extra_files(args) -> tuple[str, ...]:
+  """Per-image files beyond the masks and overlays (suffixes after `NAME_`)."""
+  extra = ("labels.png", "labels_legend.json", "labels_overlay.png") if args.label_map else ()
+  return extra + (("instances.json",) if args.instances else ())
 
 
 def expand_images(specs) -> list[Path]:
@@ -94,15 +148,16 @@ def expand_images(specs) -> list[Path]:
   return list(unique.values())
 
 
-def output_files(name: str, labels, logits: bool) -> list[str]:
-  """The files written for one image whose outputs are named `name`."""
+def output_files(name: str, labels, logits: bool, extra=()) -> list[str]:
+  """The files written for one image whose outputs are named `name` (instance PNGs aside: their number is
+  known only after predicting)."""
   files = [
     f"{name}_{i}_{visualize.slug(label)}_{kind}.png" for i, label in enumerate(labels) for kind in ("mask", "overlay")
   ]
   files.append(f"{name}_overlay.png")
   if logits:
     files.append(f"{name}_logits.npz")
-  return files
+  return files + [f"{name}_{suffix}" for suffix in extra]
 
 
 def _candidate(path: Path, level: int) -> str:
@@ -114,7 +169,7 @@ def _candidate(path: Path, level: int) -> str:
   return "_".join([*reversed(parents), name])
 
 
-def output_names(paths, labels, logits: bool = False) -> list[str]:
+def output_names(paths, labels, logits: bool = False, extra=()) -> list[str]:
   """A name per image such that no two images' output files coincide: the stem where that is unique,
   else the stem and extension, else those after as many parent directory names as it takes (all
   deterministic, from the paths alone); a numeric suffix as the last resort."""
@@ -124,7 +179,7 @@ def output_names(paths, labels, logits: bool = False) -> list[str]:
     names = [_candidate(p, lv) for p, lv in zip(paths, levels)]
     owners = collections.defaultdict(set)
     for i, name in enumerate(names):
-      for f in output_files(name, labels, logits):
+      for f in output_files(name, labels, logits, extra):
         owners[f].add(i)
     clash = {i for group in owners.values() if len(group) > 1 for i in group}
     if not clash:
@@ -137,10 +192,10 @@ def output_names(paths, labels, logits: bool = False) -> list[str]:
   taken, out = set(), []
   for name in names:
     candidate, k = name, 1
-    while any(f in taken for f in output_files(candidate, labels, logits)):
+    while any(f in taken for f in output_files(candidate, labels, logits, extra)):
       k += 1
       candidate = f"{name}~{k}"
-    taken.update(output_files(candidate, labels, logits))
+    taken.update(output_files(candidate, labels, logits, extra))
     out.append(candidate)
   return out
 
@@ -156,27 +211,48 @@ def run(args):
 
   from clipseg_jax import load_model
 
+  if segment_video.wanted(args):
+    return segment_video.run(args)
   if len(args.support) != len(args.support_mask):
     raise ValueError(f"{len(args.support)} --support images but {len(args.support_mask)} --support-mask files")
   prompts = list(args.prompt)
   labels = list(args.prompt)
-  for image, mask in zip(args.support, args.support_mask):
-    prompts.append((load_image(image), load_image(mask)))
+  operands = {}
+  for k, (image, mask) in enumerate(zip(args.support, args.support_mask), 1):
+    pair = (load_image(image), load_image(mask))
+    prompts.append(pair)
     labels.append(f"support {Path(image).stem}")
+    operands[f"support{k}"] = pair
   if not prompts:
     raise ValueError("give at least one --prompt (or --support with --support-mask)")
+  expressions = any(algebra.is_expression(p) for p in args.prompt)
+  program = algebra.compile_expressions(prompts, operands) if expressions else None  # bad syntax: before loading
+  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+    raise ValueError(f"threshold must be a probability in [0, 1] or None, got {args.threshold!r}")
+  thresholds = labelmap.as_thresholds(
+    args.threshold if args.threshold is not None else instance_lib.DEFAULT_THRESHOLD, len(labels)
+  )
+  if args.thresholds is not None:
+    thresholds = labelmap.read_thresholds(args.thresholds, labels)
+  clean = cleaning(args)
+  clean_options = dict(clean)
+  if clean:  # bad options fail before the model loads
+    instance_lib.clean_mask(np.zeros((1, 1), np.float32), **clean_options)
   paths = expand_images(args.images)
   out = Path(args.out) if args.out is not None else default_out(args.images[0])
-  names = dict(zip(paths, output_names(paths, labels, args.logits)))
+  extra = extra_files(args)
+  names = dict(zip(paths, output_names(paths, labels, args.logits, extra)))
   if not args.overwrite:
     for path in paths:
-      for f in output_files(names[path], labels, args.logits):
-        if (out / f).exists():
+      existing = [out / f for f in output_files(names[path], labels, args.logits, extra)]
+      if args.instances:
+        existing += sorted(out.glob(f"{glob.escape(names[path])}_*_instance*.png"))
+      for f in existing:
+        if f.exists():
           raise FileExistsError(
-            f"{out / f} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
+            f"{f} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
           )
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
-  cond = model.encode_prompts(prompts)
   out.mkdir(parents=True, exist_ok=True)
   loaded, failures = collections.deque(), []
 
@@ -192,18 +268,41 @@ def run(args):
       yield image
 
   bar = tqdm(total=len(paths), desc="segment", unit="image", disable=len(paths) < 2)
-  results = model.predict_iter(images(), cond, threshold=args.threshold, batch_size=args.batch_size)
+  if expressions:
+    results = algebra.predict_expressions_iter(
+      model, images(), prompts, operands=operands, logic=args.logic, batch_size=args.batch_size
+    )
+    leaf_names = [
+      p if isinstance(p, str) else labels[next(i for i, q in enumerate(prompts) if q is p)] for p in program.prompts
+    ]
+  else:
+    results = model.predict_iter(images(), model.encode_prompts(prompts), batch_size=args.batch_size)
+    leaf_names = labels
   for done, result in enumerate(results, 1):
     path, image = loaded.popleft()
     name = names[path]
-    shown = result["masks"]
+    probs = result["masks"]
+    if clean:
+      shown = np.stack([instance_lib.clean_mask(p, t, **clean_options) for p, t in zip(probs, thresholds)])
+    elif args.thresholds is None and args.threshold is not None:
+      shown = probs > args.threshold
+    elif args.thresholds is not None:
+      shown = probs > thresholds[:, None, None]
+    else:
+      shown = probs
     for i, (label, mask) in enumerate(zip(labels, shown)):
       stem = f"{name}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")
       visualize.beside(image, visualize.overlay(image, mask, [label])).save(out / f"{stem}_overlay.png")
     visualize.beside(image, visualize.overlay(image, shown, labels)).save(out / f"{name}_overlay.png")
     if args.logits:
-      np.savez_compressed(out / f"{name}_logits.npz", logits=result["logits"], prompts=np.array(labels))
+      np.savez_compressed(out / f"{name}_logits.npz", logits=result["logits"], prompts=np.array(leaf_names))
+    if args.label_map:
+      classes = labelmap.label_map(probs, thresholds)
+      labelmap.save_label_map(out / f"{name}_labels.png", classes, labels)
+      visualize.beside(image, labelmap.label_overlay(image, classes, labels)).save(out / f"{name}_labels_overlay.png")
+    if args.instances:
+      write_instances(out, name, path, probs, labels, thresholds, clean_options)
     bar.update(done + len(failures) - bar.n)  # skipped files count as seen
   bar.close()
   done = len(paths) - len(failures)
@@ -213,3 +312,19 @@ def run(args):
       f"{len(failures)} of {len(paths)} image(s) could not be read: {failures[0]}"
       + (" ..." if len(failures) > 1 else "")
     )
+
+
+def write_instances(out: Path, name: str, path: Path, probs, labels, thresholds, clean_options: dict):
+  """Each prompt's connected components as `NAME_I_PROMPT_instanceK.png` (K from 1, highest score first; the
+  feathered mask with --feather) and `NAME_instances.json` listing their files, boxes, areas and scores."""
+  table = []
+  for i, (label, p, t) in enumerate(zip(labels, probs, thresholds)):
+    found = instance_lib.instances(p, float(t), **clean_options)
+    rows = []
+    for k, inst in enumerate(found, 1):
+      file = f"{name}_{i}_{visualize.slug(label)}_instance{k}.png"
+      visualize.mask_image(inst.soft if inst.soft is not None else inst.mask).save(out / file)
+      rows.append({"file": file, **inst.to_dict()})
+    table.append({"prompt": label, "threshold": float(t), "instances": rows})
+  doc = {"image": str(path), "box_format": "x0, y0, x1, y1 (pixels; x1, y1 exclusive)", "prompts": table}
+  (out / f"{name}_instances.json").write_text(json.dumps(doc, indent=2) + "\n")

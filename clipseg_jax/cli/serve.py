@@ -2,13 +2,13 @@
 
 Example: clipseg-jax serve --checkpoint CIDAS/clipseg-rd64-refined --port 7860, then open
 http://127.0.0.1:7860 in a browser. Every resource a client can spend is bounded: see
-`clipseg_jax.web.server.ServerLimits` (a --flag for each of its fields).
+`clipseg_jax.web.limits.ServerLimits` (a --flag for each of its fields).
 """
 
 from __future__ import annotations
 
 from clipseg_jax.cli.limits import add_limit_flags, limits_from_args
-from clipseg_jax.cli.segment import DEFAULT_CHECKPOINT
+from clipseg_jax.weights.io import DEFAULT_CHECKPOINT
 
 
 def add_arguments(p):
@@ -31,7 +31,7 @@ def add_arguments(p):
     help="another name this server answers to in the Host header (repeatable; 127.0.0.1, localhost and "
     "--host are always accepted): e.g. the machine's name with --host 0.0.0.0",
   )
-  from clipseg_jax.web.server import ServerLimits
+  from clipseg_jax.web.limits import ServerLimits
 
   add_limit_flags(p, ServerLimits, "server")
 

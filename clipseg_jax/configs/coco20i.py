@@ -15,7 +15,6 @@ The `bl64-7K-vit16-cbh-neg0.2-coco-FOLD` rows: `--config coco20i_baseline:FOLD`.
 import ml_collections
 
 from clipseg_jax.configs import common
-from clipseg_jax.input_pipeline.pcplus import TEMPLATES
 
 STEPS = 7000  # the rows' max_iterations and T_max
 
@@ -35,7 +34,7 @@ def fold_config(fold: int, negative_prob: float = 0.0):
   p.q_neg = 0.0  # COCO's negatives are data.episodes.negative_prob (support only)
   p.mix_max = 1.0  # no mix_text_max in coco.yaml: torch's Uniform(0, 1)
   p.prompt_mode = "crop_blur_highlight"  # at image_size 352: crop_blur_highlight352
-  p.templates = TEMPLATES  # prompt: shuffle+
+  p.templates = common.SHUFFLE_PLUS  # prompt: shuffle+
   p.device_augment = False
   return c
 

@@ -1,9 +1,26 @@
-"""The fields every training config has; recipes override what differs (one file per recipe)."""
+"""The fields every training config has; recipes override what differs (one file per recipe).
+
+Recipes hold literals and import nothing from the library (only ml_collections and each other): what a
+value means is decided where the library reads the config. tests/test_configs.py checks that the literals
+below match the library's own defaults.
+"""
 
 import ml_collections
 
-from clipseg_jax.input_pipeline.pcplus import TEMPLATES
-from clipseg_jax.train.freeze import DEFAULT_RULES
+# timojl/clipseg `get_prompt_list("shuffle+")` (= clipseg_jax.input_pipeline.pcplus.TEMPLATES): one drawn per sample
+SHUFFLE_PLUS = (
+  "a photo of a {}.",
+  "a photograph of a {}.",
+  "an image of a {}.",
+  "{}.",
+  "a cropped photo of a {}.",
+  "a good photo of a {}.",
+  "a photo of one {}.",
+  "a bad photo of a {}.",
+  "a photo of the {}.",
+)
+# The paper's: the decoder trains, CLIP is frozen (= clipseg_jax.train.freeze.DEFAULT_RULES)
+DECODER_ONLY = (("decoder/.*", 1.0), ("clip/.*", "frozen"))
 
 
 def base() -> ml_collections.ConfigDict:
@@ -43,7 +60,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "phrasecut"
-  c.data.data_dir = "~/tensorflow_datasets"
+  # Prepared datasets; unset: $TFDS_DATA_DIR, else ~/tensorflow_datasets (input_pipeline.sources.data_dir_or_default)
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = "train"
   c.data.eval_split = "val"
   c.data.workers = 2
@@ -68,7 +86,7 @@ def base() -> ml_collections.ConfigDict:
       crop_tries=50,
       min_mask_fraction=0.05,
       augment=True,
-      templates=TEMPLATES,
+      templates=SHUFFLE_PLUS,
       # Supports' prompt engineering inside the jitted step (input_pipeline/device.py): the same samples
       # (to float32 rounding), 2.3x the loader's throughput per worker; False: all on the host.
       device_augment=True,
@@ -94,7 +112,7 @@ def base() -> ml_collections.ConfigDict:
   # What trains: (regex over '/'-joined parameter paths, learning-rate multiplier or "frozen"), first
   # match wins (clipseg_jax/train/freeze.py). E.g. the last vision block at a tenth of the rate:
   # (("decoder/.*", 1.0), ("clip/vision_model/encoder/layers_11/.*", 0.1), ("clip/.*", "frozen")).
-  c.optim.freeze_rules = DEFAULT_RULES
+  c.optim.freeze_rules = DECODER_ONLY
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)  # (data, model); -1: all remaining devices

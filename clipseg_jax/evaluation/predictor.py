@@ -57,8 +57,8 @@ class NoPromptPredictor(ModelPredictor):
 
 def predictor_for(model, withhold_prompt: bool | None = None, templates=None) -> ModelPredictor:
   """The predictor for a ClipSeg: the prompt-withheld ablation when asked, or when the checkpoint was
-  trained that way (its config records `withhold_prompt`, written by the trainer); `templates`: a
+  trained that way (its manifest records `withhold_prompt`, written by the trainer); `templates`: a
   prompt ensemble for the text prompts."""
   if withhold_prompt is None:
-    withhold_prompt = bool(model.config.extra.get("withhold_prompt", False))
+    withhold_prompt = model.manifest.withhold_prompt
   return (NoPromptPredictor if withhold_prompt else ModelPredictor)(model, templates)

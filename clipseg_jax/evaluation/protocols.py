@@ -83,13 +83,13 @@ VISUAL_TASKS = {"pascal5i", "coco20i"}
 
 
 def check_model_fits(model, task: str):
-  """A clear error before any compute when the checkpoint cannot do the task (the trainer records the
-  prompt kinds a decoder saw in its config's `trained_prompts`)."""
-  trained = model.config.extra.get("trained_prompts", ["text", "visual"])
+  """A clear error before any compute when the checkpoint cannot do the task (its manifest records the
+  prompt kinds the decoder saw: `trained_prompts`)."""
+  trained = model.manifest.trained_prompts
   if task in VISUAL_TASKS and "visual" not in trained:
     raise ValueError(
       f"task {task!r} prompts with support images, but this checkpoint was trained on "
-      f"{'/'.join(trained)} prompts only (config.json trained_prompts)"
+      f"{'/'.join(trained)} prompts only (its manifest's trained_prompts)"
     )
 
 

@@ -224,8 +224,8 @@ class Coco20iTransform:
 
 def make_transform(cfg_data, opts: PCPlusOptions):
   """The episodic transform a config's `data` asks for (`data.episodes.kind`)."""
-  import os
+  from clipseg_jax.input_pipeline.sources import data_dir_or_default
 
   episodes = EpisodeOptions.from_config(cfg_data.episodes)
-  source = SemanticSource(cfg_data.name, cfg_data.train_split, os.path.expanduser(cfg_data.data_dir))
+  source = SemanticSource(cfg_data.name, cfg_data.train_split, data_dir_or_default(cfg_data.data_dir))
   return Coco20iTransform(source, episodes, opts)

@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from clipseg_jax import preprocess, prompts
-from clipseg_jax.input_pipeline import handoff, sources
+from clipseg_jax.input_pipeline import sources
 
 # timojl/clipseg `models/clipseg.py` `get_prompt_list("shuffle+")`: no bare "{}". Its `training.py`
 # samples them (`model.sample_prompts`) only when `mix` is on; otherwise the raw phrase is the prompt.
@@ -179,13 +179,6 @@ def padded_keys(opts: PCPlusOptions) -> dict[str, tuple[int, int, int]]:
   to `crop_buffer` on each side: {key: per-sample shape}."""
   side = crop_buffer(opts)
   return {"pixels": (side, side, 3), "support_pixels": (side, side, 3)}
-
-
-def stack_samples(samples: list[dict], opts: PCPlusOptions) -> dict:
-  """Samples of either path batched as the loader does (texts left out): the device path's crops
-  padded to `crop_buffer`."""
-  batcher = handoff.Batcher(pad=padded_keys(opts) if opts.device_augment else {})
-  return batcher([{k: v for k, v in s.items() if k != "text"} for s in samples])
 
 
 def ship_crop(image: np.ndarray, opts: PCPlusOptions) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,19 @@ from PIL import Image
 from clipseg_jax.input_pipeline.builders import BUILDERS
 
 REFERRING = ("synthetic", "phrasecut")
+TFDS_DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default
 log = logging.getLogger(__name__)
+
+
+def default_data_dir() -> str:
+  """Where prepared datasets live unless told otherwise: $TFDS_DATA_DIR (as TFDS itself reads it), else
+  ~/tensorflow_datasets. The `data` and `eval` commands' --data-dir and a config's unset `data.data_dir`."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(TFDS_DEFAULT_DATA_DIR)
+
+
+def data_dir_or_default(data_dir) -> str:
+  """A config's data directory (`~` expanded), or `default_data_dir()` where it is unset (None or "")."""
+  return os.path.expanduser(str(data_dir)) if data_dir else default_data_dir()
 
 
 def tfds_builder(name: str, data_dir: str | os.PathLike):

@@ -69,6 +69,10 @@ def _parse(path: str, args) -> tuple[ml_collections.ConfigDict, list[str]]:
     rest = values(argv, known_only=False)
     config = values.config
   except flags.Error as e:
+    # Loading the file itself failed (not an override): config_flags wraps what get_config() raised.
+    cause = _user_cause(e) if str(e).startswith("flag --config=") else None
+    if cause is not None:
+      raise ValueError(f"{file}: get_config() failed: {type(cause).__name__}: {_first_line(cause)}") from None
     raise ValueError(f"{file}: {_first_line(e)}") from None
   except SyntaxError as e:
     raise ValueError(f"{file}: syntax error on line {e.lineno}: {e.msg}") from None
@@ -77,6 +81,15 @@ def _parse(path: str, args) -> tuple[ml_collections.ConfigDict, list[str]]:
   if not isinstance(config, ml_collections.ConfigDict):
     raise ValueError(f"{file}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
   return config, rest[1:]
+
+
+def _user_cause(e: BaseException) -> BaseException | None:
+  """The innermost exception under absl's and ml_collections' wrappers (what get_config() raised), if any."""
+  seen, cause = {id(e)}, None
+  while (e := e.__cause__ or e.__context__) is not None and id(e) not in seen:
+    seen.add(id(e))
+    cause = e
+  return cause
 
 
 def _first_line(e: BaseException) -> str:

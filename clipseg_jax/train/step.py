@@ -22,13 +22,8 @@ from clipseg_jax import preprocess, prompts
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.train import freeze
 
-TRAINABLE = ("decoder",)  # what the default rules train (freeze.DEFAULT_RULES)
-
-
-def split(params: dict, rules=freeze.DEFAULT_RULES) -> tuple[dict, dict]:
-  """(trainable, frozen) parts of the params by the freeze rules (default: the decoder trains, CLIP is
-  frozen)."""
-  return freeze.split(params, freeze.labels(params, rules))
+# Loading a workdir applies it too (without training code); the trainer's evaluator uses it from here.
+from clipseg_jax.weights.workdir import fold_activation_scale as fold_activation_scale
 
 
 @flax.struct.dataclass
@@ -125,23 +120,6 @@ def finetune_loss(
     return bce(decode(module, params, acts, cond, rng), batch["mask"])
 
   return loss_fn
-
-
-def fold_activation_scale(trainable: dict, activation_scale: float) -> dict:
-  """Trained params -> the model's own (HF) parameterisation.
-
-  With `model.activation_scale = s` the reduce layers train on s x CLIP's activations: the same
-  model with kernel s*W, but with Adam's steps on W a factor s smaller relative to the activations'
-  scale. The embedded small CLIP's activations have std ~3-5; at s = 1 the prompt-independent skip
-  inputs added after FiLM drown the conditioned path and the decoder barely learns to select the
-  named object (measured on the synthetic set: IoU_FG@0.5 0.01 at s = 1, 0.30 at s = 0.25)."""
-  if activation_scale == 1.0 or "decoder" not in trainable:
-    return trainable
-  decoder = {
-    name: ({**p, "kernel": p["kernel"] * activation_scale} if name.startswith("reduces_") and "kernel" in p else p)
-    for name, p in trainable["decoder"].items()
-  }
-  return {**trainable, "decoder": decoder}
 
 
 def make_stream_step(

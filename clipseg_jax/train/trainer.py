@@ -20,17 +20,18 @@ from clipseg_jax.tokenizer import load_tokenizer
 from clipseg_jax.train import checkpoints, configs, freeze, sharding
 from clipseg_jax.train import step as steps
 from clipseg_jax.train.logs import Writer
-from clipseg_jax.train.model import (
-  check_fingerprint,
+from clipseg_jax.train.recipe_model import (
   check_image_size,
-  fingerprint,
   initial_params,
   model_config,
-  resolve_clip,
+  recipe_manifest,
   trains_clip,
   unreached,
 )
-from clipseg_jax.train.workdir import WorkdirLock
+from clipseg_jax.train.workdir import WorkdirLock, write_model
+from clipseg_jax.weights.backbone import check_fingerprint, resolve_clip
+from clipseg_jax.weights.io import fingerprint
+from clipseg_jax.weights.workdir import FINETUNE_REMEDY
 
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
@@ -205,11 +206,6 @@ def train(cfg, workdir, *, show_progress: bool = True) -> dict:
 def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
 
   config = model_config(cfg.model)
-  # What the decoder will have seen, for `evaluation.protocols.check_model_fits` and `predictor_for`.
-  config.extra.update(
-    trained_prompts=["text", "visual"] if cfg.data.pcplus.visual_prompts else ["text"],
-    withhold_prompt=bool(cfg.model.withhold_prompt),
-  )
   compute = None if cfg.optim.compute_dtype == "float32" else jnp.dtype(cfg.optim.compute_dtype)
   module = ClipSegModel(config, compute, decoder_dropout=float(cfg.model.get("decoder_dropout", 0.0)))
   check_image_size(config, cfg.data.pcplus.image_size, cfg.model.clip)
@@ -225,9 +221,13 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     log.warning("optim.freeze_rules train %d CLIP tensors the loss never reads (e.g. %s)", len(idle), idle[0])
   if freeze.trains_clip(trainable):
     base["clip_trained"] = freeze.paths({"clip": trainable["clip"]})  # the checkpoints hold these
-    config.extra["clip_finetuned"] = True  # export_original refuses: its format holds the decoder only
   if (recorded := workdir / "model" / "base.json").exists():
-    check_fingerprint(workdir, json.loads(recorded.read_text()), params["clip"], base["clip_sha256"])
+    was = json.loads(recorded.read_text())
+    check_fingerprint(
+      workdir, was["clip"], was.get("clip_sha256"), None, remedy=FINETUNE_REMEDY, digest=base["clip_sha256"]
+    )
+  # What the model is (input size, prompt mode and kinds, CLIP): for the evaluator, loading and exports.
+  manifest = recipe_manifest(cfg, config, base)
   del params
   tx = steps.make_optimizer(cfg.optim, cfg.total_steps, freeze.split(labels, labels)[0])
   state = steps.init_state(trainable, tx)
@@ -271,11 +271,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     log.info("resumed %s at step %d", workdir, start)
   state = jax.device_put(state, state_sh)
   if lead:
-    (workdir / "config.json").write_text(configs.to_json(cfg) + "\n")
-    (workdir / "model").mkdir(exist_ok=True)
-    config.to_json(workdir / "model" / "config.json")
-    (workdir / "model" / "base.json").write_text(json.dumps(base) + "\n")
-    tokenizer.save_pretrained(str(workdir / "model"))  # a workdir tokenizes with nothing else
+    write_model(workdir, configs.to_json(cfg), config, base, manifest, tokenizer)
 
   max_skips = int(cfg.optim.get("skip_nonfinite_steps", 0) or 0)
   step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips)
@@ -348,6 +344,7 @@ class Data:
     from clipseg_jax.input_pipeline import open_source
     from clipseg_jax.input_pipeline.heldout import make_filter, repeated_phrases
     from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions
+    from clipseg_jax.input_pipeline.sources import data_dir_or_default
 
     self.cfg, self.mesh = cfg, mesh
     self.opts = PCPlusOptions.from_config(cfg.data.pcplus)
@@ -357,8 +354,7 @@ class Data:
       self._init_episodes(cfg, tokenizer_dir, module.config.text_config.max_position_embeddings)
       return
     self.cached = use_cache(cfg)
-    data_dir = os.path.expanduser(cfg.data.data_dir)
-    source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir)
+    source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir_or_default(cfg.data.data_dir))
     classes, rule = cfg.data.heldout_classes, cfg.data.get("heldout_rule", "synonyms")
     keep = make_filter(classes, rule) if classes else None
     if cfg.data.get("only_visual"):
@@ -483,16 +479,17 @@ class Evaluator:
   def __call__(self, trainable, step: int):
     from clipseg_jax.evaluation import report
     from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
+    from clipseg_jax.input_pipeline.sources import data_dir_or_default
 
     # The whole model (trained leaves over the frozen ones), its reduce kernels scaled (fold_activation_scale).
     params = freeze.merge(self.frozen, jax.device_get(trainable))
     params = steps.fold_activation_scale(params, self.cfg.model.activation_scale)
     if self.model is None:
-      self.model = ClipSeg(self.config, params, self.tokenizer, image_size=self.cfg.data.pcplus.image_size)
+      self.model = ClipSeg(self.config, params, self.tokenizer, manifest=recipe_manifest(self.cfg, self.config))
     else:
       self.model.params = params
     opts = EvalOptions(
-      data_dir=os.path.expanduser(self.cfg.data.data_dir),
+      data_dir=data_dir_or_default(self.cfg.data.data_dir),
       dataset=self.cfg.data.name,
       split=self.cfg.data.eval_split,
       limit=self.cfg.eval_images,

@@ -1,8 +1,6 @@
-"""A training run's directory as a model: its CLIP source plus the latest trained decoder.
-
-Layout (written by the trainer): `config.json` (the run's config), `model/config.json` (the
-ClipSegConfig), `model/base.json` (the CLIP source and its fingerprint), `model/` tokenizer files,
-`checkpoints/` (Orbax), `.lock` (while a trainer runs in it)."""
+"""A training run's directory, the trainer's side: the lock while a trainer runs in it, and the model
+files it writes when a run starts (`write_model`). Reading a workdir as a model needs no training code:
+`clipseg_jax.weights.workdir` (the layout) and `clipseg_jax.load_model`."""
 
 from __future__ import annotations
 
@@ -14,16 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-import jax.numpy as jnp
-
-from clipseg_jax.api import ClipSeg
 from clipseg_jax.config import ClipSegConfig
-from clipseg_jax.tokenizer import load_tokenizer
-from clipseg_jax.train import freeze
-from clipseg_jax.train.checkpoints import Checkpointer
-from clipseg_jax.train.model import check_backbone, check_fingerprint, clip_params, initial_decoder, model_config_of
-from clipseg_jax.train.step import fold_activation_scale
-from clipseg_jax.weights import hf
+from clipseg_jax.weights.manifest import Manifest
+from clipseg_jax.weights.workdir import BASE, MODEL_DIR, RUN_CONFIG
 
 log = logging.getLogger("clipseg_jax.train")
 
@@ -110,57 +101,14 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def read_json(path: Path) -> dict:
-  """A workdir's JSON file as a dict, or one error naming it (a damaged or hand-edited file)."""
-  try:
-    raw = json.loads(path.read_text())
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path} is missing: the workdir {path.parent} is incomplete") from None
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path} is not valid JSON (damaged?): {e}") from None
-  if not isinstance(raw, dict):
-    raise ValueError(f"{path} should hold a JSON object, got {type(raw).__name__}")
-  return raw
-
-
-def is_workdir(path: Path) -> bool:
-  return path.is_dir() and (path / "checkpoints").is_dir() and (path / "model" / "base.json").exists()
-
-
-def load_workdir(path: Path, dtype=jnp.float32) -> ClipSeg:
-  """The latest checkpoint of the run in `path` as a ClipSeg: its trained leaves (the decoder, and any
-  CLIP leaves the freeze rules fine-tuned) over the base CLIP."""
-  try:
-    config = ClipSegConfig.from_json(path / "model" / "config.json")
-  except (OSError, ValueError, TypeError, KeyError) as e:
-    raise ValueError(f"{path / 'model' / 'config.json'} is not a valid model config (damaged?): {e}") from None
-  base = read_json(path / "model" / "base.json")
-  run = read_json(path / "config.json")
-  template = hf.param_template(config)
-  labels = freeze.labels(template, freeze.rules_of(run.get("optim", {})))
-  trainable, frozen = freeze.split(template, labels)
-  ckpt = Checkpointer(path / "checkpoints")
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{path} holds no checkpoint yet")
-    # The newest step that restores and matches its digest (a damaged newer one: a warning).
-    trained = ckpt.restore_params(trainable)
-  finally:
-    ckpt.close()
-  clip_config = model_config_of(base["clip"])
-  if clip_config is not None:
-    check_backbone(config, clip_config, f"the decoder in {path}", base["clip"])
-  clip = clip_params(config, base["clip"])
-  check_fingerprint(path, base, clip)
-  params = {"clip": clip}
-  if "decoder" in frozen:  # decoder leaves the rules froze keep their initial values (the run's seed)
-    params["decoder"] = initial_decoder(config, run.get("seed", 0))
-  params = freeze.merge(freeze.split(params, labels)[1], trained)
-  params = fold_activation_scale(params, run["model"].get("activation_scale", 1.0))
-  return ClipSeg(
-    config,
-    params,
-    load_tokenizer(path / "model"),
-    dtype,
-    image_size=run["data"]["pcplus"]["image_size"],
-  )
+def write_model(workdir: Path, run_json: str, config: ClipSegConfig, base: dict, manifest: Manifest, tokenizer):
+  """The files that make a workdir a model (`weights.workdir`): the run's config, the model config, its
+  manifest, `base.json` (the CLIP and its fingerprint, which releases before manifests read) and the
+  tokenizer (a workdir tokenizes with nothing else)."""
+  (workdir / RUN_CONFIG).write_text(run_json + "\n")
+  model = workdir / MODEL_DIR
+  model.mkdir(exist_ok=True)
+  config.to_json(model / "config.json")
+  manifest.write(model)
+  (model / BASE).write_text(json.dumps(base) + "\n")
+  tokenizer.save_pretrained(str(model))

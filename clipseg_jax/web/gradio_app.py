@@ -1,19 +1,20 @@
 """A Gradio app for CLIPSeg: text prompts, visual prompts painted in an image editor, and the two mixed.
 
 `build_app(model)` returns the `gr.Blocks`; `launch()` loads a checkpoint (the embedded model by default),
-builds the app and serves it (with a public share link in Colab). The work itself (`Segmenter`) needs no
-gradio, so it is tested by calling it; gradio is imported only by `build_app` and `launch` (extra `[demo]`).
+builds the app and serves it (with a public share link in Colab). The work itself (`AppSegmenter`, and its
+inputs in web/app_inputs.py) needs no gradio, so it is tested by calling it; gradio is imported only by
+`build_app` and `launch` (extra `[demo]`).
 
-What a client can spend is bounded (`AppLimits`): upload bytes, the query's pixels (read from its header
-before decoding), the longer side images are downscaled to, the number and length of prompts, and the
-queue (its size, and how many requests run at once; the model is called one request at a time).
+What a client can spend is bounded (`AppLimits`, web/limits.py): upload bytes, the query's pixels (read
+from its header before decoding: web/uploads.py), the longer side images are downscaled to, the number and
+length of prompts, and the queue (its size, and how many requests run at once; the model is called one
+request at a time).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 import shutil
 import sys
 import tempfile
@@ -25,119 +26,48 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import Image
 
-from clipseg_jax import preprocess, visualize
+from clipseg_jax import algebra, instances, labelmap, preprocess, visualize
 from clipseg_jax.prompts import Mixed
-from clipseg_jax.web.server import check_pixels, check_positive, read_image, release_memory
+from clipseg_jax.web.app_inputs import (
+  BRUSH_COLOR,
+  DEFAULT_TEXT_WEIGHT,
+  InputError,
+  as_array,
+  bound_editor,
+  check_editor_file,
+  example_inputs,
+  painted_mask,
+  resize_mask,
+  split_prompts,
+)
+from clipseg_jax.web.limits import AppLimits
+from clipseg_jax.web.uploads import check_pixels, decode_upload
+from clipseg_jax.web.workers import release_memory
+from clipseg_jax.weights.io import DEFAULT_CHECKPOINT  # the embedded trained CLIPSeg: offline, no download
 
-DEFAULT_CHECKPOINT = "embedded:synthetic"  # the embedded trained CLIPSeg: offline, no download
 DEFAULT_THRESHOLD = 0.5
 SOFT = 0.0  # the threshold slider's value meaning "show probabilities, no threshold"
-DEFAULT_TEXT_WEIGHT = 0.5  # of a mixed prompt: w * text + (1 - w) * visual
 SLIDER_STEP = 0.05
 MB = 1 << 20
 VISUAL_LABEL = "visual prompt"
-PROMPT_SPLIT = re.compile(r"[\n,]")  # prompts: one per line, or comma separated
-BRUSH_COLOR = "#ff00ff"  # the painted mask is the layer's alpha; the colour only shows it
 # Brush diameter (px of the support image). gradio's "auto" brush is so wide that masks spill past the
 # object, and a spilled visual prompt finds little (1% of the object against 9% painted tightly).
 BRUSH_SIZE = 8
+SUPPORT_OPERAND = "support"  # the painted visual prompt's name in expressions: "the star" - $support
+INSTANCE_MIN_AREA = 16  # px: specks below this are not instances
+MAX_BOXES_PER_PROMPT = 20  # instances drawn per prompt (highest scores first)
+SUPPORT_HINT = (
+  "The visual prompt is shown below as the model sees it: the object highlighted, the rest darkened and blurred. "
+  "If the highlight spills past the object, paint more tightly inside it."
+)
 KEEP_RESULTS = 32  # request folders of mask downloads kept (gradio copies outputs into its own cache)
 CACHE_CLEANUP_S = (3600, 3600)  # gradio's delete_cache: every hour, remove its cached files older than an hour
 WARM_UP_SIZE = 64  # the tiny image compiled at start (text and visual stages)
 IMAGE_HEIGHT = 300  # display heights (px) of the query, support editor and result, to keep the page compact
 EDITOR_HEIGHT = 380
 RESULT_HEIGHT = 460
-EXAMPLE_SIZE = 256  # side of the synthetic example scenes (the embedded model trained on such scenes)
-EXAMPLE_SEEDS = (3, 11)  # scenes for the examples (deterministic)
-SUPPORT_SEARCH = 200  # seeds tried for a support scene holding an object like the query's
-
-
-@dataclasses.dataclass(frozen=True)
-class AppLimits:
-  """What clients can make the app spend; `clipseg-jax demo-app` has a flag for each field."""
-
-  max_upload_bytes: int = dataclasses.field(default=20 << 20, metadata={"help": "largest uploaded file (bytes)"})
-  max_pixels: int = dataclasses.field(
-    default=40_000_000, metadata={"help": "largest query image (width*height from its header, before decoding)"}
-  )
-  max_side: int = dataclasses.field(
-    default=1024, metadata={"help": "query and support images are downscaled to this longer side first"}
-  )
-  max_prompts: int = dataclasses.field(
-    default=len(visualize.PALETTE), metadata={"help": "prompts per request (text and visual together)"}
-  )
-  max_prompt_chars: int = dataclasses.field(default=300, metadata={"help": "characters per text prompt"})
-  queue_size: int = dataclasses.field(default=16, metadata={"help": "requests waiting in gradio's queue"})
-  concurrency: int = dataclasses.field(default=1, metadata={"help": "requests processed at once"})
-
-  def __post_init__(self):
-    check_positive(self)
-
-
-class InputError(ValueError):
-  """A request the app refuses; the page shows its message."""
-
-
-def split_prompts(text: str | None) -> list[str]:
-  """Text prompts typed one per line or comma separated -> stripped, non-empty, first occurrences only."""
-  return list(dict.fromkeys(p.strip() for p in PROMPT_SPLIT.split(text or "") if p.strip()))
-
-
-def painted_mask(layers, shape: tuple[int, int]) -> np.ndarray:
-  """The union of the editor's painted layers (their alpha, or any colour for layers without one) -> bool
-  [H, W] at `shape` (nearest, should the canvas differ from the background)."""
-  mask = np.zeros(shape, bool)
-  for layer in layers or []:
-    layer = as_array(layer)
-    if layer.ndim == 3 and layer.shape[-1] == 4:
-      painted = layer[..., 3] > 0
-    else:
-      painted = layer.reshape(layer.shape[:2] + (-1,)).any(-1)
-    mask |= painted if painted.shape == shape else _resize_mask(painted, shape)
-  return mask
-
-
-def as_array(image) -> np.ndarray:
-  """An image as the editor or a Python caller gives it (array, PIL image or file path) -> array."""
-  if isinstance(image, (str, Path)):
-    with Image.open(image) as im:
-      return np.asarray(im)
-  return np.asarray(image)
-
-
-def check_editor_file(file, max_pixels: int, what: str = "the support image"):
-  """An image the editor uploaded (a path, gradio's FileData or bytes), refused from its header when it
-  would decode to more than `max_pixels`: gradio decodes the editor's images before the app sees them."""
-  path = getattr(file, "path", file)
-  raw = bytes(path) if isinstance(path, (bytes, bytearray, memoryview)) else Path(path).read_bytes()
-  try:
-    check_pixels(raw, max_pixels)
-  except ValueError as e:
-    raise InputError(f"{what}: {e}") from None
-
-
-def bound_editor(gr, editor, max_pixels: int):
-  """`editor` (a gr.ImageEditor) with its uploads (background, layers, composite) checked by
-  `check_editor_file` before gradio decodes them. The instance's method is wrapped: a subclass would
-  make gradio write a `.pyi` stub beside this module."""
-  convert = editor.convert_and_format_image
-
-  def convert_and_format_image(file, *args, **kwargs):
-    if file is not None:
-      try:
-        check_editor_file(file, max_pixels)
-      except InputError as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    return convert(file, *args, **kwargs)
-
-  editor.convert_and_format_image = convert_and_format_image
-  return editor
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST)) > 0
 
 
 def unique_labels(labels: list[str]) -> list[str]:
@@ -158,16 +88,21 @@ def hex_color(i: int) -> str:
 @dataclasses.dataclass
 class Result:
   """One request's answer: the query image, one (mask, label) layer per prompt, their colours, the
-  downloadable files (a zip first, then a PNG per prompt) and notes for people."""
+  downloadable files (a zip first, then a PNG per prompt), notes for people, the visual prompt as the
+  model sees it (uint8, None without one), the label map over the image (when asked for) and the
+  instances' boxes ((x0, y0, x1, y1), label) (when asked for)."""
 
   image: np.ndarray
   layers: list[tuple[np.ndarray, str]]
   colors: dict[str, str]
   files: list[str]
   notes: str
+  support_view: np.ndarray | None = None
+  label_view: np.ndarray | None = None
+  boxes: list[tuple[tuple[int, int, int, int], str]] = dataclasses.field(default_factory=list)
 
 
-class Segmenter:
+class AppSegmenter:
   """The app's work, without gradio: checks a request, runs the model (one call at a time) and writes
   the mask downloads under `out_dir` (the last KEEP_RESULTS requests are kept)."""
 
@@ -197,7 +132,7 @@ class Segmenter:
     raw = path.read_bytes()
     try:
       check_pixels(raw, self.limits.max_pixels)
-      return read_image(raw, self.max_side)  # large JPEGs are decoded at reduced scale directly
+      return decode_upload(raw, self.max_side)  # large JPEGs are decoded at reduced scale directly
     except ValueError as e:
       raise InputError(str(e)) from e
 
@@ -229,7 +164,7 @@ class Segmenter:
       raise InputError("the support image has no painted mask: paint the object with the brush (or clear it)")
     image, notes = self._decode(background, "the support image")
     if image.size != background.size:
-      mask = _resize_mask(mask, (image.height, image.width))
+      mask = resize_mask(mask, (image.height, image.width))
     if not mask.any():
       raise InputError("the painted mask vanished when the support image was downscaled: paint a larger area")
     return image, mask, notes
@@ -258,20 +193,39 @@ class Segmenter:
       raise InputError("enter a text prompt or paint a visual prompt")
     if len(prompts) > self.limits.max_prompts:
       raise InputError(f"{len(prompts)} prompts; the limit is {self.limits.max_prompts}")
+    if any(algebra.is_expression(p) for p in texts):
+      operands = {SUPPORT_OPERAND: prompts[-1]} if support is not None else {}
+      try:
+        leaves = algebra.compile_expressions(prompts, operands).prompts
+      except ValueError as e:
+        raise InputError(str(e)) from e
+      if len(leaves) > self.limits.max_prompts:
+        raise InputError(f"{len(leaves)} distinct prompts in the expressions; the limit is {self.limits.max_prompts}")
     return prompts, unique_labels(labels)
 
-  def __call__(self, image, text, support=None, mix_text="", text_weight=DEFAULT_TEXT_WEIGHT, threshold=None):
-    """One request: the query image's file path, text prompts, the editor's value, a text to mix into
-    the visual prompt with its weight, and a threshold (None or SOFT: probabilities) -> Result."""
+  def __call__(
+    self,
+    image,
+    text,
+    support=None,
+    mix_text="",
+    text_weight=DEFAULT_TEXT_WEIGHT,
+    threshold=None,
+    label_map=False,
+    find_instances=False,
+  ):
+    """One request: the query image's file path, text prompts (or expressions, with the visual prompt as
+    `$support`), the editor's value, a text to mix into the visual prompt with its weight, a threshold
+    (None or SOFT: probabilities), and whether to add a label map and the instances' boxes -> Result."""
     threshold = None if threshold is None or float(threshold) <= SOFT else float(threshold)
     if threshold is not None and threshold > 1.0:
       raise InputError(f"the threshold must be in [0, 1], got {threshold}")
     try:
-      return self._segment(image, text, support, mix_text, text_weight, threshold)
+      return self._segment(image, text, support, mix_text, text_weight, threshold, label_map, find_instances)
     finally:
       release_memory()  # large decodes are handed back to the OS, as the server does
 
-  def _segment(self, image, text, support, mix_text, text_weight, threshold) -> Result:
+  def _segment(self, image, text, support, mix_text, text_weight, threshold, label_map, find_instances) -> Result:
     query, notes = self.read_query(image)
     pair = self.read_support(support)
     if pair is not None:
@@ -279,19 +233,43 @@ class Segmenter:
     prompts, labels = self.prompts(text, pair[:2] if pair else None, mix_text, text_weight)
     start = time.perf_counter()
     with self.lock:
-      probs = self.model.predict(query, prompts)[0]
+      if any(isinstance(p, str) and algebra.is_expression(p) for p in prompts):
+        operands = {SUPPORT_OPERAND: prompts[-1]} if pair is not None else None
+        probs = algebra.predict_expressions(self.model, query, prompts, operands=operands)[0]
+      else:
+        probs = self.model.predict(query, prompts)[0]
     seconds = time.perf_counter() - start
     masks = probs if threshold is None else (probs > threshold).astype(np.float32)
     files = self.write(query, masks, labels)
     coverage = ", ".join(f"{label}: {m.mean():.0%}" for label, m in zip(labels, masks))
     what = "probabilities" if threshold is None else f"masks at threshold {threshold:g}"
     lines = [f"{len(prompts)} prompt(s) in {seconds:.2f} s ({what}; area {coverage})"] + notes
+    view = None
+    if pair is not None:
+      view = preprocess.denormalize(self.model.support_pixels(np.asarray(pair[0]), pair[1]))
+      lines.append(SUPPORT_HINT)
+    label_view = None
+    if label_map:
+      t = DEFAULT_THRESHOLD if threshold is None else threshold
+      label_view = np.asarray(labelmap.label_overlay(query, labelmap.label_map(probs, t), labels))
+    boxes = []
+    if find_instances:
+      t = DEFAULT_THRESHOLD if threshold is None else threshold
+      for label, p in zip(labels, probs):
+        found = instances.instances_at(
+          p, self.model.image_size, t, min_area=INSTANCE_MIN_AREA, limit=MAX_BOXES_PER_PROMPT
+        )
+        boxes += [(tuple(i["box"]), f"{label} #{k + 1} ({i['score']:.2f})") for k, i in enumerate(found)]
+      lines.append(f"{len(boxes)} instance(s) at threshold {t:g} (at least {INSTANCE_MIN_AREA} px each)")
     return Result(
       image=np.asarray(query),
       layers=list(zip(masks, labels)),
       colors={label: hex_color(i) for i, label in enumerate(labels)},
       files=files,
       notes="\n\n".join(lines),
+      support_view=view,
+      label_view=label_view,
+      boxes=boxes,
     )
 
   def write(self, image: Image.Image, masks: np.ndarray, labels: list[str]) -> list[str]:
@@ -315,53 +293,22 @@ class Segmenter:
     return [str(archive)] + [str(p) for p in pngs]
 
 
-def example_inputs(folder: Path) -> list[list]:
-  """Examples that run offline on the embedded model: synthetic scenes written as PNGs under `folder`,
-  each with text prompts naming two of its objects and a support scene whose like object is painted."""
-  from clipseg_jax.input_pipeline.synthetic import make_scene, phrases_for
-
-  folder.mkdir(parents=True, exist_ok=True)
-  examples = []
-  for seed in EXAMPLE_SEEDS:
-    image, objects = make_scene(np.random.default_rng(seed), EXAMPLE_SIZE)
-    texts = [phrases_for(o, objects)[0] for o in objects[:2]]
-    query = folder / f"scene_{seed}.png"
-    Image.fromarray(image).save(query)
-    target = objects[-1]
-    for s in range(seed + 1, seed + 1 + SUPPORT_SEARCH):  # a scene holding an object like the target
-      support, others = make_scene(np.random.default_rng(s), EXAMPLE_SIZE)
-      like = [o for o in others if (o.color, o.shape) == (target.color, target.shape) and o.mask.any()]
-      if like:
-        break
-    else:
-      support, like = image, [target]
-    paint = ImageColor.getrgb(BRUSH_COLOR)
-    layer = np.zeros(support.shape[:2] + (4,), np.uint8)
-    layer[like[0].mask] = (*paint, 255)
-    composite = support.copy()
-    composite[like[0].mask] = paint  # the editor shows an example's paint only through its composite
-    editor = {}
-    for key, pixels in (("background", support), ("layers", layer), ("composite", composite)):
-      path = folder / f"support_{seed}_{key}.png"
-      Image.fromarray(pixels).save(path)
-      editor[key] = [str(path)] if key == "layers" else str(path)
-    examples.append([str(query), "\n".join(texts), editor, f"{target.color} {target.shape}", DEFAULT_TEXT_WEIGHT])
-  return examples
-
-
 def build_app(model, *, name: str = "", limits: AppLimits | None = None, examples: bool = True, segmenter=None):
   """The Gradio app (gr.Blocks) for `model`; `name` (the checkpoint) is shown on the page."""
   import gradio as gr
 
-  segmenter = segmenter or Segmenter(model, limits)
+  segmenter = segmenter or AppSegmenter(model, limits)
   limits = segmenter.limits
 
-  def run(image, text, support, mix_text, text_weight, threshold):
+  def run(image, text, support, mix_text, text_weight, threshold, label_map, find_instances):
     try:
-      r = segmenter(image, text, support, mix_text, text_weight, threshold)
+      r = segmenter(image, text, support, mix_text, text_weight, threshold, label_map, find_instances)
     except InputError as e:
       raise gr.Error(str(e), print_exception=False) from e
-    return gr.AnnotatedImage(value=(r.image, r.layers), color_map=r.colors), r.files, r.notes
+    view = gr.Image(value=r.support_view, visible=r.support_view is not None)
+    labels = gr.Image(value=r.label_view, visible=r.label_view is not None)
+    annotated = gr.AnnotatedImage(value=(r.image, [*r.layers, *r.boxes]), color_map=r.colors)
+    return annotated, r.files, r.notes, view, labels
 
   # Analytics off: the app sends nothing to gradio's servers (and works offline).
   with gr.Blocks(title="CLIPSeg (JAX)", delete_cache=CACHE_CLEANUP_S, analytics_enabled=False) as app:
@@ -375,7 +322,11 @@ def build_app(model, *, name: str = "", limits: AppLimits | None = None, example
           type="filepath", label="Image", sources=["upload", "clipboard"], height=IMAGE_HEIGHT, elem_id="query"
         )
         text = gr.Textbox(
-          label="Text prompts", info="one per line, or separated by commas", lines=3, elem_id="text-prompts"
+          label="Text prompts",
+          info='one per line, or separated by commas; a line may combine prompts: "head" - "ear", '
+          '"a cat" | "a dog", "the star" & $support (the visual prompt)',
+          lines=3,
+          elem_id="text-prompts",
         )
         with gr.Accordion("Visual prompt", open=True):
           support = gr.ImageEditor(
@@ -402,6 +353,9 @@ def build_app(model, *, name: str = "", limits: AppLimits | None = None, example
           info="0: show probabilities",
           elem_id="threshold",
         )
+        with gr.Row():
+          label_map = gr.Checkbox(label="Label map (one prompt per pixel)", elem_id="label-map")
+          find_instances = gr.Checkbox(label="Instances (boxes)", elem_id="instances")
         button = gr.Button("Segment", variant="primary", elem_id="run")
       with gr.Column():
         result = gr.AnnotatedImage(
@@ -409,11 +363,16 @@ def build_app(model, *, name: str = "", limits: AppLimits | None = None, example
         )
         files = gr.File(label="Masks (PNG, and all of them in a zip)", file_count="multiple", elem_id="masks")
         notes = gr.Markdown(elem_id="notes")
-    inputs = [image, text, support, mix_text, text_weight, threshold]
-    button.click(run, inputs, [result, files, notes], api_name="segment", concurrency_limit=limits.concurrency)
+        view = gr.Image(
+          label="The visual prompt as the model sees it", visible=False, height=IMAGE_HEIGHT, elem_id="support-view"
+        )
+        labels = gr.Image(label="Label map", visible=False, height=IMAGE_HEIGHT, elem_id="label-view")
+    inputs = [image, text, support, mix_text, text_weight, threshold, label_map, find_instances]
+    outputs = [result, files, notes, view, labels]
+    button.click(run, inputs, outputs, api_name="segment", concurrency_limit=limits.concurrency)
     if examples:
       rows = example_inputs(segmenter.out_dir / "examples")
-      gr.Examples(rows, inputs[:-1], label="Examples (synthetic scenes)", elem_id="examples")
+      gr.Examples(rows, inputs[:5], label="Examples (synthetic scenes)", elem_id="examples")
   app.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)
   return app
 

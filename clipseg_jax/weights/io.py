@@ -40,6 +40,9 @@ EMBEDDED = {
   "embedded:synthetic-clip": ASSETS / "synthetic_clip",  # small CLIP towers made by `clipseg-jax pretrain-clip`
   "embedded:synthetic": ASSETS / "synthetic_clipseg",  # the demo's decoder on them (make_embedded.py)
 }
+# What `segment`, `serve` and the apps load when given no checkpoint: offline out of the box (synthetic scenes
+# only); photos want a released model, one argument away (--checkpoint CIDAS/clipseg-rd64-refined).
+DEFAULT_CHECKPOINT = "embedded:synthetic"
 
 
 def file_mode() -> int:
@@ -49,14 +52,28 @@ def file_mode() -> int:
   return NEW_FILE_MODE & ~mask
 
 
-def state_digest(state: dict[str, np.ndarray]) -> str:
-  """sha256 hex digest of a state dict: for each key in sorted order, the key, dtype, shape and bytes."""
+def content_digest(entries, header) -> str | None:
+  """The one content digest of arrays (safetensors files, Flax exports, CLIP fingerprints, training
+  checkpoints): sha256 over `(label, array)` entries, each as `header(label, a)` (a str) then `a`'s
+  C-order bytes, `a` = np.ascontiguousarray(array) (so a scalar counts as shape (1,)). Each format
+  frames its entries its own way, fixed by the digests it has written. None where an array is None
+  (another process holds it)."""
   h = hashlib.sha256()
-  for k in sorted(state):
-    v = np.ascontiguousarray(state[k])
-    h.update(json.dumps([k, v.dtype.str, list(v.shape)]).encode())
-    h.update(v.reshape(-1).view(np.uint8))
+  for label, array in entries:
+    if array is None:
+      return None
+    a = np.ascontiguousarray(array)
+    h.update(header(label, a).encode())
+    h.update(a.reshape(-1).view(np.uint8))
   return h.hexdigest()
+
+
+def state_digest(state: dict[str, np.ndarray]) -> str:
+  """A state dict's digest (`DIGEST_KEY` of safetensors files): by sorted key, the key, dtype and shape
+  as JSON, then the bytes."""
+  return content_digest(
+    ((k, state[k]) for k in sorted(state)), lambda k, a: json.dumps([k, a.dtype.str, list(a.shape)])
+  )
 
 
 def check_finite(state: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
@@ -130,12 +147,9 @@ def fingerprint(tree) -> str:
   fingerprint of `params["clip"]`, and loading checks it where it was recorded."""
   import jax
 
-  h = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)), key=lambda x: str(x[0])):
-    a = np.ascontiguousarray(leaf, np.float32)
-    h.update(f"{jax.tree_util.keystr(path)}{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
+  leaves = sorted(jax.tree_util.tree_leaves_with_path(jax.device_get(tree)), key=lambda x: str(x[0]))
+  entries = ((jax.tree_util.keystr(path), np.asarray(leaf, np.float32)) for path, leaf in leaves)
+  return content_digest(entries, lambda name, a: f"{name}{a.shape}")
 
 
 def sidecar(path: Path) -> Path:

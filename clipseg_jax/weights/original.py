@@ -103,21 +103,17 @@ def infer_decoder_fields(state: dict[str, np.ndarray]) -> dict:
   )
 
 
-def check_backbone(state: dict[str, np.ndarray], clip_config: dict, decoder: str, clip: str):
-  """A decoder file reads its CLIP's activations (reduces: vision width) and embeddings (FiLM: projection
-  dim); another CLIP's do not fit. One line naming both files."""
+def backbone_of(state: dict[str, np.ndarray]) -> dict[str, int]:
+  """What a decoder file's shapes show of the CLIP it was trained on (`backbone.check_backbone`): the vision
+  width its reduces read and the projection dim FiLM reads; {} for an incomplete file (its keys are named
+  one by one when it loads)."""
   try:
-    width = int(np.shape(state["reduces.0.weight"])[1])
-    projection = int(np.shape(state["film_mul.weight"])[1])
+    return {
+      "width": int(np.shape(state["reduces.0.weight"])[1]),
+      "projection": int(np.shape(state["film_mul.weight"])[1]),
+    }
   except (KeyError, IndexError):
-    return  # incomplete files are named key by key when they load
-  vision = clip_config.get("vision_config") or {}
-  clip_width, clip_projection = vision.get("hidden_size", 768), clip_config.get("projection_dim", 512)
-  if (width, projection) != (clip_width, clip_projection):
-    raise ValueError(
-      f"the decoder {decoder} was trained on a CLIP of vision width {width} and projection {projection}, "
-      f"but the CLIP {clip} has width {clip_width} and projection {clip_projection}: pass the CLIP it was trained on"
-    )
+    return {}
 
 
 def decoder_config(clip_config: dict, state: dict[str, np.ndarray], **overrides) -> ClipSegConfig:

@@ -44,7 +44,6 @@ from clipseg_jax.input_pipeline.pcplus import (
   PCPlusTransform,
   object_aware_crop,
   padded_keys,
-  stack_samples,
   support_prompt,
 )
 
@@ -89,6 +88,12 @@ class JpegSource:
     if self.lazy:
       return {**record, "image_bytes": data}
     return {**record, "image": np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))}
+
+
+def stack_samples(samples: list[dict], opts) -> dict:
+  """Samples of either path batched as the loader does (texts left out): the device path's crops padded."""
+  batcher = handoff.Batcher(pad=padded_keys(opts) if opts.device_augment else {})
+  return batcher([{k: v for k, v in s.items() if k != "text"} for s in samples])
 
 
 def prepared_phrasecut(memory: JpegSource, root: Path):

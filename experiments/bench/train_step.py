@@ -41,6 +41,7 @@ def jax_step(model, dtype=None):
   import ml_collections
 
   from clipseg_jax.models.clipseg import ClipSegModel
+  from clipseg_jax.train import freeze
   from clipseg_jax.train import step as steps
 
   optim = ml_collections.ConfigDict(
@@ -55,7 +56,7 @@ def jax_step(model, dtype=None):
     )
   )
   tx = steps.make_optimizer(optim, 20_000)
-  trainable, frozen = steps.split(model.params)
+  trainable, frozen = freeze.split(model.params, freeze.labels(model.params))
   state = steps.init_state(jax.tree.map(jnp.copy, trainable), tx)  # donated: leave the model's own
   fn = jax.jit(steps.make_stream_step(ClipSegModel(model.config, dtype), tx, visual_prompts=False), donate_argnums=(0,))
   return fn, state, frozen

@@ -24,7 +24,7 @@ import numpy as np
 from clipseg_jax import load_model
 from clipseg_jax.cli.demo import CONFIG
 from clipseg_jax.evaluation.protocols import EvalOptions, run_protocol
-from clipseg_jax.export import PROVENANCE, export_decoder
+from clipseg_jax.export import export_decoder
 from clipseg_jax.weights.io import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def main():
     "built-in synthetic scenes (coloured circles, squares, triangles... named by colour, shape and position). "
     "It knows nothing of real photographs: use a released CLIPSeg (`CIDAS/clipseg-rd64-refined`) for those.",
     f"Reproduce: `python experiments/scripts/make_embedded.py --workdir WORKDIR` (trains the recipe in an empty "
-    f"WORKDIR first; this one is the {model.config.extra[PROVENANCE]['training']['steps']}-step run of "
+    f"WORKDIR first; this one is the {model.manifest.provenance['training']['steps']}-step run of "
     "`clipseg-jax demo`).",
   ]
   export_decoder(model, out, clip=CLIP, evaluation=report, name=NAME, license="mit", notes=notes)

@@ -23,7 +23,8 @@ from clipseg_jax.configs import synthetic as synthetic_config
 from clipseg_jax.input_pipeline.synthetic import COLORS, SHAPES, make_scene
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer
-from clipseg_jax.train.model import clip_params, model_config
+from clipseg_jax.train.recipe_model import model_config
+from clipseg_jax.weights.backbone import clip_params
 
 PROBE_STREAM = 80_000_000  # scene indices unused by the dataset's splits and the pretraining pool
 

@@ -17,18 +17,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clipseg_jax import preprocess, visualize
-from clipseg_jax.input_pipeline import build, open_source
+from clipseg_jax.input_pipeline import build, handoff, open_source
 from clipseg_jax.input_pipeline.pcplus import (
   PairIndex,
   PCPlusOptions,
   PCPlusRawTransform,
   PCPlusTransform,
-  stack_samples,
+  padded_keys,
   to_uint8,
 )
 from clipseg_jax.input_pipeline.sources import tfds_builder
 
 FONT = ImageFont.load_default(size=15)
+
+
+def stack_samples(samples: list[dict], opts) -> dict:
+  """Samples batched as the loader does (texts left out): the device path's crops padded."""
+  batcher = handoff.Batcher(pad=padded_keys(opts) if opts.device_augment else {})
+  return batcher([{k: v for k, v in s.items() if k != "text"} for s in samples])
 
 
 def shown(support: np.ndarray, size: int) -> Image.Image:

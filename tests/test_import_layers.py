@@ -18,8 +18,13 @@ LAYERS = [
   ("clipseg_jax.prompts", 2),
   ("clipseg_jax.tokenizer", 2),
   ("clipseg_jax.visualize", 2),
+  ("clipseg_jax.algebra", 2),  # prompt expressions; drives any model with encode_prompts/encode_images/decode
+  ("clipseg_jax.labelmap", 2),
+  ("clipseg_jax.instances", 2),
   ("clipseg_jax.api", 3),
   ("clipseg_jax.export", 3),
+  ("clipseg_jax.video", 3),  # video files and frame folders through a ClipSeg
+  ("clipseg_jax.artifact", 3),  # StableHLO and ONNX artifacts of a ClipSeg
   ("clipseg_jax.pretrained", 3),
   ("clipseg_jax.input_pipeline", 4),
   ("clipseg_jax.metrics", 4),
@@ -73,6 +78,22 @@ def test_package_never_imports_the_top_level_alias():
   assert users == []
   alias = imports(ROOT / "input_pipeline" / "__init__.py")
   assert any(d.startswith("clipseg_jax.input_pipeline") for d in alias)
+
+
+def test_the_top_level_alias_is_a_plain_module():
+  """`input_pipeline.raw_examples` (the design card's name) and its submodules as attributes are the
+  package's own objects, with no import hook left in `sys.meta_path`."""
+  import sys
+
+  import clipseg_jax.input_pipeline as real
+  import input_pipeline
+  from clipseg_jax.input_pipeline import loader
+
+  assert input_pipeline.raw_examples is real.raw_examples and input_pipeline.open_source is real.open_source
+  assert input_pipeline.loader is loader
+  assert not [f for f in sys.meta_path if type(f).__module__.split(".")[0] == "input_pipeline"]
+  with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+    input_pipeline.nothing  # noqa: B018
 
 
 def test_no_import_cycles_between_modules():
