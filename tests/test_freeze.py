@@ -141,7 +141,7 @@ def test_backward_reaches_only_the_free_blocks(tiny):
 
 def test_cached_features_refused_when_clip_trains(training_root):
   from clipseg_jax.train.configs import load_config
-  from clipseg_jax.train.trainer import use_cache
+  from clipseg_jax.train.data import use_cache
 
   args = training_overrides(training_root, **{"optim.freeze_rules": rules_arg(LAST)})
   assert use_cache(load_config("synthetic", args)) is False  # "auto": the stream path

@@ -120,7 +120,7 @@ def test_nonfinite_steps_skipped_a_bounded_number_of_times():
   import optax
 
   from clipseg_jax.train import step as steps
-  from clipseg_jax.train.trainer import TrainingDiverged, check_guard, guarded, initial_guard
+  from clipseg_jax.train.guard import TrainingDiverged, check_guard, guarded, initial_guard
 
   tx = optax.adam(0.1)
 

@@ -14,18 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from clipseg_jax.api import ClipSeg
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer
 from clipseg_jax.train import checkpoints, configs, freeze, sharding
 from clipseg_jax.train import step as steps
+from clipseg_jax.train.data import Data
+from clipseg_jax.train.evaluator import Evaluator
+from clipseg_jax.train.guard import check_guard, initial_guard
 from clipseg_jax.train.logs import Writer
 from clipseg_jax.train.recipe_model import (
   check_image_size,
   initial_params,
   model_config,
   recipe_manifest,
-  trains_clip,
   unreached,
 )
 from clipseg_jax.train.workdir import WorkdirLock, write_model
@@ -60,75 +61,6 @@ ADDED_DEFAULTS = {
 }
 
 
-class TrainingDiverged(ValueError):
-  """A step's loss, gradient norm or update was not finite (the CLI: an error, exit status 2)."""
-
-
-def guarded(fn, max_skips: int = 0):
-  """`fn(state, ...) -> (state, metrics)` as `(state, guard, ...) -> (state, guard, metrics)`: the guard,
-  a few device scalars carried from step to step, records the first step whose loss, gradient norm or
-  new state is not finite (`bad_step`, -1: none) with its loss and gradient norm. Reading it is one
-  small transfer, done at log steps and before every save, not a sync per step. With `max_skips`, up
-  to that many such steps keep the old params and optimiser state instead (`skipped` counts them)."""
-
-  def step(state, guard, *args):
-    new, metrics = fn(state, *args)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    for x in jax.tree.leaves((new.params, new.opt_state)):
-      if jnp.issubdtype(x.dtype, jnp.inexact):
-        finite &= jnp.all(jnp.isfinite(x))
-    applied = ~finite
-    if max_skips:
-      skip = applied & (guard["skipped"] < max_skips)
-      keep = lambda old, upd: jax.tree.map(lambda a, b: jnp.where(skip, a, b), old, upd)
-      new = new.replace(params=keep(state.params, new.params), opt_state=keep(state.opt_state, new.opt_state))
-      guard = {**guard, "skipped": guard["skipped"] + skip.astype(jnp.int32)}
-      applied &= ~skip
-    first = applied & (guard["bad_step"] < 0)
-    guard = {
-      **guard,
-      "bad_step": jnp.where(first, new.step, guard["bad_step"]),
-      "loss": jnp.where(first, metrics["loss"].astype(jnp.float32), guard["loss"]),
-      "grad_norm": jnp.where(first, metrics["grad_norm"].astype(jnp.float32), guard["grad_norm"]),
-    }
-    return new, guard, metrics
-
-  return step
-
-
-def initial_guard() -> dict:
-  return {
-    "bad_step": jnp.int32(-1),
-    "skipped": jnp.int32(0),
-    "loss": jnp.float32(0),
-    "grad_norm": jnp.float32(0),
-  }
-
-
-def check_guard(guard, max_skips: int, reported: int = 0, last_saved: int | None = None) -> int:
-  """Raises TrainingDiverged if a non-finite step went into the state; warns of newly skipped steps.
-  Returns the count of skipped steps."""
-  g = {k: v.item() for k, v in jax.device_get(guard).items()}
-  if g["bad_step"] >= 0:
-    kept = f"the last checkpoint saved is step {last_saved}" if last_saved else "no checkpoint was saved"
-    skipped = f" after skipping {g['skipped']} (optim.skip_nonfinite_steps={max_skips})" if max_skips else ""
-    values = f"loss {g['loss']:.4g}, gradient norm {g['grad_norm']:.4g}"
-    finite = np.isfinite([g["loss"], g["grad_norm"]]).all()
-    what = "a non-finite update" if finite else "a non-finite loss or gradient norm"
-    raise TrainingDiverged(
-      f"training diverged at step {g['bad_step']}{skipped}: {what} ({values}); stopped before saving it "
-      f"({kept}); lower optim.learning_rate, or set optim.grad_clip_norm or optim.skip_nonfinite_steps"
-    )
-  if g["skipped"] > reported:
-    log.warning(
-      "skipped %d step(s) with a non-finite loss, gradient norm or update so far (at most %d: "
-      "optim.skip_nonfinite_steps)",
-      g["skipped"],
-      max_skips,
-    )
-  return g["skipped"]
-
-
 def _flat(d, prefix=""):
   out = {}
   for k, v in d.items():
@@ -149,22 +81,6 @@ def check_workdir(cfg, workdir: Path):
   if diff:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:8])
     raise ValueError(f"{workdir} holds a run of another config ({details}); use a new --workdir")
-
-
-def use_cache(cfg) -> bool:
-  mode = cfg.data.cache_features
-  if mode in ("auto", True) and trains_clip(cfg):  # CLIP's features change every step: none to cache
-    if mode is True:
-      raise ValueError(
-        "data.cache_features=True cannot fine-tune CLIP (optim.freeze_rules leave CLIP parameters trainable): "
-        "its features change every step; set data.cache_features to 'auto' or False"
-      )
-    return False
-  if mode == "auto":
-    return not cfg.data.pcplus.augment
-  if isinstance(mode, bool):
-    return mode
-  raise ValueError(f"data.cache_features must be 'auto', True or False, got {mode!r}")
 
 
 class Preempted:
@@ -335,177 +251,3 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
   if skipped:
     metrics["skipped_steps"] = skipped
   return {"step": done, **metrics}
-
-
-class Data:
-  """The two data paths: cached CLIP features (decoder-only steps) or streamed raw batches."""
-
-  def __init__(self, cfg, module, frozen, mesh, tokenizer_dir):
-    from clipseg_jax.input_pipeline import open_source
-    from clipseg_jax.input_pipeline.heldout import make_filter, repeated_phrases
-    from clipseg_jax.input_pipeline.pcplus import PairIndex, PCPlusOptions
-    from clipseg_jax.input_pipeline.sources import data_dir_or_default
-
-    self.cfg, self.mesh = cfg, mesh
-    self.opts = PCPlusOptions.from_config(cfg.data.pcplus)
-    self.local = cfg.batch_size // jax.process_count()
-    episodes = cfg.data.get("episodes")
-    if episodes is not None and episodes.get("kind"):  # episodic training (COCO-20i): input_pipeline/episodes.py
-      self._init_episodes(cfg, tokenizer_dir, module.config.text_config.max_position_embeddings)
-      return
-    self.cached = use_cache(cfg)
-    source = open_source(cfg.data.name, cfg.data.train_split, data_dir=data_dir_or_default(cfg.data.data_dir))
-    classes, rule = cfg.data.heldout_classes, cfg.data.get("heldout_rule", "synonyms")
-    keep = make_filter(classes, rule) if classes else None
-    if cfg.data.get("only_visual"):
-      if not self.opts.visual_prompts or self.opts.mix_max:
-        raise ValueError(
-          "data.only_visual conditions on the visual prompt alone: it needs data.pcplus.visual_prompts=True "
-          f"and data.pcplus.mix_max=0.0 (got {self.opts.visual_prompts}, {self.opts.mix_max})"
-        )
-      keep = repeated_phrases(source, keep)
-    if self.cached:
-      from clipseg_jax.train.features import FeatureCache
-
-      cache = FeatureCache(
-        module,
-        frozen,
-        load_tokenizer(tokenizer_dir),
-        source,
-        PairIndex(source, keep),
-        self.opts,
-        show=jax.process_index() == 0,
-      )
-      self.cache = cache
-      self.tables = jax.device_put(cache.tables(), sharding.replicated(mesh))
-    else:
-      from clipseg_jax.input_pipeline.loader import make_loader
-
-      loader = make_loader(
-        source,
-        self.opts,
-        batch_size=self.local,
-        seed=cfg.seed,
-        worker_count=cfg.data.workers,
-        pool_slots=cfg.data.get("pool_slots"),
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        keep=keep,
-        max_length=module.config.text_config.max_position_embeddings,
-        tokenizer_dir=str(tokenizer_dir),
-      )
-      self.iterator = iter(loader)
-
-  def _init_episodes(self, cfg, tokenizer_dir, max_length: int):
-    """Streamed episodes (`data.episodes.kind`), made on the host: no feature cache, no device path."""
-    from clipseg_jax.input_pipeline.episodes import make_transform
-    from clipseg_jax.input_pipeline.loader import make_episode_loader
-
-    if str(cfg.data.cache_features).lower() == "true":
-      raise ValueError("data.episodes draws a new episode per sample: set data.cache_features to 'auto'")
-    if self.opts.q_neg:
-      raise ValueError(
-        "data.pcplus.q_neg does not apply to episodes: their negatives are data.episodes.negative_prob "
-        f"(got q_neg={self.opts.q_neg})"
-      )
-    self.cached = False
-    loader = make_episode_loader(
-      make_transform(cfg.data, self.opts),
-      batch_size=self.local,
-      seed=cfg.seed,
-      worker_count=cfg.data.workers,
-      pool_slots=cfg.data.get("pool_slots"),
-      shard_index=jax.process_index(),
-      shard_count=jax.process_count(),
-      max_length=max_length,
-      tokenizer_dir=str(tokenizer_dir),
-    )
-    self.iterator = iter(loader)
-
-  def jit_step(self, module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips: int = 0):
-    """The jitted `(state, guard, frozen, ...) -> (state, guard, metrics)` (see `guarded`)."""
-    guard_sh = jax.tree.map(lambda _: rep, initial_guard())
-    if self.cached:
-      fn = steps.make_cached_step(
-        module, tx, self.cfg.model.withhold_prompt, self.cfg.model.activation_scale, seed=self.cfg.seed
-      )
-      rest = (jax.tree.map(lambda _: rep, self.tables), batch_sh)
-    else:
-      fn = steps.make_stream_step(
-        module,
-        tx,
-        self.opts.visual_prompts,
-        self.cfg.model.withhold_prompt,
-        self.cfg.model.activation_scale,
-        seed=self.cfg.seed,
-      )
-      if self.opts.device_augment:  # the loader shipped uint8 supports: prompt engineering runs here
-        from clipseg_jax.input_pipeline import device
-
-        stream, mode, size = fn, self.opts.prompt_mode, self.opts.image_size
-        fn = lambda state, frozen, batch: stream(state, frozen, device.finish(batch, mode, size))
-      rest = (batch_sh,)
-    return jax.jit(
-      guarded(fn, max_skips),
-      in_shardings=(state_sh, guard_sh, frozen_sh, *rest),
-      out_shardings=(state_sh, guard_sh, rep),
-      donate_argnums=(0, 1),
-    )
-
-  def batch(self, step: int, batch_sh):
-    if self.cached:
-      local = self.cache.sample(self.cfg.seed, step, self.cfg.batch_size, jax.process_index(), jax.process_count())
-      return self.tables, sharding.global_batch(local, batch_sh)
-    return (sharding.global_batch(next(self.iterator), batch_sh),)
-
-  def state(self, step: int) -> dict:
-    if self.cached:
-      return {"kind": "cached", "step": step}
-    return {"kind": "stream", "iterator": self.iterator.get_state()}
-
-  def restore(self, state: dict):
-    if not self.cached and state.get("kind") == "stream":
-      self.iterator.set_state(state["iterator"])
-
-
-class Evaluator:
-  """Periodic IoU on the held-out split -> (scalars, a picture of predictions); the picture is also saved
-  in workdir/samples every `sample_every` steps (when given a workdir: process 0)."""
-
-  def __init__(self, cfg, config, frozen, tokenizer, workdir: Path | None):
-    self.cfg, self.config, self.frozen, self.tokenizer, self.workdir = cfg, config, frozen, tokenizer, workdir
-    self.model = None  # built at the first evaluation, from the trained params (then only updated)
-
-  def __call__(self, trainable, step: int):
-    from clipseg_jax.evaluation import report
-    from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
-    from clipseg_jax.input_pipeline.sources import data_dir_or_default
-
-    # The whole model (trained leaves over the frozen ones), its reduce kernels scaled (fold_activation_scale).
-    params = freeze.merge(self.frozen, jax.device_get(trainable))
-    params = steps.fold_activation_scale(params, self.cfg.model.activation_scale)
-    if self.model is None:
-      self.model = ClipSeg(self.config, params, self.tokenizer, manifest=recipe_manifest(self.cfg, self.config))
-    else:
-      self.model.params = params
-    opts = EvalOptions(
-      data_dir=data_dir_or_default(self.cfg.data.data_dir),
-      dataset=self.cfg.data.name,
-      split=self.cfg.data.eval_split,
-      limit=self.cfg.eval_images,
-      progress=False,
-    )
-    predictor = predictor_for(self.model, withhold_prompt=self.cfg.model.withhold_prompt)
-    numbers, examples = referring(predictor, opts, self.cfg.data.name, self.cfg.data.eval_split)
-    picture = report.picture(examples)
-    picture_due = self.cfg.sample_every and step % self.cfg.sample_every == 0 or step == self.cfg.total_steps
-    if self.workdir and picture_due:
-      (self.workdir / "samples").mkdir(exist_ok=True)
-      picture.save(self.workdir / "samples" / f"step_{step:07d}.png")
-    scalars = {
-      "eval/iou_fg@0.5": numbers["iou_fg"]["fixed"]["0.5"],
-      "eval/iou_fg_best": numbers["iou_fg"]["value"],
-      "eval/miou_best": numbers["miou"]["value"],
-      "eval/ap": numbers["ap"],
-    }
-    return scalars, picture
