@@ -142,7 +142,7 @@ SHARED_RUN = {"eval_every": 3, "eval_images": 4, "optim.warmup_steps": 2}
 def trained_run(training_root, tmp_path_factory):
   """(workdir, overrides): one 6-step run of the synthetic recipe on `training_root` (checkpoints 2, 4, 6;
   TensorBoard logs), shared by the log, guard and bad-input tests. Tests copy it before changing it."""
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
   from clipseg_jax.train.trainer import train
 
   overrides = training_overrides(training_root, **SHARED_RUN)

@@ -114,8 +114,8 @@ def test_recipes_for_other_backbones(tmp_path):
 
   from clipseg_jax.configs.rd64_uni_l14 import scaled_layers
   from clipseg_jax.models.clipseg import ClipSegModel, init_params
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.recipe_model import check_image_size, model_config
+  from clipseg_jax.train.recipes import load_config
 
   assert scaled_layers((3, 7, 9), 12, 12) == (3, 7, 9) and scaled_layers() == (7, 15, 19)
   shapes = {

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from clipseg_jax.train.clip_pretrain import clip_loss, pretrain
-from clipseg_jax.train.configs import load_config
 from clipseg_jax.train.recipe_model import model_config
+from clipseg_jax.train.recipes import load_config
 from clipseg_jax.weights.io import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]

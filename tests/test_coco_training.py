@@ -150,7 +150,7 @@ ORIGINAL_COCO_CLASSES = (
 def ours(data_dir, negative_prob, size=352):
   from clipseg_jax.input_pipeline.episodes import Coco20iTransform, EpisodeOptions, SemanticSource
   from clipseg_jax.input_pipeline.pcplus import PCPlusOptions
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   p = load_config(f"coco20i:{FOLD}").data.pcplus  # the recipe's sampling options
   opts = PCPlusOptions.from_config({**p.to_dict(), "image_size": size})
@@ -202,7 +202,7 @@ def test_a_class_in_one_image_is_refused(tmp_path):
 def test_recipe_trains_on_the_fixture(coco_train, training_root, tmp_path):
   """A few steps of `coco20i:0` (support negatives on) on the fixture with the tiny CLIP: the run finishes
   with a finite loss."""
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
   from clipseg_jax.train.trainer import train
 
   _, data_dir = coco_train

@@ -73,8 +73,8 @@ def test_training_recipe_builds(name, tmp_path):
   from transformers import CLIPConfig
 
   from clipseg_jax.models.clipseg import init_params
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.recipe_model import model_config
+  from clipseg_jax.train.recipes import load_config
 
   CLIPConfig(vision_config=dict(patch_size=16), projection_dim=512).save_pretrained(tmp_path)
   cfg = load_config(name)
@@ -114,7 +114,7 @@ def test_training_recipe_builds(name, tmp_path):
 
 def test_paper_recipes_follow_the_yamls():
   """Settings each recipe takes from its timojl/clipseg yaml row."""
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   novis, visual, pc = load_config("rd64_uni_novis"), load_config("rd64_uni_visual"), load_config("rd64_uni_pc")
   assert (novis.data.pcplus.visual_prompts, novis.data.pcplus.q_neg, tuple(novis.data.pcplus.templates)) == (
@@ -134,7 +134,7 @@ def test_paper_recipes_follow_the_yamls():
 
 def test_configs_take_overrides_as_config_flags_does(tmp_path):
   """Recipe names and file paths; `--config.KEY=VALUE` and `--config.KEY VALUE`; typos list the keys."""
-  from clipseg_jax.train.configs import load_config, recipe_names
+  from clipseg_jax.train.recipes import load_config, recipe_names
 
   assert {"synthetic", "synthetic_clip", "rd64_uni", "clip_deconv"} <= set(recipe_names())
   cfg = load_config(
@@ -181,7 +181,7 @@ def test_recipe_literals_are_the_library_defaults(monkeypatch, tmp_path):
   from clipseg_jax.input_pipeline import heldout, pcplus
   from clipseg_jax.input_pipeline.sources import data_dir_or_default
   from clipseg_jax.train import freeze
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   assert common.SHUFFLE_PLUS == pcplus.TEMPLATES and common.DECODER_ONLY == freeze.DEFAULT_RULES
   assert [list(c) for c in pascal5i.FOLD_CLASSES] == [heldout.fold_classes(f) for f in range(4)]

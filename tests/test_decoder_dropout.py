@@ -160,7 +160,7 @@ def test_train_step_uses_dropout_by_step_and_inference_never():
 
 @pytest.mark.parametrize("recipe,rate", [("rd64_uni", 0.1), ("pascal5i", 0.1), ("synthetic", 0.0)])
 def test_recipes_set_the_dropout(recipe, rate):
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   assert load_config(recipe).model.decoder_dropout == rate
 
@@ -170,7 +170,7 @@ def test_workdirs_from_before_these_keys_resume(tmp_path):
   (no dropout, no baseline MLP, the synonym rule, all phrases): such a synthetic run resumes."""
   import json
 
-  from clipseg_jax.train.configs import load_config, to_json
+  from clipseg_jax.train.recipes import load_config, to_json
   from clipseg_jax.train.trainer import check_workdir
 
   saved = json.loads(to_json(load_config("synthetic")))

@@ -69,8 +69,8 @@ def test_rule_errors_name_the_rule():
 @pytest.fixture(scope="module")
 def tiny(training_root):
   from clipseg_jax.models.clipseg import ClipSegModel
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.recipe_model import initial_params, model_config
+  from clipseg_jax.train.recipes import load_config
 
   cfg = load_config("synthetic", training_overrides(training_root, **{"optim.warmup_steps": 0}))
   config = model_config(cfg.model)
@@ -140,8 +140,8 @@ def test_backward_reaches_only_the_free_blocks(tiny):
 
 
 def test_cached_features_refused_when_clip_trains(training_root):
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.data import use_cache
+  from clipseg_jax.train.recipes import load_config
 
   args = training_overrides(training_root, **{"optim.freeze_rules": rules_arg(LAST)})
   assert use_cache(load_config("synthetic", args)) is False  # "auto": the stream path
@@ -230,7 +230,7 @@ def test_workdirs_from_before_the_rules_resume(tmp_path):
   are another run."""
   import json
 
-  from clipseg_jax.train.configs import load_config, to_json
+  from clipseg_jax.train.recipes import load_config, to_json
   from clipseg_jax.train.trainer import check_workdir
 
   saved = json.loads(to_json(load_config("synthetic")))

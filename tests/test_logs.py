@@ -36,7 +36,7 @@ def read_events(logdir):
 
 def test_tensorboard_holds_learning_rate_pictures_and_hparams(trained_run):
   from clipseg_jax.train import step as steps
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   workdir, overrides = trained_run
   cfg = load_config("synthetic", overrides)

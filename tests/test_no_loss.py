@@ -18,7 +18,7 @@ from PIL import Image
 
 from clipseg_jax import load_model
 from clipseg_jax.cli.main import main
-from clipseg_jax.train.configs import load_config
+from clipseg_jax.train.recipes import load_config
 
 
 def scene(h=40, w=56, seed=0) -> np.ndarray:

@@ -178,7 +178,7 @@ def test_missing_metadata(setup, trained, tmp_path, caplog):
   custom dataclass tree) does not: the trainer's restore falls back to step 4 with a warning."""
   from clipseg_jax.train import step as steps
   from clipseg_jax.train.checkpoints import Checkpointer
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   workdir = damage(trained, tmp_path / "meta", "metadata")
   with caplog.at_level(logging.WARNING, logger="clipseg_jax.train"):

@@ -85,8 +85,8 @@ def test_freezing_no_clip_state_update_or_gradient(setup):
   from clipseg_jax.models.clipseg import ClipSegModel
   from clipseg_jax.train import freeze
   from clipseg_jax.train import step as steps
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.recipe_model import initial_params, model_config
+  from clipseg_jax.train.recipes import load_config
 
   cfg = load_config(CONFIG, overrides(setup, **{"optim.warmup_steps": 0}))
   config = model_config(cfg.model)
@@ -146,8 +146,8 @@ def test_activation_scale_folds_into_the_model(setup, tmp_path):
   from clipseg_jax.models.clipseg import ClipSegModel
   from clipseg_jax.train import freeze
   from clipseg_jax.train import step as steps
-  from clipseg_jax.train.configs import load_config
   from clipseg_jax.train.recipe_model import initial_params, model_config
+  from clipseg_jax.train.recipes import load_config
 
   cfg = load_config(CONFIG, overrides(setup))
   config = model_config(cfg.model)

@@ -63,11 +63,13 @@ USER_ERRORS = (ValueError, OSError)
 
 class QuietNoise(logging.Filter):
   """Drops library chatter that says nothing to a user: TFDS' "Variant folder ... has no
-  dataset_info.json" for every unprepared version beside the prepared one, and JAX's note that a TPU
-  backend (libtpu, installed by some images) cannot start on a machine without a TPU."""
+  dataset_info.json" for every unprepared version beside the prepared one and its "Failed to load ...
+  from files" for each older version looked for; JAX's note that a TPU backend (libtpu, installed by
+  some images) cannot start on a machine without a TPU."""
 
   NOISE = (
     "Variant folder ",
+    "Failed to load %s from files",  # TFDS, while looking for data prepared at an older version
     "Unable to initialize backend 'tpu'",
     "Platform 'tpu' is experimental",
     "A Google TPU may be present on this machine",

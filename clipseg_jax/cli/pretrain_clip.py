@@ -19,7 +19,7 @@ def run(args, overrides=()):
   from pathlib import Path
 
   from clipseg_jax.train.clip_pretrain import pretrain
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   cfg = load_config(args.config, overrides)
   summary = pretrain(cfg, args.workdir)

@@ -46,7 +46,7 @@ def run(args, overrides=()):
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.cpu_devices}"
     )
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
 
   cfg = load_config(args.config, overrides)  # unknown keys fail here, before any compute
   initialize_distributed(args)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from clipseg_jax.models.clipseg import ClipSegModel
 from clipseg_jax.tokenizer import load_tokenizer
-from clipseg_jax.train import checkpoints, configs, freeze, sharding
+from clipseg_jax.train import checkpoints, freeze, recipes, sharding
 from clipseg_jax.train import step as steps
 from clipseg_jax.train.data import Data
 from clipseg_jax.train.evaluator import Evaluator
@@ -73,7 +73,7 @@ def check_workdir(cfg, workdir: Path):
   saved = workdir / "config.json"
   if not saved.exists():
     return
-  old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(configs.to_json(cfg)))
+  old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(recipes.to_json(cfg)))
   old = {**ADDED_DEFAULTS, **old}  # runs saved before a key existed ran with its default
   diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE and old.get(k) != new.get(k))
   if not old.get("data.heldout_classes") and not new.get("data.heldout_classes"):  # no class held out: no rule
@@ -187,7 +187,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     log.info("resumed %s at step %d", workdir, start)
   state = jax.device_put(state, state_sh)
   if lead:
-    write_model(workdir, configs.to_json(cfg), config, base, manifest, tokenizer)
+    write_model(workdir, recipes.to_json(cfg), config, base, manifest, tokenizer)
 
   max_skips = int(cfg.optim.get("skip_nonfinite_steps", 0) or 0)
   step_fn = data.jit_step(module, tx, state_sh, frozen_sh, batch_sh, rep, max_skips)
@@ -196,7 +196,7 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
   evaluator = Evaluator(cfg, config, host_frozen, tokenizer, workdir if lead else None) if cfg.eval_every else None
   writer = Writer(workdir) if lead else None
   if writer:
-    writer.hparams(json.loads(configs.to_json(cfg)))
+    writer.hparams(json.loads(recipes.to_json(cfg)))
   schedule = steps.learning_rate(cfg.optim, cfg.total_steps)  # make_optimizer's, for the logs
   preempted = Preempted()
   metrics, t0, seen, done = {}, time.perf_counter(), 0, start

@@ -33,7 +33,7 @@ def main():
   from clipseg_jax.evaluation.protocols import EvalOptions, predictor_for, referring
   from clipseg_jax.input_pipeline import build
   from clipseg_jax.input_pipeline.sources import tfds_builder
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
   from clipseg_jax.train.trainer import train
 
   logging.basicConfig(level=logging.WARNING)

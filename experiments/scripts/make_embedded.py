@@ -37,7 +37,7 @@ def train_demo(workdir: Path, data_dir: Path, steps: int | None):
   """The demo's main run (`clipseg-jax demo --no-ablations`) in `workdir`."""
   from clipseg_jax.input_pipeline import build
   from clipseg_jax.input_pipeline.sources import tfds_builder
-  from clipseg_jax.train.configs import load_config
+  from clipseg_jax.train.recipes import load_config
   from clipseg_jax.train.trainer import train
 
   if not tfds_builder("synthetic", data_dir).is_prepared():
