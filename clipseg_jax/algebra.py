@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -299,21 +298,15 @@ def predict_expressions_iter(
   """Per image: {"masks": [E, H, W] probabilities (bools with `threshold`) at the image's size,
   "logits": [L, S, S] the distinct leaf prompts' logits, "prompts": the leaves (`Program.prompts`)}."""
   _check_logic(logic)
-  if threshold is not None and (isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0):
-    raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  preprocess.check_threshold(threshold)
+  preprocess.check_batch_size(batch_size)
   program = compile_expressions(list(expressions), operands)
   cond = model.encode_prompts(list(program.prompts), templates=templates)
   return _chunks(model, iter(images), program, cond, logic, threshold, batch_size, align_corners)
 
 
 def _chunks(model, images, program, cond, logic, threshold, batch_size, align_corners):
-  while chunk := list(itertools.islice(images, batch_size)):
-    chunk = [preprocess.to_rgb(im) for im in chunk]
-    for im in chunk:
-      preprocess.check_size(im)
-    chunk = [preprocess.limit_size(im) for im in chunk]
+  for chunk in preprocess.batches(images, batch_size):
     reduced = model.encode_images(preprocess.batch_pixels(chunk, model.image_size))
     logits = model.decode(reduced, cond)  # [N, L, S, S], on the device
     probs = np.asarray(combine_logits(logits, program.trees, logic))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -350,21 +349,13 @@ class ClipSeg:
     size, "logits": [P, S, S] raw logits at the model's resolution}. Images are read `batch_size` at a
     time from any iterable (a generator of files, say); larger than `preprocess.MAX_SIDE`, downscaled.
     align_corners: of the bilinear resize to the image's size (`preprocess.resize_map`)."""
-    if threshold is not None and (
-      isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
-    ):
-      raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-      raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    preprocess.check_threshold(threshold)
+    preprocess.check_batch_size(batch_size)
     # checked before any work
     return self._predict_chunks(iter(images), cond, threshold, batch_size, align_corners=align_corners)
 
   def _predict_chunks(self, images, cond, threshold, batch_size, *, align_corners: bool = False):
-    while chunk := list(itertools.islice(images, batch_size)):
-      chunk = [preprocess.to_rgb(im) for im in chunk]
-      for im in chunk:
-        preprocess.check_size(im)
-      chunk = [preprocess.limit_size(im) for im in chunk]
+    for chunk in preprocess.batches(images, batch_size):
       reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
       logits = np.asarray(self.decode(reduced, cond), np.float32)
       for im, lg in zip(chunk, logits):

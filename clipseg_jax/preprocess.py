@@ -3,6 +3,7 @@ square (aspect not kept, bilinear), /255, ImageNet mean/std (not CLIP's), NHWC f
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -114,6 +115,35 @@ def check_size(image: Image.Image, what: str = "image"):
 def normalize(pixels_uint8):
   """uint8 -> ImageNet-normalised float32; numpy or jax arrays (the train step normalises on device)."""
   return (pixels_uint8.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+def check_threshold(threshold):
+  """None (probabilities), or a probability in [0, 1] to binarise at (bools and NaN refused)."""
+  if threshold is not None and (
+    isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+  ):
+    raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
+
+
+def check_batch_size(batch_size):
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def prepare(images) -> list[Image.Image]:
+  """Images of any mode or uint8 arrays -> RGB PIL images, each checked and within MAX_SIDE (downscaled
+  with a warning): what predict feeds the processor."""
+  images = [to_rgb(im) for im in images]
+  for im in images:
+    check_size(im)
+  return [limit_size(im) for im in images]
+
+
+def batches(images, batch_size: int):
+  """`prepare`d lists of up to `batch_size` images from any iterable (a generator of files, say)."""
+  images = iter(images)
+  while chunk := prepare(itertools.islice(images, batch_size)):
+    yield chunk
 
 
 def denormalize(pixels) -> np.ndarray:

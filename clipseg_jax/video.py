@@ -169,12 +169,10 @@ def segment_frames(
   model sees (default the model's own)."""
   if (prompts is None) == (cond is None):
     raise ValueError("pass either prompts or their embeddings (cond)")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+  preprocess.check_batch_size(batch_size)
   if smooth is not None:
     check_alpha(smooth)
-  if threshold is not None and not 0.0 <= threshold <= 1.0:
-    raise ValueError(f"threshold must be a probability in [0, 1] or None, got {threshold!r}")
+  preprocess.check_threshold(threshold)
   patch = model.config.vision_config.patch_size
   if image_size is not None and (not isinstance(image_size, int) or image_size < patch or image_size % patch):
     raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size!r}")
