@@ -39,6 +39,7 @@ pytestmark = pytest.mark.slow  # builds the synthetic dataset and starts trainin
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+USER_DOCS = [README, ROOT / "docs" / "training.md"]  # the README and the pages it sends users to
 PREFIXES = ("clipseg-jax ", "make ", "pip install", "python -m ")
 PORT = 7860  # the README's serve and demo-app port
 
@@ -137,7 +138,7 @@ def readme_commands(text: str) -> set[str]:
 
 
 def test_every_readme_command_is_accounted_for():
-  assert readme_commands(README.read_text()) == set(RUN_BY)
+  assert set().union(*(readme_commands(page.read_text()) for page in USER_DOCS)) == set(RUN_BY)
   tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
   for command, runner in RUN_BY.items():
     assert isinstance(runner, NotRun) or runner in tests, (command, runner)
