@@ -239,14 +239,27 @@ def _sigmoid(x):
   return 0.5 * (jnp.tanh(0.5 * x) + 1.0)  # as `predict`: overflow-free for large |x|
 
 
-def _evaluate(tree, probs, logic: str):
+def _apply(op: str, p, q, logic: str, xp=jnp):
+  """One operator on probability maps (numpy or jax.numpy as `xp`): the module docstring's semantics."""
+  if logic == "fuzzy":
+    return {"|": xp.maximum, "&": xp.minimum, "-": lambda a, b: xp.minimum(a, 1.0 - b)}[op](p, q)
+  return {"|": lambda a, b: 1.0 - (1.0 - a) * (1.0 - b), "&": lambda a, b: a * b, "-": lambda a, b: a * (1.0 - b)}[op](
+    p, q
+  )
+
+
+def _evaluate(tree, probs, logic: str, xp=jnp):
   """probs: [..., L, S, S] leaf probabilities -> [..., S, S] for one compiled tree."""
   if isinstance(tree, Leaf):
     return probs[..., tree.index, :, :]
-  p, q = _evaluate(tree.left, probs, logic), _evaluate(tree.right, probs, logic)
-  if logic == "fuzzy":
-    return {"|": jnp.maximum(p, q), "&": jnp.minimum(p, q), "-": jnp.minimum(p, 1.0 - q)}[tree.op]
-  return {"|": 1.0 - (1.0 - p) * (1.0 - q), "&": p * q, "-": p * (1.0 - q)}[tree.op]
+  return _apply(tree.op, _evaluate(tree.left, probs, logic, xp), _evaluate(tree.right, probs, logic, xp), logic, xp)
+
+
+def combine_logits_on_host(logits, trees: tuple, logic: str = DEFAULT_LOGIC) -> np.ndarray:
+  """`combine_logits` in numpy: nothing to compile per expression (what a server wants, where each
+  request may bring new expressions)."""
+  probs = 0.5 * (np.tanh(0.5 * np.asarray(logits, np.float32)) + 1.0)
+  return np.stack([_evaluate(t, probs, logic, np) for t in trees], axis=-3)
 
 
 @functools.partial(jax.jit, static_argnames=("trees", "logic"))
@@ -266,10 +279,7 @@ def combine(probs, expression, logic: str = DEFAULT_LOGIC, operands: dict | None
 
   def value(node):
     if isinstance(node, Op):
-      p, q = value(node.left), value(node.right)
-      if logic == "fuzzy":
-        return {"|": np.maximum(p, q), "&": np.minimum(p, q), "-": np.minimum(p, 1.0 - q)}[node.op]
-      return {"|": 1.0 - (1.0 - p) * (1.0 - q), "&": p * q, "-": p * (1.0 - q)}[node.op]
+      return _apply(node.op, value(node.left), value(node.right), logic, np)
     key = node.text if isinstance(node, Text) else node.name
     if key not in operands:
       raise ExpressionError(f"no probability map given for {key!r}")
@@ -294,26 +304,38 @@ def predict_expressions_iter(
   batch_size: int = 4,
   templates: Sequence[str] | None = None,
   align_corners: bool = False,
+  on_host: bool = False,
 ) -> Iterator[dict]:
   """Per image: {"masks": [E, H, W] probabilities (bools with `threshold`) at the image's size,
-  "logits": [L, S, S] the distinct leaf prompts' logits, "prompts": the leaves (`Program.prompts`)}."""
+  "logits": [L, S, S] the distinct leaf prompts' logits, "prompts": the leaves (`Program.prompts`)}.
+  on_host: combine the leaves in numpy instead of a function jitted per set of expressions (servers, where
+  each request may bring new ones: nothing to compile)."""
   _check_logic(logic)
   preprocess.check_threshold(threshold)
   preprocess.check_batch_size(batch_size)
   program = compile_expressions(list(expressions), operands)
   cond = model.encode_prompts(list(program.prompts), templates=templates)
-  return _chunks(model, iter(images), program, cond, logic, threshold, batch_size, align_corners)
+  combine = combine_logits_on_host if on_host else combine_logits
+  return _chunks(model, iter(images), program, cond, logic, threshold, batch_size, align_corners, combine)
 
 
-def _chunks(model, images, program, cond, logic, threshold, batch_size, align_corners):
+def _chunks(model, images, program, cond, logic, threshold, batch_size, align_corners, combine):
   for chunk in preprocess.batches(images, batch_size):
     reduced = model.encode_images(preprocess.batch_pixels(chunk, model.image_size))
     logits = model.decode(reduced, cond)  # [N, L, S, S], on the device
-    probs = np.asarray(combine_logits(logits, program.trees, logic))
+    probs = np.asarray(combine(logits, program.trees, logic))
     logits = np.asarray(logits, np.float32)
     for im, p, lg in zip(chunk, probs, logits):
       p = preprocess.resize_map(p, im.height, im.width, align_corners=align_corners)
       yield {"masks": p > threshold if threshold is not None else p, "logits": lg, "prompts": program.prompts}
+
+
+def predict_one(model, image, prompts: Sequence, **options) -> np.ndarray:
+  """[P, H, W] probabilities of one image: `model.predict` when no prompt is an expression, else
+  `predict_expressions` (options: operands=, logic=, on_host=; a plain predict takes none of them)."""
+  if any(is_expression(p) for p in prompts):
+    return predict_expressions(model, image, list(prompts), **options)[0]
+  return model.predict(image, list(prompts))[0]
 
 
 def predict_expressions(model, images, expressions: Sequence, **options):

@@ -218,17 +218,19 @@ def instances(
   dilate: int = 0,
   feather: float = 0.0,
   connectivity: int = 8,
+  limit: int | None = None,
 ) -> list[Instance]:
   """The connected components of `clean_mask(prob, ...)` (without feathering) as `Instance`s, highest score
-  first (ties: larger first, then raster order); `min_area` also applies after erosion/dilation. With
-  `feather`, each instance also carries its own feathered `soft` mask."""
+  first (ties: larger first, then raster order), at most `limit` (masks are built for those only: a
+  speckled map may hold tens of thousands of components); `min_area` also applies after erosion/dilation.
+  With `feather`, each instance also carries its own feathered `soft` mask."""
   prob, fill = _check(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
   mask = _clean(
     jnp.asarray(prob), jnp.float32(threshold), jnp.int32(min_area), fill, int(erode), int(dilate), connectivity
   )
   roots, area, total, boxes = (np.asarray(x) for x in _components(mask, jnp.asarray(prob), connectivity))
   ids = np.flatnonzero(area[:-1] >= max(1, min_area))
-  order = sorted(ids, key=lambda i: (-total[i] / area[i], -area[i], i))
+  order = sorted(ids, key=lambda i: (-total[i] / area[i], -area[i], i))[:limit]
   out = []
   for i in order:
     m = roots == i
@@ -247,14 +249,14 @@ def instances_at(prob, size: int, threshold: float = DEFAULT_THRESHOLD, *, min_a
   h, w = prob.shape
   sx, sy = w / size, h / size
   small = preprocess.resize_map(prob, size, size)
-  found = instances(small, threshold, min_area=math.ceil(min_area / (sx * sy)))
+  found = instances(small, threshold, min_area=math.ceil(min_area / (sx * sy)), limit=limit)
   return [
     {
       "box": [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)],
       "area": round(i.area * sx * sy),
       "score": round(i.score, 4),
     }
-    for i in found[:limit]
+    for i in found
     for x0, y0, x1, y1 in [i.box]
   ]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipseg_jax import algebra, visualize
+from clipseg_jax import algebra, preprocess, visualize
 from clipseg_jax.preprocess import load_image
 
 DEFAULT_THRESHOLD = 0.5
@@ -33,14 +33,16 @@ MAX_CLASSES = 254  # labels 1..254 fit a palette PNG beside background (0) and i
 # Calibration grid: the thresholds tried per prompt (the metrics' 0.02 grid without its extremes is finer
 # than a folder of examples can tell apart).
 CALIBRATION_GRID = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 BACKGROUND_COLOR = (0, 0, 0)
 GOLDEN = 0.618033988749895  # hue step beyond the fixed palette: consecutive classes far apart on the wheel
 
 
 def as_thresholds(thresholds, n: int) -> np.ndarray:
   """A threshold per prompt from one number or a sequence of n (each in [0, 1])."""
-  t = np.asarray(thresholds, np.float32)
+  try:
+    t = np.asarray(thresholds, np.float32)
+  except (TypeError, ValueError):
+    raise ValueError(f"thresholds must be a number or a list of numbers, got {thresholds!r}") from None
   t = np.full(n, t, np.float32) if t.ndim == 0 else t
   if t.shape != (n,):
     raise ValueError(f"need one threshold or {n} (one per prompt), got {np.asarray(thresholds).size}")
@@ -132,11 +134,13 @@ def read_thresholds(spec, prompts: Sequence[str]) -> np.ndarray:
   spec = str(spec)
   if spec.endswith(".json") or Path(spec).is_file():
     try:
-      data = json.loads(Path(spec).read_text())
-      table = data["thresholds"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{spec}: not a thresholds JSON file with a 'thresholds' table ({e})") from None
-    return as_thresholds([float(table.get(p, DEFAULT_THRESHOLD)) for p in prompts], len(prompts))
+      table = json.loads(Path(spec).read_text())["thresholds"]
+      values = [float(table.get(p, DEFAULT_THRESHOLD)) for p in prompts]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      raise ValueError(f"{spec}: not a thresholds JSON file with a 'thresholds' table of numbers ({e})") from None
+    if not any(p in table for p in prompts):
+      raise ValueError(f"{spec} has thresholds for {sorted(table)[:5]}, none of the prompts {list(prompts)[:5]}")
+    return as_thresholds(values, len(prompts))
   try:
     values = [float(v) for v in spec.split(",")]
   except ValueError:
@@ -153,9 +157,12 @@ def read_folder(folder: str | os.PathLike) -> tuple[list[str], list[tuple[Path, 
   prompts = [line.strip() for line in classes.read_text().splitlines() if line.strip()]
   if not prompts:
     raise ValueError(f"{classes} names no prompts")
+  if len(set(prompts)) < len(prompts):
+    twice = sorted({p for p in prompts if prompts.count(p) > 1})
+    raise ValueError(f"{classes} names a prompt more than once: {twice[:5]} (one line per label)")
   if len(prompts) > MAX_CLASSES:
     raise ValueError(f"{classes}: at most {MAX_CLASSES} prompts, got {len(prompts)}")
-  images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+  images = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in preprocess.IMAGE_SUFFIXES)
   if not images:
     raise FileNotFoundError(f"no images in {folder / 'images'}")
   pairs = []

@@ -15,6 +15,7 @@ IMAGE_SIZE = 352
 # Larger images are downscaled (with a warning) before anything else: outputs are maps at the image's
 # size, [prompts, H, W] float32, and a 100-megapixel photo would need 400 MB per prompt.
 MAX_SIDE = 4096
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what a folder of images holds
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 

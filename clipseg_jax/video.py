@@ -27,7 +27,6 @@ from clipseg_jax import preprocess, visualize
 from clipseg_jax.project import install_hint
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts"}
-FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 BATCH_SIZE = 8  # frames per vision-tower call
 DEFAULT_FPS = 25.0  # the frame rate of a video written from a folder of frames, unless told
 VIDEO_CODEC = "libx264"  # H.264 in .mp4 plays everywhere; masks lose a little (use PNG frames for exact values)
@@ -70,11 +69,15 @@ def frame_files(directory: str | Path) -> list[Path]:
   if not directory.is_dir():
     raise FileNotFoundError(f"frames folder not found: {directory}")
   files = sorted(
-    (p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
+    (p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in preprocess.IMAGE_SUFFIXES),
     key=lambda p: natural_key(p.name),
   )
   if not files:
-    raise ValueError(f"no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in {directory}")
+    raise ValueError(f"no frames ({', '.join(sorted(preprocess.IMAGE_SUFFIXES))}) in {directory}")
+  stems = [p.stem for p in files]
+  if len(set(stems)) < len(stems):  # outputs are named by stem: f1.png and f1.jpg would write one file
+    twice = sorted({p.name for p in files if stems.count(p.stem) > 1})
+    raise ValueError(f"frames in {directory} share a name but not an extension: {twice[:4]}")
   return files
 
 

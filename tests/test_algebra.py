@@ -153,3 +153,14 @@ def test_cli_expression_on_the_embedded_model(tmp_path, capsys):
   assert main([*args, str(tmp_path / "bad"), "--prompt", '"a" |']) == 2
   assert "at position 6: expected a quoted prompt" in capsys.readouterr().err
   assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_host_combination_equals_the_jitted_one():
+  """Servers combine in numpy (nothing compiled per expression): the same numbers as the device path."""
+  rng = np.random.RandomState(3)
+  logits = rng.randn(2, 3, 8, 8).astype(np.float32) * 4
+  program = algebra.compile_expressions(['"a" - ("b" | "c")', '"a" & "c"', "b"])
+  for logic in algebra.LOGICS:
+    want = np.asarray(algebra.combine_logits(logits, program.trees, logic))
+    got = algebra.combine_logits_on_host(logits, program.trees, logic)
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -153,3 +153,13 @@ def test_instances_at_a_fixed_size_report_image_pixels():
     assert np.abs(np.array(f["box"]) - [x0, y0, x1, y1]).max() <= 3  # one analysis pixel is 3 x 2 image px
     assert abs(f["area"] - (x1 - x0) * (y1 - y0)) <= 0.25 * (x1 - x0) * (y1 - y0)
   assert len(inst.instances_at(prob, 32, 0.5, min_area=20, limit=1)) == 1
+
+
+def test_a_limit_keeps_the_best_instances_only():
+  """Masks are built for the kept instances only (a speckled map holds thousands of components)."""
+  prob = np.zeros((40, 40), np.float32)
+  prob[::4, ::4] = np.linspace(0.6, 0.99, 100).reshape(10, 10)  # 100 one-pixel components
+  every = inst.instances(prob, 0.5)
+  best = inst.instances(prob, 0.5, limit=3)
+  assert len(every) == 100 and [i.box for i in best] == [i.box for i in every[:3]]
+  assert best[0].score == max(i.score for i in every)

@@ -63,6 +63,21 @@ def test_read_thresholds(tmp_path):
     labelmap.read_thresholds("high", ["a"])
   with pytest.raises(ValueError, match="need one threshold or 2"):
     labelmap.read_thresholds("0.1,0.2,0.3", ["a", "b"])
+  # One line, not a traceback, for tables of the wrong shape or for other prompts.
+  for table, match in (
+    ([0.5], "a 'thresholds' table of numbers"),
+    ({"b": None}, "table of numbers"),
+    ({"z": 0.4}, "none of"),
+  ):
+    (tmp_path / "bad.json").write_text(json.dumps({"thresholds": table}))
+    with pytest.raises(ValueError, match=match):
+      labelmap.read_thresholds(tmp_path / "bad.json", ["a", "b"])
+
+
+def test_calibration_folder_names_each_class_once(tmp_path):
+  (tmp_path / "classes.txt").write_text("cat\ndog\ncat\n")
+  with pytest.raises(ValueError, match=r"more than once: \['cat'\]"):
+    labelmap.read_folder(tmp_path)
 
 
 class EchoModel:

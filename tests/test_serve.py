@@ -110,6 +110,8 @@ def test_expressions_label_maps_and_instances(server, tiny_model):
     ({"prompts": ["a"], "label_map": "yes"}, "label_map must be true or false"),
     ({"prompts": ["a", "b"], "label_map": True, "thresholds": [0.5]}, "one threshold or 2"),
     ({"prompts": ["a"], "instances": True, "min_area": -1}, "min_area"),
+    ({"prompts": ["a"], "instances": True, "min_area": 1e12}, "min_area"),
+    ({"prompts": ["a"], "label_map": True, "thresholds": {"a": 0.5}}, "thresholds must be a number or a list"),
   ],
 )
 def test_bad_expressions_and_options_are_400s(server, extra, match):

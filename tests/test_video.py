@@ -4,6 +4,7 @@ files written (PNG frames; mp4 read back with PyAV where it is installed), and b
 
 import importlib.util
 import shlex
+import shutil
 import sys
 
 import numpy as np
@@ -148,6 +149,8 @@ def test_odd_sized_frames_are_padded_for_h264(tmp_path):
 def test_bad_input(tiny_dir, tmp_path, capsys, monkeypatch):
   write_frames(tmp_path / "clip", moving_disc(2))
   (tmp_path / "empty").mkdir()
+  write_frames(tmp_path / "twice", moving_disc(2))
+  shutil.copy(tmp_path / "twice" / "f0.png", tmp_path / "twice" / "f0.jpg")  # both would write f0.png
   base = ["--prompt", "a", "--checkpoint", tiny_dir, "--out", str(tmp_path / "o")]
   cases = [
     (["segment", str(tmp_path / "clip"), "--smooth", "0.5"], "only for a video file or a folder given with --frames"),
@@ -157,6 +160,7 @@ def test_bad_input(tiny_dir, tmp_path, capsys, monkeypatch):
     (["segment", str(tmp_path / "clip"), "--frames", "--label-map"], "for images only"),
     (["segment", str(tmp_path / "clip"), "--frames", "--image-size", "50"], "multiple of the patch size"),
     (["segment", str(tmp_path / "missing.mp4")], "not found"),
+    (["segment", str(tmp_path / "twice"), "--frames"], "share a name but not an extension"),
   ]
   for argv, message in cases:
     assert main([*argv, *base]) == 2, argv

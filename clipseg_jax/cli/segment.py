@@ -34,13 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clipseg_jax import algebra, labelmap, visualize
+from clipseg_jax import algebra, labelmap, preprocess, visualize
 from clipseg_jax import instances as instance_lib
 from clipseg_jax.cli import segment_video
 from clipseg_jax.preprocess import load_image
 from clipseg_jax.weights.io import DEFAULT_CHECKPOINT
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def add_arguments(p):
@@ -130,7 +128,7 @@ def expand_images(specs) -> list[Path]:
   for spec in specs:
     p = Path(spec)
     if p.is_dir():
-      paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+      paths += sorted(q for q in p.iterdir() if q.suffix.lower() in preprocess.IMAGE_SUFFIXES)
     elif any(c in spec for c in "*?["):
       matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
       if not matches:

@@ -233,11 +233,8 @@ class AppSegmenter:
     prompts, labels = self.prompts(text, pair[:2] if pair else None, mix_text, text_weight)
     start = time.perf_counter()
     with self.lock:
-      if any(isinstance(p, str) and algebra.is_expression(p) for p in prompts):
-        operands = {SUPPORT_OPERAND: prompts[-1]} if pair is not None else None
-        probs = algebra.predict_expressions(self.model, query, prompts, operands=operands)[0]
-      else:
-        probs = self.model.predict(query, prompts)[0]
+      operands = {SUPPORT_OPERAND: prompts[-1]} if pair is not None else None
+      probs = algebra.predict_one(self.model, query, prompts, operands=operands, on_host=True)
     seconds = time.perf_counter() - start
     masks = probs if threshold is None else (probs > threshold).astype(np.float32)
     files = self.write(query, masks, labels)

@@ -103,8 +103,7 @@ class ApiSegmenter:
         f"got {len(leaves)}"
       )
     threshold = request.get("threshold")
-    if threshold is not None and (not _is_number(threshold) or not 0.0 <= threshold <= 1.0):
-      raise ValueError(f"threshold must be a probability in [0, 1] or null, got {threshold!r}")
+    preprocess.check_threshold(threshold)
     logic = request.get("logic", algebra.DEFAULT_LOGIC)
     if logic not in algebra.LOGICS:
       raise ValueError(f"logic must be one of {', '.join(algebra.LOGICS)}, got {logic!r}")
@@ -113,8 +112,8 @@ class ApiSegmenter:
       job.label_thresholds = labelmap.as_thresholds(request.get("thresholds", labelmap.DEFAULT_THRESHOLD), len(prompts))
     if _flag(request, "instances"):
       min_area = request.get("min_area", 0)
-      if not _is_number(min_area) or min_area < 0 or min_area != int(min_area):
-        raise ValueError(f"min_area must be a non-negative whole number of pixels, got {min_area!r}")
+      if not _is_number(min_area) or not 0 <= min_area <= self.limits.max_pixels or min_area != int(min_area):
+        raise ValueError(f"min_area must be a whole number of pixels in [0, max_pixels], got {min_area!r}")
       job.min_area = int(min_area)
     check_pixels(raw, self.limits.max_pixels)
     return job
@@ -122,11 +121,8 @@ class ApiSegmenter:
   def run(self, job: Job) -> dict:
     image, notes = decode_upload(job.raw_image, self.max_side)
     start = time.perf_counter()
-    with self.lock:  # one vision pass; expressions combined on the device
-      if any(algebra.is_expression(p) for p in job.prompts):
-        probs = algebra.predict_expressions(self.model, image, job.prompts, logic=job.logic)[0]
-      else:
-        probs = self.model.predict(image, job.prompts)[0]
+    with self.lock:  # one vision pass; expressions combined on the host (nothing compiled per request)
+      probs = algebra.predict_one(self.model, image, job.prompts, logic=job.logic, on_host=True)
     seconds = time.perf_counter() - start
     shown = probs if job.threshold is None else (probs > job.threshold).astype(np.float32)
     masks = [
