@@ -288,11 +288,13 @@ def run(args):
       shown = probs > thresholds[:, None, None]
     else:
       shown = probs
+    colors = visualize.contrast_colors(np.asarray(image.convert("RGB"), np.float32), np.asarray(shown, np.float32))
     for i, (label, mask) in enumerate(zip(labels, shown)):
       stem = f"{name}_{i}_{visualize.slug(label)}"
       visualize.mask_image(mask).save(out / f"{stem}_mask.png")
-      visualize.beside(image, visualize.overlay(image, mask, [label])).save(out / f"{stem}_overlay.png")
-    visualize.beside(image, visualize.overlay(image, shown, labels)).save(out / f"{name}_overlay.png")
+      overlay = visualize.overlay(image, mask, [label], colors=[colors[i]])  # the colour it has in the combined one
+      visualize.beside(image, overlay).save(out / f"{stem}_overlay.png")
+    visualize.beside(image, visualize.overlay(image, shown, labels, colors=colors)).save(out / f"{name}_overlay.png")
     if args.logits:
       np.savez_compressed(out / f"{name}_logits.npz", logits=result["logits"], prompts=np.array(leaf_names))
     if args.label_map:

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from clipseg_jax.config import ClipSegConfig
+from clipseg_jax.weights.io import write_text_atomic
 from clipseg_jax.weights.manifest import Manifest
 from clipseg_jax.weights.workdir import BASE, MODEL_DIR, RUN_CONFIG
 
@@ -105,10 +106,10 @@ def write_model(workdir: Path, run_json: str, config: ClipSegConfig, base: dict,
   """The files that make a workdir a model (`weights.workdir`): the run's config, the model config, its
   manifest, `base.json` (the CLIP and its fingerprint, which releases before manifests read) and the
   tokenizer (a workdir tokenizes with nothing else)."""
-  (workdir / RUN_CONFIG).write_text(run_json + "\n")
+  write_text_atomic(workdir / RUN_CONFIG, run_json + "\n")  # rewritten at every resume: never half-written
   model = workdir / MODEL_DIR
   model.mkdir(exist_ok=True)
-  config.to_json(model / "config.json")
+  write_text_atomic(model / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
   manifest.write(model)
-  (model / BASE).write_text(json.dumps(base) + "\n")
+  write_text_atomic(model / BASE, json.dumps(base) + "\n")
   tokenizer.save_pretrained(str(model))

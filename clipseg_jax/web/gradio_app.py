@@ -80,8 +80,8 @@ def unique_labels(labels: list[str]) -> list[str]:
   return out
 
 
-def hex_color(i: int) -> str:
-  r, g, b = (int(c) for c in visualize.PALETTE[i % len(visualize.PALETTE)])
+def hex_color(rgb) -> str:
+  r, g, b = (int(c) for c in rgb)
   return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -237,7 +237,8 @@ class AppSegmenter:
       probs = algebra.predict_one(self.model, query, prompts, operands=operands, on_host=True)
     seconds = time.perf_counter() - start
     masks = probs if threshold is None else (probs > threshold).astype(np.float32)
-    files = self.write(query, masks, labels)
+    palette = visualize.contrast_colors(np.asarray(query, np.float32), np.asarray(masks, np.float32))
+    files = self.write(query, masks, labels, palette)  # the page and the downloaded overlay: the same colours
     coverage = ", ".join(f"{label}: {m.mean():.0%}" for label, m in zip(labels, masks))
     what = "probabilities" if threshold is None else f"masks at threshold {threshold:g}"
     lines = [f"{len(prompts)} prompt(s) in {seconds:.2f} s ({what}; area {coverage})"] + notes
@@ -261,7 +262,7 @@ class AppSegmenter:
     return Result(
       image=np.asarray(query),
       layers=list(zip(masks, labels)),
-      colors={label: hex_color(i) for i, label in enumerate(labels)},
+      colors={label: hex_color(c) for label, c in zip(labels, palette)},
       files=files,
       notes="\n\n".join(lines),
       support_view=view,
@@ -269,7 +270,7 @@ class AppSegmenter:
       boxes=boxes,
     )
 
-  def write(self, image: Image.Image, masks: np.ndarray, labels: list[str]) -> list[str]:
+  def write(self, image: Image.Image, masks: np.ndarray, labels: list[str], colors=None) -> list[str]:
     """Mask PNGs (one per prompt) and a zip of them with the overlay, in a fresh folder; old ones pruned."""
     folder = self.out_dir / uuid.uuid4().hex
     folder.mkdir()
@@ -279,7 +280,7 @@ class AppSegmenter:
       visualize.mask_image(mask).save(path)
       pngs.append(path)
     overlay = folder / "overlay.png"
-    visualize.overlay(image, masks, labels).save(overlay)
+    visualize.overlay(image, masks, labels, colors=colors).save(overlay)
     archive = folder / "clipseg_masks.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
       for path in [*pngs, overlay]:

@@ -246,6 +246,18 @@ def atomic_path(final: Path):
   return Path(tmp)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+  """`path.write_text(text)` that a kill or a full disk cannot leave half-written."""
+  path = Path(path)
+  tmp = atomic_path(path)
+  try:
+    tmp.write_text(text)
+    _publish(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+  return path
+
+
 def _publish(tmp: Path, path: Path):
   os.chmod(tmp, file_mode())
   os.replace(tmp, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clipseg_jax.config import ClipSegConfig
+from clipseg_jax.weights.io import write_text_atomic
 
 MANIFEST_FILE = "clipseg_manifest.json"
 VERSION = 1  # the manifest layout this code writes; it reads this one and older
@@ -133,9 +134,9 @@ class Manifest:
       raise ManifestError(f"{what}: {e}") from None
 
   def write(self, directory: str | os.PathLike) -> Path:
-    path = Path(directory) / MANIFEST_FILE
-    path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
+    return write_text_atomic(
+      Path(directory) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
 
 
 def _list(value, name: str) -> list:

@@ -122,6 +122,8 @@ def read_model(path: Path) -> tuple[ClipSegConfig, dict, manifest.Manifest]:
   except (OSError, ValueError, TypeError, KeyError) as e:
     raise ValueError(f"{config_path} is not a valid model config (damaged?): {e}") from None
   base = read_json(path / MODEL_DIR / BASE)
+  if not isinstance(base, dict) or not isinstance(base.get("clip"), str):
+    raise ValueError(f"{path / MODEL_DIR / BASE} does not name the run's CLIP (damaged?)")
   run = read_json(path / RUN_CONFIG)
   found = run_manifest(path, config, run, base)
   template = hf.param_template(config)
