@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -106,10 +107,17 @@ def open_frames(source: str | Path) -> Frames:
   stream.thread_type = "AUTO"  # decode on FFmpeg's threads
   fps = float(stream.average_rate) if stream.average_rate else None
 
+  # Frames beyond preprocess.MAX_SIDE are decoded downscaled, as images are (8K video: GBs per batch else).
+  w, h = stream.codec_context.width, stream.codec_context.height
+  scale = min(1.0, preprocess.MAX_SIDE / max(w, h, 1))
+  size = {"width": max(1, round(w * scale)), "height": max(1, round(h * scale))} if scale < 1 else {}
+  if size:
+    warnings.warn(f"{source.name}: {w}x{h} frames are read at {size['width']}x{size['height']}", stacklevel=2)
+
   def read():
     try:
       for frame in container.decode(stream):
-        yield frame.to_ndarray(format="rgb24")
+        yield frame.reformat(format="rgb24", **size).to_ndarray()
     except av.error.FFmpegError as e:
       raise ValueError(f"cannot decode {source}: {e}") from e
     finally:

@@ -146,6 +146,19 @@ def test_odd_sized_frames_are_padded_for_h264(tmp_path):
   assert len(frames) == 3 and frames[0].shape == (16, 22) and abs(int(frames[0][7, 10]) - 200) <= 3
 
 
+def test_frames_beyond_max_side_are_read_downscaled(tmp_path, monkeypatch):
+  """As images are: an 8K video would otherwise hold GBs per batch."""
+  pytest.importorskip("av", reason="video files need PyAV (the 'video' extra)")
+  writer = video.VideoWriter(tmp_path / "big.mp4", 10)
+  for _ in range(2):
+    writer.write(np.full((48, 64), 120, np.uint8))
+  writer.close()
+  monkeypatch.setattr(video.preprocess, "MAX_SIDE", 32)
+  with pytest.warns(UserWarning, match="64x48 frames are read at 32x24"):
+    frames = video.open_frames(tmp_path / "big.mp4")
+  assert [f.shape[:2] for f in frames.frames] == [(24, 32), (24, 32)]
+
+
 def test_bad_input(tiny_dir, tmp_path, capsys, monkeypatch):
   write_frames(tmp_path / "clip", moving_disc(2))
   (tmp_path / "empty").mkdir()
