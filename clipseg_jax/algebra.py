@@ -235,10 +235,6 @@ def compile_expressions(expressions: Sequence, operands: dict | None = None) -> 
   return Program(tuple(prompts), tuple(trees))
 
 
-def _sigmoid(x):
-  return 0.5 * (jnp.tanh(0.5 * x) + 1.0)  # as `predict`: overflow-free for large |x|
-
-
 def _apply(op: str, p, q, logic: str, xp=jnp):
   """One operator on probability maps (numpy or jax.numpy as `xp`): the module docstring's semantics."""
   if logic == "fuzzy":
@@ -258,7 +254,7 @@ def _evaluate(tree, probs, logic: str, xp=jnp):
 def combine_logits_on_host(logits, trees: tuple, logic: str = DEFAULT_LOGIC) -> np.ndarray:
   """`combine_logits` in numpy: nothing to compile per expression (what a server wants, where each
   request may bring new expressions)."""
-  probs = 0.5 * (np.tanh(0.5 * np.asarray(logits, np.float32)) + 1.0)
+  probs = preprocess.sigmoid(np.asarray(logits, np.float32))
   return np.stack([_evaluate(t, probs, logic, np) for t in trees], axis=-3)
 
 
@@ -266,7 +262,7 @@ def combine_logits_on_host(logits, trees: tuple, logic: str = DEFAULT_LOGIC) -> 
 def combine_logits(logits, trees: tuple, logic: str = DEFAULT_LOGIC):
   """Leaf logits [..., L, S, S] -> expression probabilities [..., E, S, S] (one jitted function per set of
   trees and logic)."""
-  probs = _sigmoid(logits.astype(jnp.float32))
+  probs = preprocess.sigmoid(logits.astype(jnp.float32), jnp)
   return jnp.stack([_evaluate(t, probs, logic) for t in trees], axis=-3)
 
 

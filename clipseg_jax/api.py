@@ -359,7 +359,7 @@ class ClipSeg:
       reduced = self.encode_images(preprocess.batch_pixels(chunk, self.image_size))
       logits = np.asarray(self.decode(reduced, cond), np.float32)
       for im, lg in zip(chunk, logits):
-        probs = preprocess.resize_map(_sigmoid(lg), im.height, im.width, align_corners=align_corners)
+        probs = preprocess.resize_map(preprocess.sigmoid(lg), im.height, im.width, align_corners=align_corners)
         yield {"masks": probs > threshold if threshold is not None else probs, "logits": lg}
 
   # ---- prompt algebra, label maps (clipseg_jax.algebra, clipseg_jax.labelmap) ---------------------
@@ -405,7 +405,3 @@ class ClipSeg:
     """Upload this model with its card to the Hub repository `repo_id`; options: `export.push_to_hub`
     (format="hf"|"flax", private=, revision=, token=, commit_message=, evaluation=). Returns the commit URL."""
     return export.push_to_hub(self, repo_id, **options)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-  return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free for large |x|

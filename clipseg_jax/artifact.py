@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -107,17 +108,22 @@ def _write_spec(out: Path, spec: dict, model, prompts):
   (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
-def _prepare(out_dir, overwrite: bool) -> Path:
-  """The artifact folder, created; an existing non-empty one only with `overwrite`, and then only the
-  files an artifact writes are removed (never anything else a user keeps there)."""
+def _check_target(out_dir, overwrite: bool):
+  """Refuse a file, or a non-empty folder without `overwrite`: before the (long) export, not after."""
   out = Path(out_dir)
   if out.exists() and not out.is_dir():
     raise FileExistsError(f"{out} exists and is not a folder: an artifact is a folder")
-  if out.is_dir() and any(out.iterdir()):
-    if not overwrite:
-      raise FileExistsError(f"{out} already exists: pass overwrite=True (--overwrite) or choose another folder")
-    for name in (STABLEHLO_FILE, ONNX_FILE, SPEC_FILE, "tokenizer.json", "tokenizer_config.json"):
-      (out / name).unlink(missing_ok=True)
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
+    raise FileExistsError(f"{out} already exists: pass overwrite=True (--overwrite) or choose another folder")
+
+
+def _prepare(out_dir, overwrite: bool) -> Path:
+  """The artifact folder, created once the artifact is built; with `overwrite`, only the files an artifact
+  writes are removed (never anything else a user keeps there)."""
+  _check_target(out_dir, overwrite)
+  out = Path(out_dir)
+  for name in (STABLEHLO_FILE, ONNX_FILE, SPEC_FILE, "tokenizer.json", "tokenizer_config.json"):
+    (out / name).unlink(missing_ok=True)
   out.mkdir(parents=True, exist_ok=True)
   return out
 
@@ -163,6 +169,7 @@ def export_stablehlo(
   Returns the folder."""
   from jax import export
 
+  _check_target(out_dir, overwrite)
   if prompts is not None:
     prompts = list(prompts)
     if not prompts:
@@ -259,6 +266,7 @@ def export_onnx(
   from transformers import CLIPSegForImageSegmentation
   from transformers.utils import logging as hf_logging
 
+  _check_target(out_dir, overwrite)
   size = image_size or model.image_size
   model._check_pixels(np.zeros((1, size, size, 3), np.float32), "image_size")
   cond = None if prompts is None else np.asarray(model.encode_prompts(list(prompts)), np.float32)
@@ -279,30 +287,33 @@ def export_onnx(
     shapes = {"pixel_values": {0: batch}, "input_ids": {0: p, 1: l}, "attention_mask": {0: p, 1: l}}
   else:
     args, names, shapes = (pixels,), ["pixel_values"], {"pixel_values": {0: batch}}
-  out = _prepare(out_dir, overwrite)
+  with tempfile.TemporaryDirectory(prefix="clipseg_onnx_") as staging:  # an earlier artifact stays if this fails
+    path = Path(staging) / ONNX_FILE
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry.level
+    with torch.no_grad(), warnings.catch_warnings():
+      # torch's exporter warns about its own internals (pytree LeafSpec, axis renaming): nothing to act on
+      warnings.filterwarnings("ignore", category=FutureWarning)
+      warnings.filterwarnings("ignore", message=".*axis name.*")
+      registry.setLevel(logging.ERROR)
+      try:
+        torch.onnx.export(
+          wrapper,
+          args,
+          str(path),
+          input_names=names,
+          output_names=["logits"],
+          dynamic_shapes=shapes,
+          opset_version=opset,
+          dynamo=True,
+          external_data=False,
+          verbose=False,
+        )
+      finally:
+        registry.setLevel(level)
+    out = _prepare(out_dir, overwrite)
+    shutil.move(str(path), out / ONNX_FILE)
   path = out / ONNX_FILE
-  registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
-  level = registry.level
-  with torch.no_grad(), warnings.catch_warnings():
-    # torch's exporter warns about its own internals (pytree LeafSpec, axis renaming): nothing to act on
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*axis name.*")
-    registry.setLevel(logging.ERROR)
-    try:
-      torch.onnx.export(
-        wrapper,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["logits"],
-        dynamic_shapes=shapes,
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-      )
-    finally:
-      registry.setLevel(level)
   extra = {
     "file": ONNX_FILE,
     "bytes": path.stat().st_size,

@@ -180,6 +180,15 @@ def _check(prob, threshold, min_area, fill_holes, erode, dilate, feather, connec
   return prob.astype(np.float32), max_hole
 
 
+def _checked_and_cleaned(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity):
+  """(prob as checked, the cleaned jax bool mask): what `clean_mask` and `instances` both start with."""
+  prob, fill = _check(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
+  mask = _clean(
+    jnp.asarray(prob), jnp.float32(threshold), jnp.int32(min_area), fill, int(erode), int(dilate), connectivity
+  )
+  return prob, mask
+
+
 def clean_mask(
   prob,
   threshold: float = DEFAULT_THRESHOLD,
@@ -195,10 +204,7 @@ def clean_mask(
   smaller than `min_area` pixels, fill holes (`True`: all; an int: those up to that many pixels), erode then
   dilate by disks of those radii (both: a morphological opening), then with `feather` (a Gaussian sigma in
   pixels) the float32 soft mask in [0, 1] of the blurred result instead of the bool mask."""
-  prob, fill = _check(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
-  mask = _clean(
-    jnp.asarray(prob), jnp.float32(threshold), jnp.int32(min_area), fill, int(erode), int(dilate), connectivity
-  )
+  prob, mask = _checked_and_cleaned(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
   if feather:
     return np.asarray(_feather_jit(mask, float(feather)))
   return np.asarray(mask)
@@ -224,10 +230,7 @@ def instances(
   first (ties: larger first, then raster order), at most `limit` (masks are built for those only: a
   speckled map may hold tens of thousands of components); `min_area` also applies after erosion/dilation.
   With `feather`, each instance also carries its own feathered `soft` mask."""
-  prob, fill = _check(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
-  mask = _clean(
-    jnp.asarray(prob), jnp.float32(threshold), jnp.int32(min_area), fill, int(erode), int(dilate), connectivity
-  )
+  prob, mask = _checked_and_cleaned(prob, threshold, min_area, fill_holes, erode, dilate, feather, connectivity)
   roots, area, total, boxes = (np.asarray(x) for x in _components(mask, jnp.asarray(prob), connectivity))
   ids = np.flatnonzero(area[:-1] >= max(1, min_area))
   order = sorted(ids, key=lambda i: (-total[i] / area[i], -area[i], i))[:limit]

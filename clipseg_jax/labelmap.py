@@ -185,6 +185,19 @@ def read_labels(path: Path, n_classes: int) -> np.ndarray:
   return labels
 
 
+def _at_label_size(probs: np.ndarray, shape: tuple[int, int], label_path: Path, image: Path) -> np.ndarray:
+  """Probabilities of an image `load_image` downscaled (over MAX_SIDE), brought to its labels' full size;
+  any other mismatch (another aspect: labels drawn on the image before EXIF rotation?) is refused."""
+  (h, w), (ph, pw) = shape, probs.shape[1:]
+  scale = max(ph, pw) / max(h, w)
+  if scale >= 1 or abs(round(h * scale) - ph) > 1 or abs(round(w * scale) - pw) > 1:
+    raise ValueError(
+      f"{label_path}: labels are {w}x{h} (WxH) but {image} is {pw}x{ph} as displayed (EXIF orientation "
+      "applied): draw the labels on the image as it is displayed"
+    )
+  return preprocess.resize_map(probs, h, w)
+
+
 def calibrate(
   model, folder: str | os.PathLike, *, grid: Sequence[float] = CALIBRATION_GRID, progress: bool = True, **options
 ) -> dict:
@@ -209,7 +222,7 @@ def calibrate(
     labels = read_labels(label_path, len(prompts))
     probs = out["masks"]
     if labels.shape != probs.shape[1:]:
-      raise ValueError(f"{label_path}: labels are {labels.shape[::-1]} (WxH) but {image} is {probs.shape[:0:-1]}")
+      probs = _at_label_size(probs, labels.shape, label_path, image)
     valid = labels != IGNORE_LABEL
     for i, p in enumerate(probs):
       truth = (labels == i + 1)[valid]

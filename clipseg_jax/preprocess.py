@@ -142,8 +142,19 @@ def prepare(images) -> list[Image.Image]:
 
 def batches(images, batch_size: int):
   """`prepare`d lists of up to `batch_size` images from any iterable (a generator of files, say)."""
-  images = iter(images)
-  while chunk := prepare(itertools.islice(images, batch_size)):
+  for chunk in chunks(images, batch_size):
+    yield prepare(chunk)
+
+
+def sigmoid(logits, xp=np):
+  """Logits -> probabilities, overflow-free for large |x| (`xp`: numpy, or jax.numpy inside jitted code)."""
+  return 0.5 * (xp.tanh(0.5 * logits) + 1.0)
+
+
+def chunks(items, size: int):
+  """Lists of up to `size` consecutive items of any iterable (the last one shorter)."""
+  items = iter(items)
+  while chunk := list(itertools.islice(items, size)):
     yield chunk
 
 

@@ -30,6 +30,7 @@ from clipseg_jax.export import (
 )
 from clipseg_jax.tokenizer import has_tokenizer, load_tokenizer
 from clipseg_jax.weights import backbone, hf, io, manifest, original, workdir
+from clipseg_jax.weights.checkpoints import one_line
 
 ORIGINAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")  # what an original decoder file is called
 WRONG_MASKS = "its masks will be wrong"
@@ -183,7 +184,7 @@ def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
       params = ckpt.restore(path.absolute() / "params", hf.param_template(config))
   except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many types for damaged files
     raise ValueError(
-      f"cannot read the params of {path} (params/ truncated or damaged, or not saved by clipseg-jax): {_first_line(e)}"
+      f"cannot read the params of {path} (params/ truncated or damaged, or not saved by clipseg-jax): {one_line(e)}"
     ) from None
   if want is None:  # saved before digests existed
     io.check_finite(dict(enumerate(jax.tree.leaves(params))), path / "params")
@@ -194,17 +195,6 @@ def load_flax(path: Path, dtype=jnp.float32) -> ClipSeg:
     )
   found = read_manifest(path, config)
   return ClipSeg(config, params, load_tokenizer(path), dtype, manifest=found)
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-  """An exception's root cause as one short line (Orbax wraps TensorStore errors in pages of spec)."""
-  seen = {id(e)}
-  while (cause := e.__cause__ or e.__context__) is not None and id(cause) not in seen:
-    seen.add(id(cause))
-    e = cause
-  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
-  text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_decoder(path: Path, dtype=jnp.float32, extract_layers=None, *, hub=None) -> ClipSeg:

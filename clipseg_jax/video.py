@@ -150,17 +150,6 @@ def check_alpha(alpha: float):
     raise ValueError(f"the smoothing weight alpha must be in (0, 1] (1: no smoothing), got {alpha!r}")
 
 
-def _batches(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-  batch = []
-  for f in frames:
-    batch.append(f)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
-
-
 def segment_frames(
   model,
   frames: Iterable,
@@ -203,22 +192,18 @@ def _segment_stream(model, frames, cond, batch_size, smooth, size, threshold):
 
   def finish(dispatched):  # the host side of one batch: sigmoid, smoothing, resize, threshold
     rgb, logits = dispatched
-    for frame, p in zip(rgb, _sigmoid(np.asarray(logits, np.float32))):  # p: [P, S, S]
+    for frame, p in zip(rgb, preprocess.sigmoid(np.asarray(logits, np.float32))):  # p: [P, S, S]
       p = smoother(p) if smoother is not None else p
       maps = preprocess.resize_map(p, frame.shape[0], frame.shape[1])
       yield frame, (maps > threshold if threshold is not None else maps)
 
   pending = None
-  for batch in _batches(frames, batch_size):
+  for batch in preprocess.chunks(frames, batch_size):
     current, pending = pending, dispatch(batch)
     if current is not None:
       yield from finish(current)
   if pending is not None:
     yield from finish(pending)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-  return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -262,11 +247,15 @@ class VideoWriter:
 
 
 class PngWriter:
-  """One PNG per frame in a folder, named by the frame's name."""
+  """One PNG per frame in a folder, named by the frame's name. `replace`: remove the PNGs an earlier run
+  left there first (a shorter video would otherwise leave its predecessor's last frames behind)."""
 
-  def __init__(self, directory: str | Path):
+  def __init__(self, directory: str | Path, replace: bool = False):
     self.directory = Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
+    if replace:
+      for old in self.directory.glob("*.png"):
+        old.unlink()
 
   def write(self, frame: np.ndarray, name: str):
     Image.fromarray(np.asarray(frame, np.uint8)).save(self.directory / f"{name}.png")
@@ -283,6 +272,16 @@ def output_paths(out: str | Path, stem: str, labels: Sequence[str], kinds: Seque
   return [out / (n + ".mp4" if kind == "video" else n) for kind in kinds for n in names]
 
 
+def refuse_existing(paths: Sequence[Path]):
+  """FileExistsError naming the first video or non-empty PNG folder among `output_paths` that an earlier
+  run left (checked before any work, so nothing is overwritten unasked)."""
+  for p in paths:
+    if p.is_file() or (p.is_dir() and any(p.iterdir())):
+      raise FileExistsError(
+        f"{p} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
+      )
+
+
 def write_outputs(
   results: Iterable[tuple[np.ndarray, np.ndarray]],
   out: str | Path,
@@ -293,19 +292,23 @@ def write_outputs(
   fps: float = DEFAULT_FPS,
   names: Sequence[str] | None = None,
   progress: Any = None,
+  overwrite: bool = False,
 ) -> int:
   """Write `segment_frames`' results: per prompt a greyscale mask and one overlay of all prompts (colours
   picked on the first frame and kept, so they do not flicker), as .mp4 videos and/or PNG folders
   (`output_paths`). PNG frames are named by `names` (a folder's frame stems) or numbered. Returns the
-  number of frames; `progress` (a tqdm bar, say) is updated per frame."""
+  number of frames; `progress` (a tqdm bar, say) is updated per frame. Outputs left by an earlier run are
+  refused (`refuse_existing`) unless `overwrite`, which replaces them whole."""
   kinds = list(kinds)
   if not kinds or any(k not in ("video", "png") for k in kinds):
     raise ValueError(f"output kinds are 'video' and 'png', got {kinds!r}")
   paths = output_paths(out, stem, labels, kinds)
+  if not overwrite:
+    refuse_existing(paths)
   Path(out).mkdir(parents=True, exist_ok=True)
   per_kind = len(labels) + 1
   writers = [
-    VideoWriter(p, fps) if kind == "video" else PngWriter(p)
+    VideoWriter(p, fps) if kind == "video" else PngWriter(p, replace=overwrite)
     for k, kind in enumerate(kinds)
     for p in paths[k * per_kind : (k + 1) * per_kind]
   ]

@@ -30,6 +30,11 @@ def mask_image(prob: np.ndarray) -> Image.Image:
   return Image.fromarray(np.round(np.asarray(prob, np.float32) * 255).astype(np.uint8), "L")
 
 
+def coverage(mask: np.ndarray) -> float:
+  """The share of pixels a mask or probability map calls foreground (above 0.5): what the servers report."""
+  return float(np.mean(np.asarray(mask) > 0.5))
+
+
 def contrast_colors(image: np.ndarray, probs: np.ndarray) -> list[np.ndarray]:
   """A palette colour per prompt that stands out from the image under its mask (the farthest from the
   mask-weighted mean colour, by the "redmean" approximation of perceived distance), each used once."""

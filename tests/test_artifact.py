@@ -92,7 +92,7 @@ def test_stablehlo_in_a_fresh_process_matches_predict(tiny_model, tmp_path, bake
   np.testing.assert_allclose(mine, probs, atol=1e-5)
 
 
-def test_stablehlo_other_sizes_and_batches(tiny_model, tmp_path):
+def test_stablehlo_other_sizes_and_batches(tiny_model, tmp_path, monkeypatch):
   folder = artifact.export_stablehlo(
     tiny_model, tmp_path / "hlo", prompts=PROMPTS[:1], image_size=96, platforms=["cpu"]
   )
@@ -108,8 +108,13 @@ def test_stablehlo_other_sizes_and_batches(tiny_model, tmp_path):
     artifact.export_stablehlo(tiny_model, tmp_path / "bad", image_size=90)
   with pytest.raises(ValueError, match="unknown platform"):
     artifact.export_stablehlo(tiny_model, tmp_path / "bad", platforms=["gpu"])
-  with pytest.raises(FileExistsError, match="already exists"):
+  import jax.export
+
+  monkeypatch.setattr(jax.export, "export", lambda *a, **k: pytest.fail("exported before refusing the folder"))
+  with pytest.raises(FileExistsError, match="already exists"):  # refused before the export's work
     artifact.export_stablehlo(tiny_model, folder)
+  with pytest.raises(FileExistsError, match="already exists"):
+    artifact.export_onnx(tiny_model, folder)
   with pytest.raises(ValueError, match="not an artifact folder"):
     artifact.load_stablehlo(tmp_path)
 

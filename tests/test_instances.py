@@ -138,6 +138,11 @@ def test_cli_instances_and_clean_masks_on_the_embedded_model(tmp_path, capsys):
   assert len(np.unique(mask)) > 2  # the cleaned, feathered mask
   assert main(args) == 2  # refuses to overwrite the earlier instances
   assert "already exists" in capsys.readouterr().err
+  # --overwrite replaces this image's instances whole (an earlier run's extra ones go), nobody else's.
+  stale, other = out / f"scene_0_the-star_instance{len(rows) + 1}.png", out / "scene_0_the-star_instance1_x.png"
+  stale.write_bytes(b"earlier run"), other.write_bytes(b"not ours")
+  assert main([*args, "--min-area", "30", "--overwrite"]) == 0
+  assert not stale.exists() and other.exists()
 
 
 def test_instances_at_a_fixed_size_report_image_pixels():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_jax import labelmap
+from clipseg_jax import labelmap, preprocess
 from clipseg_jax.cli.main import main
 from clipseg_jax.preprocess import MEAN, STD, resize_map
 
@@ -132,6 +132,29 @@ def test_calibrate_by_hand(tmp_path):
   assert coarse["miou"] == {"red thing": pytest.approx(16 / 24), "blue thing": pytest.approx(16 / 63 / 2)}
   (tmp_path / "labels" / "b.png").unlink()
   with pytest.raises(FileNotFoundError, match="b.png not found"):
+    labelmap.calibrate(EchoModel(), tmp_path, progress=False)
+
+
+def test_calibrate_images_downscaled_on_load(tmp_path, monkeypatch):
+  """An image over MAX_SIDE is downscaled when read; its probabilities are brought back to its full-size
+  labels (about the answer by hand). Labels of another aspect (drawn before EXIF rotation) are
+  refused with a line naming the file."""
+  calibration_folder(tmp_path)
+  for name in ("a", "b"):  # 16 x 16 copies (each pixel 2 x 2): read at 8 x 8 under MAX_SIDE = 8
+    for kind, resample in (("images", Image.NEAREST), ("labels", Image.NEAREST)):
+      f = tmp_path / kind / f"{name}.png"
+      Image.open(f).resize((16, 16), resample).save(f)
+  monkeypatch.setattr(preprocess, "MAX_SIDE", 8)
+  with pytest.warns(UserWarning, match="downscaled to 8x8"):
+    result = labelmap.calibrate(EchoModel(), tmp_path, progress=False)
+  # The round trip 16 -> 8 -> 16 blurs each edge by a pixel: the by-hand answer within one grid step.
+  assert result["thresholds"] == pytest.approx({"red thing": 0.6, "blue thing": 0.15}, abs=0.051)
+  assert min(result["miou"].values()) > 0.8
+  Image.new("L", (16, 12)).save(tmp_path / "labels" / "b.png")
+  with (
+    pytest.warns(UserWarning, match="downscaled"),
+    pytest.raises(ValueError, match=r"b.png: labels are 16x12 \(WxH\) but .*b.png is 8x8 as displayed"),
+  ):
     labelmap.calibrate(EchoModel(), tmp_path, progress=False)
 
 

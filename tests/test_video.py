@@ -95,7 +95,14 @@ def test_frames_folder_to_png_frames(tiny_model, tiny_dir, tmp_path, monkeypatch
   # A second run refuses to overwrite, before loading anything; --overwrite replaces.
   prompts = ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]
   assert main([*argv, *prompts, "--out", "out"]) == 2
+  # --overwrite replaces the folders whole: a shorter clip leaves none of the longer one's frames behind.
+  for t in range(4, 10):
+    (tmp_path / "clip" / f"f{t}.png").unlink()
   assert main([*argv, *prompts, "--out", "out", "--overwrite"]) == 0
+  for sub in ("clip_0_a-red-circle_mask", "clip_overlay"):
+    assert sorted(f.name for f in (tmp_path / "out" / sub).iterdir()) == [f"f{t}.png" for t in range(4)]
+  with pytest.raises(FileExistsError, match="clip_0_a-red-circle_mask already exists"):  # the library refuses too
+    video.write_outputs(iter([]), tmp_path / "out", "clip", PROMPTS, kinds=["png"])
 
 
 def test_video_file_in_and_out(tiny_model, tiny_dir, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import argparse
 import collections
 import glob
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -244,7 +245,7 @@ def run(args):
     for path in paths:
       existing = [out / f for f in output_files(names[path], labels, args.logits, extra)]
       if args.instances:
-        existing += sorted(out.glob(f"{glob.escape(names[path])}_*_instance*.png"))
+        existing += instance_files(out, names[path], labels)
       for f in existing:
         if f.exists():
           raise FileExistsError(
@@ -314,9 +315,21 @@ def run(args):
     )
 
 
+def instance_files(out: Path, name: str, labels) -> list[Path]:
+  """The instance PNGs in `out` that `write_instances` writes for image `name` (from any earlier run)."""
+  pattern = re.compile(r"_instance[1-9][0-9]*\.png")
+  found = []
+  for i, label in enumerate(labels):
+    stem = f"{name}_{i}_{visualize.slug(label)}"
+    found += [f for f in out.glob(f"{glob.escape(stem)}_instance*.png") if pattern.fullmatch(f.name[len(stem) :])]
+  return sorted(found)
+
+
 def write_instances(out: Path, name: str, path: Path, probs, labels, thresholds, clean_options: dict):
   """Each prompt's connected components as `NAME_I_PROMPT_instanceK.png` (K from 1, highest score first; the
   feathered mask with --feather) and `NAME_instances.json` listing their files, boxes, areas and scores."""
+  for old in instance_files(out, name, labels):  # an earlier run's (--overwrite): it may have found more
+    old.unlink()
   table = []
   for i, (label, p, t) in enumerate(zip(labels, probs, thresholds)):
     found = instance_lib.instances(p, float(t), **clean_options)

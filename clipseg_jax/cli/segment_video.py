@@ -108,11 +108,7 @@ def run(args):
   stem = source.stem if source.is_file() else source.resolve().name
   out = Path(args.out) if args.out is not None else Path(f"{stem or 'video'}_segments")
   if not args.overwrite:
-    for path in video.output_paths(out, stem, labels, kinds):
-      if path.is_file() or (path.is_dir() and any(path.iterdir())):
-        raise FileExistsError(
-          f"{path} already exists (from an earlier run?): pass --overwrite to replace it, or choose another --out"
-        )
+    video.refuse_existing(video.output_paths(out, stem, labels, kinds))
   frames = video.open_frames(source)
   model = load_model(args.checkpoint, clip=args.clip, dtype=jnp.dtype(args.dtype))
   results = video.segment_frames(
@@ -135,6 +131,7 @@ def run(args):
       fps=args.fps or frames.fps or video.DEFAULT_FPS,
       names=frames.names,
       progress=bar,
+      overwrite=args.overwrite,
     )
   rate = count / max(time.perf_counter() - start, 1e-9)
   print(f"wrote masks and overlays of {count} frame(s) x {len(prompts)} prompt(s) to {out} ({rate:.1f} frames/s)")

@@ -224,7 +224,7 @@ def episode_probabilities(predictor, query: np.ndarray, support: np.ndarray) -> 
   else:
     cond = dict(conditional_pixel_values=support[None])
   logits = np.asarray(model(query[None], **cond)[0], np.float32)
-  return 0.5 * (np.tanh(0.5 * logits) + 1.0)  # the sigmoid, overflow-free
+  return preprocess.sigmoid(logits)
 
 
 # ---- protocols --------------------------------------------------------------------------------------------

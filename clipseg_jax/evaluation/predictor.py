@@ -43,7 +43,7 @@ class ModelPredictor:
   def _square(self, pixels: np.ndarray, cond) -> np.ndarray:
     """[P, S, S] sigmoid probabilities for one image's normalised S x S pixels."""
     logits = np.asarray(self.model.decode(self.model.encode_images(pixels[None]), cond)[0], np.float32)
-    return 0.5 * (np.tanh(0.5 * logits) + 1.0)  # the sigmoid, overflow-free
+    return preprocess.sigmoid(logits)
 
 
 class NoPromptPredictor(ModelPredictor):

@@ -239,9 +239,9 @@ class AppSegmenter:
     masks = probs if threshold is None else (probs > threshold).astype(np.float32)
     palette = visualize.contrast_colors(np.asarray(query, np.float32), np.asarray(masks, np.float32))
     files = self.write(query, masks, labels, palette)  # the page and the downloaded overlay: the same colours
-    coverage = ", ".join(f"{label}: {m.mean():.0%}" for label, m in zip(labels, masks))
+    coverage = ", ".join(f"{label}: {visualize.coverage(m):.0%}" for label, m in zip(labels, masks))
     what = "probabilities" if threshold is None else f"masks at threshold {threshold:g}"
-    lines = [f"{len(prompts)} prompt(s) in {seconds:.2f} s ({what}; area {coverage})"] + notes
+    lines = [f"{len(prompts)} prompt(s) in {seconds:.2f} s ({what}; coverage {coverage})"] + notes
     view = None
     if pair is not None:
       view = preprocess.denormalize(self.model.support_pixels(np.asarray(pair[0]), pair[1]))

@@ -126,7 +126,7 @@ class ApiSegmenter:
     seconds = time.perf_counter() - start
     shown = probs if job.threshold is None else (probs > job.threshold).astype(np.float32)
     masks = [
-      {"prompt": p, "mask": png_data_url(visualize.mask_image(m)), "coverage": float(np.mean(m > 0.5))}
+      {"prompt": p, "mask": png_data_url(visualize.mask_image(m)), "coverage": visualize.coverage(m)}
       for p, m in zip(job.prompts, shown)
     ]
     if job.min_area is not None:

@@ -134,9 +134,9 @@ def one_line(e: BaseException, limit: int = 320) -> str:
   while (cause := e.__cause__ or e.__context__) is not None and id(cause) not in seen:
     seen.add(id(cause))
     e = cause
-  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-  text = text.split(" See full TensorStore details")[0]
-  text = text if isinstance(e, CheckpointError) else f"{type(e).__name__}: {text}"
+  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  if not isinstance(e, CheckpointError):
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
   return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -43,7 +43,7 @@ def rate(model, prompts, n, size, batch, out=None, kinds=("png",)) -> float:
     for _ in results:
       stamps.append(time.perf_counter())
   else:
-    video.write_outputs(results, out, "bench", prompts, kinds=kinds, fps=25, progress=Clock())
+    video.write_outputs(results, out, "bench", prompts, kinds=kinds, fps=25, progress=Clock(), overwrite=True)
   timed = stamps[batch - 1 :]  # from the end of the first batch
   return (len(timed) - 1) / (timed[-1] - timed[0])
 
