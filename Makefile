@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 # A CPU build of torch; an unpinned `torch` pulls a multi-GB CUDA build. Override for other machines.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Parallel workers (pytest-xdist), one per core up to 4; tests steal work from each other's queues.
+XDIST ?= -n logical --maxprocesses 4 --dist worksteal
 
 .PHONY: setup browser test test-all test-fast lint format smoke demo clean
 
@@ -27,15 +29,15 @@ browser:
 
 # The suite CI runs: everything but the nightly tier (tests that repeat others), slowest 15 listed.
 test: setup browser
-	$(VENV)/bin/pytest -q -m "not nightly" --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(XDIST) -m "not nightly" --durations=15 $(PYTEST_ARGS)
 
 # Everything, the nightly tier included (run before an issue is resolved).
 test-all: setup browser
-	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything not marked slow (no training runs, no full-size models, no browser).
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow and not nightly" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(XDIST) -m "not slow and not nightly" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,8 @@
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -15,6 +17,40 @@ import pytest
 from PIL import Image
 
 from clipseg_jax.config import ClipSegConfig, tiny_config
+
+_OWN_XLA_CACHE = []  # the cache folder this process made (and removes at the end)
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole run, shared by the pytest process(es) and every CLI
+  they start (xdist workers, started after this, and subprocesses inherit the variables): the many tiny
+  training runs of one recipe compile their programs once. A size limit turns on JAX's file lock, so
+  workers share it safely. A fresh folder each run: nothing carries over between runs."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_XLA_CACHE.append(tempfile.mkdtemp(prefix="clipseg_jax_tests_xla_"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE[0]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  for name in ("jax_persistent_cache_min_compile_time_secs", "jax_compilation_cache_max_size"):
+    if name.upper() in os.environ:
+      value = os.environ[name.upper()]
+      jax.config.update(name, float(value) if name.endswith("secs") else int(value))
+
+
+def pytest_unconfigure(config):
+  for folder in _OWN_XLA_CACHE:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Modules holding slow tests first, each module's tests together and in order: under xdist the long
+  training runs start early and the quick tests fill the end, and module fixtures are built once per worker."""
+  first = {}
+  for item in items:
+    first.setdefault(item.module.__name__, len(first))
+  slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: (item.module.__name__ not in slow, first[item.module.__name__]))
 
 
 def max_rel_err(ours, ref) -> float:

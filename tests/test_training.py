@@ -210,13 +210,15 @@ def two_processes(setup, workdir, **extra):
   ]
 
 
+# The two-process runs' settings, shared so that the SIGTERM test reuses the programs compiled for the first.
+TWO_PROCESS_RUN = {"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp", "eval_every": 3}
+
+
 def test_two_processes_equal_one(setup, tmp_path):
   """2 processes x 4 CPU devices (gloo collectives) on localhost == 1 process x 8 devices. The
   multi-process run also splits CLIP over the model axis (fsdp) and evaluates periodically (process 0
   reads its host copy of the split CLIP)."""
-  procs = two_processes(
-    setup, tmp_path / "multi", **{"mesh.shape": "(4,2)", "mesh.clip_sharding": "fsdp", "eval_every": 3}
-  )
+  procs = two_processes(setup, tmp_path / "multi", **TWO_PROCESS_RUN)
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   single = run_cli(setup, tmp_path / "single", devices=8, eval_every=3)
@@ -284,7 +286,9 @@ def test_sigterm_saves_and_exits(setup, tmp_path):
 
 def test_sigterm_to_one_process_stops_all(setup, tmp_path):
   """Preemption that reaches only process 1: both processes save the same step and exit cleanly."""
-  procs = two_processes(setup, tmp_path / "term2", **{"total_steps": 100000, "checkpoint_every": FIRST_SAVE})
+  procs = two_processes(
+    setup, tmp_path / "term2", **{**TWO_PROCESS_RUN, "total_steps": 100000, "checkpoint_every": FIRST_SAVE}
+  )
   wait_until_training(tmp_path / "term2")
   procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=180)[0] for p in procs]
