@@ -13,6 +13,7 @@ linear, so the order does not change the result, and it is cheaper).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 import warnings
@@ -75,9 +76,9 @@ def frame_files(directory: str | Path) -> list[Path]:
   )
   if not files:
     raise ValueError(f"no frames ({', '.join(sorted(preprocess.IMAGE_SUFFIXES))}) in {directory}")
-  stems = [p.stem for p in files]
-  if len(set(stems)) < len(stems):  # outputs are named by stem: f1.png and f1.jpg would write one file
-    twice = sorted({p.name for p in files if stems.count(p.stem) > 1})
+  stems = collections.Counter(p.stem for p in files)
+  if len(stems) < len(files):  # outputs are named by stem: f1.png and f1.jpg would write one file
+    twice = sorted(p.name for p in files if stems[p.stem] > 1)
     raise ValueError(f"frames in {directory} share a name but not an extension: {twice[:4]}")
   return files
 

@@ -319,6 +319,12 @@ def test_bad_input_fails_before_compute(setup, trained_run, tmp_path, capsys):
     load_model(workdir)
   assert main(args + shared(total_steps=8)) == 2
   assert "trained on other weights of the CLIP" in capsys.readouterr().err
+  # A damaged base.json: one line naming it, from loading and from resuming alike (weights.workdir.read_base).
+  base_json.write_text(json.dumps({"clip_sha256": base["clip_sha256"]}))
+  with pytest.raises(ValueError, match=r"model/base.json does not name the run's CLIP"):
+    load_model(workdir)
+  assert main(args + shared(total_steps=8)) == 2
+  assert "base.json does not name the run's CLIP" in capsys.readouterr().err
 
 
 def test_batch_must_divide_data_axis(setup, tmp_path):

@@ -226,8 +226,7 @@ def run(args):
     raise ValueError("give at least one --prompt (or --support with --support-mask)")
   expressions = any(algebra.is_expression(p) for p in args.prompt)
   program = algebra.compile_expressions(prompts, operands) if expressions else None  # bad syntax: before loading
-  if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-    raise ValueError(f"threshold must be a probability in [0, 1] or None, got {args.threshold!r}")
+  preprocess.check_threshold(args.threshold)
   thresholds = labelmap.as_thresholds(
     args.threshold if args.threshold is not None else instance_lib.DEFAULT_THRESHOLD, len(labels)
   )

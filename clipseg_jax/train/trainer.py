@@ -32,7 +32,7 @@ from clipseg_jax.train.recipe_model import (
 from clipseg_jax.train.workdir import WorkdirLock, write_model
 from clipseg_jax.weights.backbone import check_fingerprint, resolve_clip
 from clipseg_jax.weights.io import fingerprint
-from clipseg_jax.weights.workdir import FINETUNE_REMEDY, read_json
+from clipseg_jax.weights.workdir import BASE, FINETUNE_REMEDY, MODEL_DIR, read_base
 
 log = logging.getLogger("clipseg_jax.train")
 # Settings that may change when a run is resumed; anything else must match the saved config.
@@ -137,10 +137,8 @@ def _train(cfg, workdir: Path, mesh, lead: bool, show_progress: bool) -> dict:
     log.warning("optim.freeze_rules train %d CLIP tensors the loss never reads (e.g. %s)", len(idle), idle[0])
   if freeze.trains_clip(trainable):
     base["clip_trained"] = freeze.paths({"clip": trainable["clip"]})  # the checkpoints hold these
-  if (recorded := workdir / "model" / "base.json").exists():
-    was = read_json(recorded)
-    if not isinstance(was, dict) or not isinstance(was.get("clip"), str):
-      raise ValueError(f"{recorded} does not name the run's CLIP (damaged?): start a new --workdir")
+  if (workdir / MODEL_DIR / BASE).exists():
+    was = read_base(workdir)
     check_fingerprint(
       workdir, was["clip"], was.get("clip_sha256"), None, remedy=FINETUNE_REMEDY, digest=base["clip_sha256"]
     )

@@ -112,6 +112,14 @@ def training_facts(path: Path, run: dict) -> dict:
   }
 
 
+def read_base(path: Path) -> dict:
+  """A workdir's `base.json` (the CLIP it trained on and its fingerprint), or one error naming the file."""
+  base = read_json(path / MODEL_DIR / BASE)
+  if not isinstance(base.get("clip"), str):
+    raise ValueError(f"{path / MODEL_DIR / BASE} does not name the run's CLIP (damaged?)")
+  return base
+
+
 def read_model(path: Path) -> tuple[ClipSegConfig, dict, manifest.Manifest]:
   """(config, params, manifest) of the latest checkpoint of the run in `path` that restores: its trained
   leaves (the decoder, and any CLIP leaves the freeze rules fine-tuned) over the base CLIP, and the
@@ -121,9 +129,7 @@ def read_model(path: Path) -> tuple[ClipSegConfig, dict, manifest.Manifest]:
     config = ClipSegConfig.from_json(config_path)
   except (OSError, ValueError, TypeError, KeyError) as e:
     raise ValueError(f"{config_path} is not a valid model config (damaged?): {e}") from None
-  base = read_json(path / MODEL_DIR / BASE)
-  if not isinstance(base, dict) or not isinstance(base.get("clip"), str):
-    raise ValueError(f"{path / MODEL_DIR / BASE} does not name the run's CLIP (damaged?)")
+  base = read_base(path)
   run = read_json(path / RUN_CONFIG)
   found = run_manifest(path, config, run, base)
   template = hf.param_template(config)
